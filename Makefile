@@ -1,0 +1,58 @@
+# metaat — the two commands: `make demo` and `make test`. Both set everything up on a fresh machine.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+# The CPU wheel lies on disk here; install it *before* metaat so nothing resolves a CUDA build.
+# On a GPU machine: make test TORCH_SPEC='torch==2.13.0' PIP_EXTRA='--index-url ...'
+TORCH_SPEC ?= torch==2.13.0
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+THREADS ?= 2
+
+.PHONY: setup data test lint demo bench-deps bench-quick bench bench-speed clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q "$(TORCH_SPEC)" $(PIP_EXTRA)
+	# pin whatever torch is now installed, so no later install can swap it for a CUDA build
+	$(PY) -c "import torch; print('torch==' + torch.__version__)" > $(VENV)/constraints.txt
+	$(PIP) install -q -c $(VENV)/constraints.txt -e ".[test]"
+	touch $@
+
+setup: $(VENV)/.installed
+
+# Fashion-MNIST from Debian's dataset-fashion-mnist package (its four IDX files).
+data:
+	@if [ -n "$$METAAT_DATA" ] || dpkg -s dataset-fashion-mnist >/dev/null 2>&1; then \
+		echo "Fashion-MNIST: present"; \
+	else \
+		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq dataset-fashion-mnist; \
+	fi
+
+lint: setup
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/mypy src
+
+test: setup data lint
+	$(PY) -m pytest -q
+
+demo: setup data
+	$(VENV)/bin/metaat demo --threads $(THREADS)
+
+bench-deps: setup
+	$(PIP) install -q -c $(VENV)/constraints.txt scipy tqdm requests
+	$(PIP) install -q --no-deps torchattacks==3.5.1
+
+bench-speed: bench-deps data
+	$(PY) benchmarks/attack_speed.py --threads $(THREADS)
+
+bench-quick: setup data
+	$(PY) benchmarks/study.py --quick --threads $(THREADS)
+
+bench: setup data
+	$(PY) benchmarks/study.py --threads $(THREADS)
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,136 @@
+"""The attack contract shared by every attack, hand-made or learned.
+
+An attack is a callable ``attack(model, x, y) -> x_adv`` configured by a frozen dataclass:
+
+* the model is passed at call time, never stored;
+* the input tensor is never modified;
+* while attacking, the model is in eval mode and its parameters do not require gradients (they
+  would cost time and are never used); both are restored in a ``finally``;
+* randomness comes from an explicit ``torch.Generator`` (``generator=`` at call time, else one
+  seeded from ``config.seed``), drawn for the whole batch before it is split into chunks, so the
+  result does not depend on the chunk size;
+* large calls are processed in chunks (``batch_size``; ``None`` = auto: 128 on CPU where caches
+  make that about 2x faster than one big batch, 1024 on GPU).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from metaat.registry import Registry
+from metaat.runtime import make_generator
+from metaat.threats import ThreatModel
+
+ATTACKS: Registry[Attack] = Registry("attack")
+
+
+@contextmanager
+def attack_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Eval mode and no parameter gradients inside; the previous state is restored afterwards."""
+    was_training = model.training
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        model.eval()
+        for p, _ in flags:
+            p.requires_grad_(False)
+        yield model
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+        model.train(was_training)
+
+
+def check_inputs(x: torch.Tensor, y: torch.Tensor) -> None:
+    """One-line errors for the inputs every attack refuses."""
+    from metaat.data import validate_batch
+
+    validate_batch(x, y)
+
+
+def auto_chunk(device: torch.device) -> int:
+    """Chunk size used when ``batch_size`` is None."""
+    return 1024 if device.type == "cuda" else 128
+
+
+def chunks(n: int, size: int) -> Iterator[slice]:
+    for start in range(0, n, size):
+        yield slice(start, min(n, start + size))
+
+
+@dataclasses.dataclass(frozen=True)
+class AttackConfig:
+    """Options every attack has. Subclasses add their own fields."""
+
+    threat: ThreatModel
+    batch_size: int | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["threat"] = str(self.threat)
+        return out
+
+
+class Attack(ABC):
+    """Base class: validation, mode switching, generator handling. Subclasses implement ``perturb``."""
+
+    name: ClassVar[str] = "attack"
+    config_class: ClassVar[type[AttackConfig]] = AttackConfig
+
+    def __init__(self, threat: str | ThreatModel, **options: Any) -> None:
+        fields = {f.name for f in dataclasses.fields(self.config_class)} - {"threat"}
+        unknown = sorted(set(options) - fields)
+        if unknown:
+            raise TypeError(
+                f"{self.name}: unknown option(s) {', '.join(unknown)}; valid options: {', '.join(sorted(fields))}"
+            )
+        self.config = self.config_class(threat=ThreatModel.parse(threat), **options)
+
+    @property
+    def threat(self) -> ThreatModel:
+        return self.config.threat
+
+    def __repr__(self) -> str:
+        opts = ", ".join(f"{k}={v!r}" for k, v in self.config.to_dict().items())
+        return f"{type(self).__name__}({opts})"
+
+    def __call__(
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        *,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        check_inputs(x, y)
+        gen = generator if generator is not None else make_generator(self.config.seed)
+        with attack_mode(model):
+            x_adv = self.perturb(model, x.detach(), y.detach(), gen)
+        return x_adv.detach()
+
+    def chunk_size(self, x: torch.Tensor) -> int:
+        return self.config.batch_size or auto_chunk(x.device)
+
+    @abstractmethod
+    def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Return ``x_adv`` (same shape as ``x``); the model is already in attack mode."""
+
+
+def create(name: str, threat: str | ThreatModel = "linf:0.1", **options: Any) -> Attack:
+    """Build a registered attack: ``create("pgd", threat="linf:0.1", steps=20)``."""
+    return ATTACKS.create(name, threat, **options)
+
+
+def available() -> list[str]:
+    return ATTACKS.available()

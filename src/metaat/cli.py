@@ -1,0 +1,184 @@
+"""The ``metaat`` command, generated from the registries (typer + rich).
+
+Subsystems add their commands from their own modules (``register(app)``), listed in
+``_COMMAND_MODULES``; adding an algorithm to a registry never needs a CLI edit.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(
+    name="metaat",
+    help="Meta adversarial training: learned attackers, multi-threat robust training, trustworthy evaluation.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+console = Console(stderr=True)
+
+# Modules exposing ``register(app: typer.Typer) -> None``.
+_COMMAND_MODULES: list[str] = []
+
+
+class Family(str, Enum):
+    datasets = "datasets"
+    models = "models"
+    attacks = "attacks"
+    defenses = "defenses"
+    losses = "losses"
+
+
+def fail(message: str) -> None:
+    """One-line error on stderr and exit status 2."""
+    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(2)
+
+
+def registry_of(family: str) -> Any:
+    if family == "datasets":
+        from metaat.data import DATASETS
+
+        return DATASETS
+    if family == "models":
+        from metaat.models import MODELS
+
+        return MODELS
+    if family == "attacks":
+        from metaat.attacks import ATTACKS
+
+        return ATTACKS
+    if family == "defenses":
+        import metaat.defenses as defenses
+
+        return defenses.DEFENSES
+    from metaat.losses import LOSSES
+
+    return LOSSES
+
+
+@app.command("list")
+def list_cmd(family: Annotated[Family, typer.Argument(help="what to list")]) -> None:
+    """List the registered datasets, models, attacks, defenses or losses."""
+    reg = registry_of(family.value)
+    for name in reg.available():
+        typer.echo(f"{name:18s} {reg.describe(name)}")
+
+
+def parse_options(items: list[str] | None) -> dict[str, Any]:
+    """``--option key=value`` pairs; values parsed as YAML scalars (numbers, bools, lists)."""
+    import yaml
+
+    out: dict[str, Any] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ValueError(f"--option must look like key=value, got {item!r}")
+        key, value = item.split("=", 1)
+        parsed = yaml.safe_load(value)
+        out[key.strip().replace("-", "_")] = tuple(parsed) if isinstance(parsed, list) else parsed
+    return out
+
+
+@app.command("attack")
+def attack_cmd(
+    model: Annotated[str, typer.Option(help="checkpoint folder, run folder or model .safetensors")],
+    attack: Annotated[str, typer.Option(help="attack name (metaat list attacks)")] = "pgd",
+    threat: Annotated[str, typer.Option(help="threat model, e.g. linf:0.1, l2:1.5, l1:10")] = "linf:0.1",
+    data: Annotated[str, typer.Option(help="dataset name (metaat list datasets)")] = "fashion-mnist",
+    data_dir: Annotated[Path | None, typer.Option(help="folder holding the dataset files")] = None,
+    n: Annotated[int, typer.Option(help="number of test points")] = 1000,
+    option: Annotated[list[str] | None, typer.Option("--option", "-o", help="attack option key=value")] = None,
+    generator: Annotated[Path | None, typer.Option(help="saved generator for --attack learned")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="attack chunk size (default: auto)")] = None,
+    seed: Annotated[int, typer.Option(help="random seed")] = 0,
+    threads: Annotated[int | None, typer.Option(help="torch CPU threads")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N")] = "auto",
+    as_json: Annotated[bool, typer.Option("--json", help="print the result as JSON on stdout")] = False,
+) -> None:
+    """Attack a saved model on test points and print clean and robust accuracy."""
+    import time
+
+    import torch
+    from rich.progress import Progress
+
+    import metaat.attacks as attacks
+    import metaat.data as datasets
+    from metaat.attacks.base import chunks
+    from metaat.models import resolve_model
+    from metaat.runtime import resolve_device, seed_everything, set_threads
+
+    try:
+        set_threads(threads)
+        dev = resolve_device(device)
+        gen = seed_everything(seed)
+        net = resolve_model(model).to(dev)
+        x, y = datasets.load(data, "test", data_dir=data_dir, n=n)
+        opts = parse_options(option)
+        if generator is not None:
+            opts["path"] = str(generator)
+        if batch_size is not None:
+            opts["batch_size"] = batch_size
+        atk = attacks.create(attack, threat=threat, seed=seed, **opts)
+    except (ValueError, TypeError, KeyError, FileNotFoundError, RuntimeError) as err:
+        fail(str(err))
+        return
+    x, y = x.to(dev), y.to(dev)
+    step = 250
+    clean_ok = torch.zeros(len(y), dtype=torch.bool)
+    robust_ok = torch.zeros(len(y), dtype=torch.bool)
+    t0 = time.perf_counter()
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task(f"{attack} {threat}", total=len(y))
+        for sl in chunks(len(y), step):
+            xb, yb = x[sl], y[sl]
+            with torch.no_grad():
+                clean_ok[sl] = (net.eval()(xb).argmax(1) == yb).cpu()
+            x_adv = atk(net, xb, yb, generator=gen)
+            with torch.no_grad():
+                robust_ok[sl] = (net(x_adv).argmax(1) == yb).cpu() & clean_ok[sl]
+            progress.advance(task, len(yb))
+    result = {
+        "model": str(model),
+        "data": data,
+        "n": int(len(y)),
+        "attack": repr(atk),
+        "threat": threat,
+        "clean": clean_ok.float().mean().item(),
+        "robust": robust_ok.float().mean().item(),
+        "seconds": round(time.perf_counter() - t0, 3),
+        "seed": seed,
+    }
+    if as_json:
+        typer.echo(json.dumps(result))
+    else:
+        typer.echo(
+            f"{attack} {threat} on {result['n']} points: clean {100 * result['clean']:.2f} %, "
+            f"robust {100 * result['robust']:.2f} % ({result['seconds']:.1f} s)"
+        )
+
+
+def _load_command_modules() -> None:
+    for name in _COMMAND_MODULES:
+        importlib.import_module(name).register(app)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point."""
+    _load_command_modules()
+    try:
+        app(args=argv if argv is not None else sys.argv[1:], standalone_mode=True)
+    except KeyboardInterrupt:  # pragma: no cover
+        console.print("interrupted")
+        raise SystemExit(130) from None
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

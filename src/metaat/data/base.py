@@ -1,0 +1,90 @@
+"""Shared pieces of the data package: the error type, dataset metadata and the registry."""
+
+from __future__ import annotations
+
+import os
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from metaat.registry import Registry
+
+SPLITS: tuple[str, ...] = ("train", "test")
+"""The split names every dataset understands."""
+
+ENV_VAR = "METAAT_DATA"
+"""Environment variable naming a folder that holds datasets (or one dataset's files)."""
+
+
+class DataError(ValueError):
+    """A data file exists but cannot be used (corrupt, truncated, inconsistent); the message names it."""
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What a model needs to know about a dataset before seeing it."""
+
+    name: str
+    num_classes: int
+    in_channels: int
+    image_size: int
+    class_names: tuple[str, ...]
+
+
+_UINT8_TO_UNIT = np.arange(256, dtype=np.float32) / np.float32(255.0)  # exact k/255, as a lookup table
+
+
+class Dataset(ABC):
+    """A registered dataset: static metadata plus a loader for its splits.
+
+    Subclasses set :attr:`info` and implement :meth:`arrays`; :meth:`load` checks the split and
+    ``n``, slices, and returns ``(x, y)`` with ``x`` float32 NCHW in [0, 1] and ``y`` int64.
+    """
+
+    info: DatasetInfo
+
+    @abstractmethod
+    def arrays(self, split: str, data_dir: Path | None) -> tuple[np.ndarray, np.ndarray]:
+        """The whole ``split`` as numpy arrays: NCHW images (uint8 0..255 or float32 in [0, 1]), labels."""
+
+    def load(
+        self, split: str = "train", data_dir: str | os.PathLike[str] | None = None, n: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Load ``split``, optionally only its first ``n`` examples."""
+        check_split(split)
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n <= 0):
+            raise ValueError(f"n must be a positive integer or None; got {n!r}")
+        x, y = self.arrays(split, Path(data_dir).expanduser() if data_dir is not None else None)
+        if n is not None:
+            if n > len(y):
+                raise ValueError(
+                    f"asked for n={n} examples but the {self.info.name} {split} split holds only {len(y)}"
+                )
+            x, y = x[:n], y[:n]
+        if x.dtype == np.uint8:
+            xt = torch.from_numpy(_UINT8_TO_UNIT[x])
+        else:
+            xt = torch.from_numpy(np.array(x, dtype=np.float32, copy=True))
+        return xt, torch.from_numpy(np.array(y, dtype=np.int64, copy=True))
+
+
+def check_split(split: str) -> None:
+    """Raise ``ValueError`` listing the valid splits when ``split`` is not one of them."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; valid splits: {', '.join(SPLITS)}")
+
+
+DATASETS: Registry[Dataset] = Registry[Dataset]("dataset")
+"""Dataset registry: ``DATASETS.create(name, **config)`` returns a :class:`Dataset`."""
+
+
+def env_dirs(*names: str) -> list[Path]:
+    """Candidate folders under ``$METAAT_DATA``: the folder itself, then ``$METAAT_DATA/<name>``."""
+    root = os.environ.get(ENV_VAR, "").strip()
+    if not root:
+        return []
+    base = Path(root).expanduser()
+    return [base, *(base / name for name in names)]

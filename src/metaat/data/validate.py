@@ -1,0 +1,59 @@
+"""``validate_batch``: the input checker shared by attacks, defenses and evaluation."""
+
+from __future__ import annotations
+
+import torch
+
+TOLERANCE = 1e-6
+
+
+def validate_batch(
+    x: torch.Tensor,
+    y: torch.Tensor | None = None,
+    num_classes: int | None = None,
+    in_channels: int | None = None,
+) -> None:
+    """Check a batch against metaat's input contract; raise ``ValueError`` with a one-line reason.
+
+    ``x`` must be a floating-point 4-D NCHW tensor, finite, with pixels in [0, 1] (tolerance
+    1e-6) and ``in_channels`` channels when given. ``y``, when given, must be a 1-D integer
+    tensor with one label per image, each in ``[0, num_classes)`` when ``num_classes`` is given.
+    """
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f"x must be a torch.Tensor; got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise ValueError(f"x must be a floating-point tensor; got dtype {x.dtype}")
+    if x.dim() != 4:
+        raise ValueError(f"x must be 4-D (N, C, H, W); got shape {tuple(x.shape)}")
+    if in_channels is not None and x.shape[1] != in_channels:
+        raise ValueError(f"expected {in_channels} channel(s), got {x.shape[1]}")
+    xd = x.detach()
+    n_nan = int(torch.isnan(xd).sum())
+    if n_nan:
+        raise ValueError(f"x has {n_nan} NaN values")
+    n_inf = int(torch.isinf(xd).sum())
+    if n_inf:
+        raise ValueError(f"x has {n_inf} infinite values")
+    if xd.numel():
+        lo, hi = float(xd.min()), float(xd.max())
+        if lo < -TOLERANCE or hi > 1.0 + TOLERANCE:
+            raise ValueError(f"pixels must lie in [0, 1]; got min {lo:.6g} max {hi:.6g}")
+    if y is None:
+        return
+    if not isinstance(y, torch.Tensor):
+        raise ValueError(f"y must be a torch.Tensor; got {type(y).__name__}")
+    if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+        raise ValueError(f"y must be an integer tensor (int64); got dtype {y.dtype}")
+    if y.dim() != 1:
+        raise ValueError(f"y must be 1-D; got shape {tuple(y.shape)}")
+    if len(y) != len(x):
+        raise ValueError(f"y has {len(y)} labels but x has {len(x)} images")
+    if num_classes is not None and y.numel():
+        lo_label, hi_label = int(y.min()), int(y.max())
+        if lo_label < 0:
+            raise ValueError(f"labels must lie in [0, {num_classes}); got min {lo_label}")
+        if hi_label >= num_classes:
+            raise ValueError(f"labels must lie in [0, {num_classes}); got max {hi_label}")
+
+
+__all__ = ["validate_batch"]

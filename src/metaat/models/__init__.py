@@ -1,0 +1,117 @@
+"""Models: a registry of classifiers taking [0, 1] NCHW images and returning logits.
+
+Registered: ``mlp``, ``cnn-small`` (the benchmark CNN), ``lenet``, ``preact-resnet18`` and
+``wrn-28-10``. :func:`create` builds one, optionally prepends a :class:`Normalize` layer, and
+records the constructor arguments in ``model.metaat_spec`` so that :func:`save_model` /
+:func:`load_model` can rebuild it from safetensors weights plus a JSON sidecar.
+
+>>> model = create("cnn-small")
+>>> count_parameters(model)
+413782
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Sequence
+from typing import Any
+
+from torch import nn
+
+from metaat.models import resnet, small, wideresnet  # noqa: F401  (registers the models)
+from metaat.models.base import MODELS, Normalize
+from metaat.models.checkpoint import CheckpointError, get_spec, load_model, save_model
+
+
+def _canonical(name: str) -> str:
+    MODELS.get(name)  # raises UnknownNameError listing the valid names
+    return name.strip().lower().replace("_", "-")
+
+
+def _positive(label: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{label} must be a positive integer; got {value!r}")
+    return value
+
+
+def create(
+    name: str,
+    num_classes: int = 10,
+    in_channels: int = 1,
+    image_size: int = 28,
+    normalize: tuple[Sequence[float], Sequence[float]] | None = None,
+    **kwargs: Any,
+) -> nn.Module:
+    """Build model ``name`` for ``in_channels x image_size x image_size`` inputs and ``num_classes``.
+
+    ``normalize=(mean, std)`` prepends a :class:`Normalize` layer (one value per channel, or one
+    for all); the result is then ``nn.Sequential(normalize=..., net=...)``. ``kwargs`` go to the
+    model's factory (e.g. ``depth`` / ``widen_factor`` for ``wrn-28-10``). The constructor
+    arguments are stored as ``model.metaat_spec``.
+    """
+    key = _canonical(name)
+    num_classes = _positive("num_classes", num_classes)
+    in_channels = _positive("in_channels", in_channels)
+    image_size = _positive("image_size", image_size)
+    norm_spec: list[list[float]] | None = None
+    if normalize is not None:
+        try:
+            mean, std = normalize
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"normalize must be a (mean, std) pair; got {normalize!r}") from exc
+        norm_spec = [[float(m) for m in mean], [float(s) for s in std]]
+        if len(norm_spec[0]) not in (1, in_channels):
+            raise ValueError(
+                f"normalize needs 1 or {in_channels} value(s) per statistic; got {len(norm_spec[0])}"
+            )
+    net = MODELS.create(key, num_classes, in_channels, image_size, **kwargs)
+    model: nn.Module = net
+    if norm_spec is not None:
+        model = nn.Sequential(OrderedDict([("normalize", Normalize(*norm_spec)), ("net", net)]))
+    spec = {
+        "name": key,
+        "num_classes": num_classes,
+        "in_channels": in_channels,
+        "image_size": image_size,
+        "normalize": norm_spec,
+        "kwargs": dict(kwargs),
+    }
+    setattr(model, "metaat_spec", spec)  # noqa: B010  (nn.Module.__setattr__ is typed for tensors)
+    return model
+
+
+def create_from_spec(spec: dict[str, Any]) -> nn.Module:
+    """Rebuild an (untrained) model from a ``metaat_spec`` dictionary."""
+    normalize = spec.get("normalize")
+    return create(
+        spec["name"],
+        num_classes=spec.get("num_classes", 10),
+        in_channels=spec.get("in_channels", 1),
+        image_size=spec.get("image_size", 28),
+        normalize=(normalize[0], normalize[1]) if normalize else None,
+        **(spec.get("kwargs") or {}),
+    )
+
+
+def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
+    """Number of parameters of ``model`` (only those with ``requires_grad`` if ``trainable_only``)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+def available() -> list[str]:
+    """Registered model names."""
+    return MODELS.available()
+
+
+__all__ = [
+    "MODELS",
+    "CheckpointError",
+    "Normalize",
+    "available",
+    "count_parameters",
+    "create",
+    "create_from_spec",
+    "get_spec",
+    "load_model",
+    "save_model",
+]

@@ -1,0 +1,81 @@
+"""A tiny name -> factory registry (the timm pattern: ``register`` / ``create`` / ``available``).
+
+Every pluggable family in metaat (datasets, models, attacks, defenses, meta-learners) is a
+``Registry``. The CLI is generated from them, and an unknown name is always an error that lists
+the valid ones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
+
+T = TypeVar("T")
+
+
+class UnknownNameError(KeyError, ValueError):
+    """Raised for a name that is not registered; the message lists the valid names."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class Registry(Generic[T]):
+    """Maps names to factories of ``T``.
+
+    >>> models = Registry[object]("model")
+    >>> @models.register("identity")
+    ... def _identity() -> object:
+    ...     return object()
+    >>> models.available()
+    ['identity']
+    """
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._factories: dict[str, Callable[..., T]] = {}
+        self._help: dict[str, str] = {}
+
+    def register(self, name: str, help: str | None = None) -> Callable[[Callable[..., T]], Callable[..., T]]:
+        """Decorator registering ``factory`` under ``name`` (lower case, ``-`` separated)."""
+
+        def decorator(factory: Callable[..., T]) -> Callable[..., T]:
+            if name in self._factories:
+                raise ValueError(f"{self.kind} {name!r} is already registered")
+            self._factories[name] = factory
+            doc = help or (factory.__doc__ or "").strip().splitlines()
+            self._help[name] = doc if isinstance(doc, str) else (doc[0] if doc else "")
+            return factory
+
+        return decorator
+
+    def get(self, name: str) -> Callable[..., T]:
+        """The factory registered under ``name``; unknown names list the valid ones."""
+        key = name.strip().lower().replace("_", "-")
+        if key not in self._factories:
+            raise UnknownNameError(
+                f"unknown {self.kind} {name!r}; valid {self.kind}s: {', '.join(self.available())}"
+            )
+        return self._factories[key]
+
+    def create(self, name: str, *args: Any, **kwargs: Any) -> T:
+        """Build the object registered under ``name``."""
+        return self.get(name)(*args, **kwargs)
+
+    def available(self) -> list[str]:
+        """Sorted registered names."""
+        return sorted(self._factories)
+
+    def describe(self, name: str) -> str:
+        """One-line description of a registered name."""
+        self.get(name)
+        return self._help[name.strip().lower().replace("_", "-")]
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and name.strip().lower().replace("_", "-") in self._factories
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(self.available())
+
+    def __len__(self) -> int:
+        return len(self._factories)
