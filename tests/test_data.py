@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import gzip
+import io
 import os
 import pickle
 import struct
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -43,7 +45,7 @@ def write_split(
     """Write an images/labels IDX pair for ``split`` into ``folder``."""
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
-    for stem, array in zip(idx_module.FILES[split], (images, labels)):
+    for stem, array in zip(idx_module.FILES[split], (images, labels), strict=True):
         raw = idx_bytes(array)
         path = folder / (stem + (".gz" if gz else ""))
         path.write_bytes(gzip.compress(raw) if gz else raw)
@@ -94,7 +96,9 @@ def test_bad_split_lists_valid_ones() -> None:
 # --------------------------------------------------------------------------- real Fashion-MNIST
 
 
-@pytest.mark.skipif(not HAVE_FMNIST, reason=f"Debian package dataset-fashion-mnist not installed ({FMNIST_DIR})")
+@pytest.mark.skipif(
+    not HAVE_FMNIST, reason=f"Debian package dataset-fashion-mnist not installed ({FMNIST_DIR})"
+)
 def test_real_fashion_mnist() -> None:
     for split, size in (("train", 60000), ("test", 10000)):
         x, y = data.load("fashion-mnist", split)
@@ -105,7 +109,9 @@ def test_real_fashion_mnist() -> None:
         validate_batch(x[:512], y[:512], num_classes=10, in_channels=1)
 
 
-@pytest.mark.skipif(not HAVE_FMNIST, reason=f"Debian package dataset-fashion-mnist not installed ({FMNIST_DIR})")
+@pytest.mark.skipif(
+    not HAVE_FMNIST, reason=f"Debian package dataset-fashion-mnist not installed ({FMNIST_DIR})"
+)
 def test_real_fashion_mnist_subset_and_too_many() -> None:
     x, y = data.load("fashion-mnist", "test", n=100)
     assert x.shape == (100, 1, 28, 28) and y.shape == (100,)
@@ -219,6 +225,31 @@ def test_bad_n(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- CIFAR-10
 
 
+_PurePythonPickler: Any = pickle._Pickler  # type: ignore[attr-defined]
+
+
+class Py2Pickler(_PurePythonPickler):
+    """Writes ``bytes`` the way Python 2 wrote ``str`` (SHORT_BINSTRING / BINSTRING), as in the
+    real CIFAR-10 python batches, instead of Python 3's protocol-2 ``_codecs.encode`` call."""
+
+    dispatch = _PurePythonPickler.dispatch.copy()
+
+    def save_bytes(self, obj: bytes) -> None:
+        if len(obj) < 256:
+            self.write(pickle.SHORT_BINSTRING + bytes([len(obj)]) + obj)
+        else:
+            self.write(pickle.BINSTRING + struct.pack("<i", len(obj)) + obj)
+        self.memoize(obj)
+
+    dispatch[bytes] = save_bytes
+
+
+def py2_dumps(obj: object) -> bytes:
+    buf = io.BytesIO()
+    Py2Pickler(buf, protocol=2).dump(obj)
+    return buf.getvalue()
+
+
 def write_cifar(folder: Path, per_batch: int = 3) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
@@ -229,7 +260,7 @@ def write_cifar(folder: Path, per_batch: int = 3) -> None:
             b"labels": [int(v) for v in rng.integers(0, 10, size=per_batch)],
             b"filenames": [b"x.png"] * per_batch,
         }
-        (folder / name).write_bytes(pickle.dumps(batch, protocol=2))
+        (folder / name).write_bytes(py2_dumps(batch))
 
 
 class _Evil:
@@ -252,13 +283,15 @@ def test_cifar_loads_well_formed_batches(tmp_path: Path) -> None:
     validate_batch(x, y, num_classes=10, in_channels=3)
 
 
-@pytest.mark.parametrize("protocol", [2, 4, 5])
-def test_cifar_accepts_numpy_pickles(tmp_path: Path, protocol: int) -> None:
+@pytest.mark.parametrize("protocol", ["py2", 3, 4, 5])
+def test_cifar_accepts_numpy_pickles(tmp_path: Path, protocol: str | int) -> None:
     path = tmp_path / "batch"
     arr = np.arange(2 * 3072, dtype=np.uint8).reshape(2, 3072)
-    path.write_bytes(pickle.dumps({"data": arr, "labels": [3, 9]}, protocol=protocol))
+    batch = {b"data": arr, b"labels": [3, 9]}
+    path.write_bytes(py2_dumps(batch) if protocol == "py2" else pickle.dumps(batch, protocol=int(protocol)))
     x, y = read_batch(path)
     assert x.shape == (2, 3, 32, 32) and y.tolist() == [3, 9]
+    assert np.array_equal(x.reshape(2, 3072), arr)
 
 
 def test_cifar_refuses_malicious_pickle(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -304,7 +337,9 @@ def test_synthetic_is_learnable() -> None:
     torch.manual_seed(0)
     x, y = data.load("synthetic", "train", n=2000)
     xt, yt = data.load("synthetic", "test", n=500)
-    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(144, 64), torch.nn.ReLU(), torch.nn.Linear(64, 10))
+    model = torch.nn.Sequential(
+        torch.nn.Flatten(), torch.nn.Linear(144, 64), torch.nn.ReLU(), torch.nn.Linear(64, 10)
+    )
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     for _ in range(5):
         for i in range(0, len(x), 100):
@@ -330,7 +365,12 @@ def test_validate_batch_accepts_good_batch() -> None:
     [
         (torch.rand(2, 5, 5), None, {}, "4-D"),
         (torch.randint(0, 2, (2, 1, 3, 3)), None, {}, "floating"),
-        (torch.tensor([float("nan"), 0.5, float("nan"), 0.1]).view(1, 1, 2, 2), None, {}, "x has 2 NaN values"),
+        (
+            torch.tensor([float("nan"), 0.5, float("nan"), 0.1]).view(1, 1, 2, 2),
+            None,
+            {},
+            "x has 2 NaN values",
+        ),
         (torch.tensor([float("inf"), 0.5, 0.1, 0.1]).view(1, 1, 2, 2), None, {}, "1 infinite"),
         (torch.tensor([-0.2, 0.5, 1.0, 0.1]).view(1, 1, 2, 2), None, {}, r"\[0, 1\]; got min -0.2 max 1"),
         (torch.rand(2, 3, 4, 4), None, {"in_channels": 1}, r"expected 1 channel\(s\), got 3"),

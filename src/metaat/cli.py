@@ -57,9 +57,10 @@ def registry_of(family: str) -> Any:
 
         return ATTACKS
     if family == "defenses":
-        import metaat.defenses as defenses
+        import metaat.defenses  # noqa: F401  (registers every defense)
+        from metaat.defenses.base import DEFENSES
 
-        return defenses.DEFENSES
+        return DEFENSES
     from metaat.losses import LOSSES
 
     return LOSSES
@@ -145,23 +146,26 @@ def attack_cmd(
             with torch.no_grad():
                 robust_ok[sl] = (net(x_adv).argmax(1) == yb).cpu() & clean_ok[sl]
             progress.advance(task, len(yb))
+    clean_acc = clean_ok.float().mean().item()
+    robust_acc = robust_ok.float().mean().item()
+    seconds = round(time.perf_counter() - t0, 3)
     result = {
         "model": str(model),
         "data": data,
         "n": int(len(y)),
         "attack": repr(atk),
         "threat": threat,
-        "clean": clean_ok.float().mean().item(),
-        "robust": robust_ok.float().mean().item(),
-        "seconds": round(time.perf_counter() - t0, 3),
+        "clean": clean_acc,
+        "robust": robust_acc,
+        "seconds": seconds,
         "seed": seed,
     }
     if as_json:
         typer.echo(json.dumps(result))
     else:
         typer.echo(
-            f"{attack} {threat} on {result['n']} points: clean {100 * result['clean']:.2f} %, "
-            f"robust {100 * result['robust']:.2f} % ({result['seconds']:.1f} s)"
+            f"{attack} {threat} on {len(y)} points: clean {100 * clean_acc:.2f} %, "
+            f"robust {100 * robust_acc:.2f} % ({seconds:.1f} s)"
         )
 
 

@@ -68,7 +68,8 @@ class ThreatModel:
         return cls(norm, value)
 
     def __str__(self) -> str:
-        return f"{self.norm}:{self.eps:g}"
+        short = f"{self.eps:g}"  # '0.1', '1.5', '10'; repr() where %g would round (exact round trip)
+        return f"{self.norm}:{short if float(short) == self.eps else repr(self.eps)}"
 
     @property
     def autoattack_norm(self) -> str:
@@ -229,14 +230,15 @@ def steepest_ascent(
         raise ValueError(f"unknown norm {norm!r}; valid norms: {', '.join(NORMS)}")
     if not 0.0 <= l1_sparsity < 1.0:
         raise ValueError(f"l1_sparsity must lie in [0, 1), got {l1_sparsity}")
-    mag = flat.abs()
     if x_adv is not None:
         xa = _flat(x_adv)
         stuck = ((xa >= 1) & (flat > 0)) | ((xa <= 0) & (flat < 0))
-        mag = mag.masked_fill(stuck, 0)
+        # Zero the stuck gradient itself (not only its rank): when fewer than k coordinates are free,
+        # top-k also picks stuck ones, which must then get no share of the unit budget.
+        flat = flat.masked_fill(stuck, 0)
     d = flat.shape[1]
     k = max(1, int(math.ceil((1 - l1_sparsity) * d)))
-    top = mag.topk(k, dim=1).indices
+    top = flat.abs().topk(k, dim=1).indices
     direction = torch.zeros_like(flat)
     direction.scatter_(1, top, flat.gather(1, top).sign())
     count = direction.abs().sum(dim=1, keepdim=True).clamp_min(1)

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from metaat.data import cifar, idx, synthetic  # noqa: F401  (registers the datasets)
-from metaat.data.base import DATASETS, ENV_VAR, SPLITS, Dataset, DataError, DatasetInfo, check_split
+from metaat.data.base import DATASETS, ENV_VAR, SPLITS, DataError, Dataset, DatasetInfo, check_split
 from metaat.data.cifar import RestrictedUnpickler
 from metaat.data.validate import validate_batch
 

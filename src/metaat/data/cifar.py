@@ -9,7 +9,7 @@ from typing import IO, Any
 
 import numpy as np
 
-from metaat.data.base import DATASETS, ENV_VAR, Dataset, DataError, DatasetInfo, env_dirs
+from metaat.data.base import DATASETS, ENV_VAR, DataError, Dataset, DatasetInfo, env_dirs
 
 FOLDER = "cifar-10-batches-py"
 BATCHES: dict[str, tuple[str, ...]] = {

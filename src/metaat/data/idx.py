@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from metaat.data.base import DATASETS, ENV_VAR, Dataset, DataError, DatasetInfo, env_dirs
+from metaat.data.base import DATASETS, ENV_VAR, DataError, Dataset, DatasetInfo, env_dirs
 
 IMAGES_MAGIC = 2051
 LABELS_MAGIC = 2049

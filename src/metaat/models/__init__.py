@@ -12,10 +12,13 @@ records the constructor arguments in ``model.metaat_spec`` so that :func:`save_m
 
 from __future__ import annotations
 
+import os
 from collections import OrderedDict
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from metaat.models import resnet, small, wideresnet  # noqa: F401  (registers the models)
@@ -98,6 +101,22 @@ def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
 
+def resolve_model(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> nn.Module:
+    """Load a model from a run folder, a checkpoint folder or a ``.safetensors`` file.
+
+    A run folder (``runs/NAME``) resolves to its ``final/`` model when training finished, else to
+    its latest ``checkpoint/``.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"no model at {p} (expected a run, checkpoint or .safetensors path)")
+    if p.is_dir() and not (p / "model.json").is_file():
+        for sub in ("final", "checkpoint"):
+            if (p / sub / "model.json").is_file():
+                return load_model(p / sub, device=device)
+    return load_model(p, device=device)
+
+
 def available() -> list[str]:
     """Registered model names."""
     return MODELS.available()
@@ -113,5 +132,6 @@ __all__ = [
     "create_from_spec",
     "get_spec",
     "load_model",
+    "resolve_model",
     "save_model",
 ]

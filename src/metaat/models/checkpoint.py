@@ -91,7 +91,9 @@ def save_model(model: nn.Module, path: str | os.PathLike[str]) -> Path:
     weights, sidecar = checkpoint_paths(path)
     weights.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in inner.state_dict().items()}
-    atomic_write(weights, lambda tmp: save_file(state, tmp, metadata={"format": "pt", "metaat_spec": spec_json}))
+    atomic_write(
+        weights, lambda tmp: save_file(state, tmp, metadata={"format": "pt", "metaat_spec": spec_json})
+    )
     meta = {
         "format": FORMAT,
         "version": FORMAT_VERSION,
@@ -159,7 +161,9 @@ def load_model(path: str | os.PathLike[str], device: str | torch.device = "cpu")
     weights, sidecar = checkpoint_paths(path)
     for file, what in ((weights, "model weights"), (sidecar, "model spec")):
         if not file.is_file():
-            hint = f" (a checkpoint folder holds {WEIGHTS_NAME} and {SPEC_NAME})" if file.parent.is_dir() else ""
+            hint = (
+                f" (a checkpoint folder holds {WEIGHTS_NAME} and {SPEC_NAME})" if file.parent.is_dir() else ""
+            )
             raise FileNotFoundError(f"no {what} at {file}{hint}")
     try:
         meta = json.loads(sidecar.read_text(encoding="utf-8"))

@@ -70,7 +70,10 @@ class PreActResNet(nn.Module):
 
 @MODELS.register("preact-resnet18", help="PreAct ResNet-18 (11.2M parameters)")
 def preact_resnet18(num_classes: int, in_channels: int, image_size: int, **kwargs: Any) -> nn.Module:
-    """Standard PreAct ResNet-18 with a final BN-ReLU (11,172,170 parameters for 3x32x32 input, 10 classes)."""
+    """Standard PreAct ResNet-18 with a final BN-ReLU.
+
+    11,172,170 parameters for 3x32x32 input and 10 classes.
+    """
     if kwargs:
         raise TypeError(f"model 'preact-resnet18' takes no extra options; got {', '.join(sorted(kwargs))}")
     if image_size < 8:

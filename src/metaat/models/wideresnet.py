@@ -48,7 +48,9 @@ class WideResNet(nn.Module):
     ) -> None:
         super().__init__()
         if depth < 10 or (depth - 4) % 6 != 0:
-            raise ValueError(f"WideResNet depth must be 6n + 4 with n >= 1 (10, 16, 22, 28, ...); got {depth}")
+            raise ValueError(
+                f"WideResNet depth must be 6n + 4 with n >= 1 (10, 16, 22, 28, ...); got {depth}"
+            )
         if widen_factor < 1:
             raise ValueError(f"widen_factor must be >= 1; got {widen_factor}")
         n = (depth - 4) // 6
@@ -56,7 +58,7 @@ class WideResNet(nn.Module):
         self.conv1 = nn.Conv2d(in_channels, widths[0], 3, stride=1, padding=1, bias=False)
         blocks: list[nn.Module] = []
         in_planes = widths[0]
-        for stage, stride in zip(range(1, 4), (1, 2, 2)):
+        for stage, stride in zip(range(1, 4), (1, 2, 2), strict=True):
             for i in range(n):
                 blocks.append(WideBasic(in_planes, widths[stage], stride if i == 0 else 1, dropout))
                 in_planes = widths[stage]
@@ -92,7 +94,9 @@ def wrn_28_10(
     """WideResNet-28-10 by default (36,479,194 parameters for 3 input channels and 10 classes);
     ``depth`` (6n + 4) and ``widen_factor`` select other members of the family."""
     if kwargs:
-        raise TypeError(f"model 'wrn-28-10' takes depth, widen_factor, dropout; got {', '.join(sorted(kwargs))}")
+        raise TypeError(
+            f"model 'wrn-28-10' takes depth, widen_factor, dropout; got {', '.join(sorted(kwargs))}"
+        )
     if image_size < 4:
         raise ValueError(f"wrn needs images of at least 4x4; got {image_size}")
     return WideResNet(depth, widen_factor, num_classes, in_channels, dropout)
