@@ -26,7 +26,7 @@ app = typer.Typer(
 console = Console(stderr=True)
 
 # Modules exposing ``register(app: typer.Typer) -> None``.
-_COMMAND_MODULES: list[str] = []
+_COMMAND_MODULES: list[str] = ["metaat.train.commands", "metaat.eval.commands"]
 
 
 class Family(str, Enum):
@@ -132,6 +132,16 @@ def attack_cmd(
         fail(str(err))
         return
     x, y = x.to(dev), y.to(dev)
+    # A model built for other images (size, channels, classes) would fail mid-attack with a traceback.
+    try:
+        with torch.no_grad():
+            probe = net.eval()(x[:1])
+    except RuntimeError as err:
+        fail(f"the model does not accept {data} images of shape {tuple(x.shape[1:])}: {str(err).splitlines()[0]}")
+        return
+    if probe.dim() != 2 or probe.shape[1] <= int(y.max()):
+        fail(f"the model outputs shape {tuple(probe.shape[1:])} per image, but {data} has labels up to {int(y.max())}")
+        return
     step = 250
     clean_ok = torch.zeros(len(y), dtype=torch.bool)
     robust_ok = torch.zeros(len(y), dtype=torch.bool)

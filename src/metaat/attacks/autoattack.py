@@ -111,7 +111,9 @@ class AutoAttack(Attack):
         state = Path(self.config.state_path) if self.config.state_path else None
         devices = [x.device.index or 0] if x.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
+            # The reference uses .view() on tensors shaped like x: a non-contiguous x (a transposed or
+            # channels-last batch) would crash it.
             x_adv, _ = aa.run_standard_evaluation(  # type: ignore[attr-defined]
-                x, y, batch_size=self.chunk_size(x), state_path=state
+                x.contiguous(), y.contiguous(), batch_size=self.chunk_size(x), state_path=state
             )
         return x_adv.detach().clamp(0, 1)

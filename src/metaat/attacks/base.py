@@ -34,7 +34,9 @@ ATTACKS: Registry[Attack] = Registry("attack")
 @contextmanager
 def attack_mode(model: nn.Module) -> Iterator[nn.Module]:
     """Eval mode and no parameter gradients inside; the previous state is restored afterwards."""
-    was_training = model.training
+    # Each submodule's own mode: model.train(flag) would also flip a submodule the user froze in
+    # eval mode (a frozen BatchNorm inside a model being fine-tuned).
+    modes = [(m, m.training) for m in model.modules()]
     flags = [(p, p.requires_grad) for p in model.parameters()]
     try:
         model.eval()
@@ -44,7 +46,8 @@ def attack_mode(model: nn.Module) -> Iterator[nn.Module]:
     finally:
         for p, flag in flags:
             p.requires_grad_(flag)
-        model.train(was_training)
+        for m, was_training in modes:
+            m.training = was_training
 
 
 def check_inputs(x: torch.Tensor, y: torch.Tensor) -> None:

@@ -2,32 +2,50 @@
 
 A defense is a callable ``defense(model, x, y, ctx) -> (loss, metrics)``:
 
-* ``model`` is the target model, in train mode; the loss is a scalar whose gradient w.r.t. the
-  model's parameters the training loop applies (the loop owns the model's optimizer);
+* ``model`` is the target model, in train mode (under ``torchrun`` it is the
+  DistributedDataParallel wrapper: call it, never reach into it); the loss is a scalar whose
+  gradient w.r.t. the model's parameters the training loop applies (the loop owns the model's
+  optimizer, the learning-rate schedule, gradient clipping and the clean/adversarial mix);
 * ``ctx`` (:class:`TrainContext`) carries the training threats, an explicit ``torch.Generator``,
-  the step/epoch counters and the device;
-* ``metrics`` is a flat ``dict[str, float]`` logged to ``metrics.jsonl``.
+  the step/epoch counters, the device, a timer (``with ctx.timed("attack"): ...``, so the loop can
+  split wall time into attack and update) and ``sync_gradients`` for defense-owned modules under
+  DDP;
+* ``metrics`` is a flat ``dict[str, float]`` logged to ``metrics.jsonl`` (averaged over the epoch);
+  by convention ``loss`` and ``acc`` (accuracy on the inputs the loss was computed on).
+
+Cost: the loop counts every forward and backward pass through the target model (attack steps
+included), so a defense should not run forwards it does not need — training-time PGD uses the final
+iterate (``return_best=False``), which costs no extra forward.
 
 A defense may own extra trainable state — a generator network, a perturbation bank — exposed via
 ``modules()`` and ``optimizers()`` so the loop checkpoints and resumes it exactly like the model;
 non-tensor state (running accuracies, counters) goes through ``state_dict()`` /
 ``load_state_dict()`` as plain JSON-able values. Attack generation inside a defense uses metaat's
-attacks, which put the model in eval mode and switch parameter gradients off while they run.
+attacks (or :func:`pgd_attack` below), which put the model in eval mode and switch parameter
+gradients off while they run.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import time
 from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
+from metaat.attacks.base import attack_mode
+from metaat.attacks.pgd import pgd_steps
+from metaat.losses import LossFn, ce
 from metaat.registry import Registry
-from metaat.threats import ThreatModel, parse_threats
+from metaat.threats import ThreatModel, default_step_size, parse_threats, random_init
 
 DEFENSES: Registry[Defense] = Registry("defense")
+ThreatsArg = str | ThreatModel | list[str | ThreatModel] | tuple[str | ThreatModel, ...]
+"""What a defense's constructor takes as threats: ``"linf:0.1"`` or a sequence of them."""
 
 
 @dataclasses.dataclass
@@ -42,11 +60,44 @@ class TrainContext:
     steps_per_epoch: int = 1
     total_epochs: int = 1
     num_classes: int = 10
+    rank: int = 0
+    world_size: int = 1
+    timings: dict[str, float] = dataclasses.field(default_factory=dict)
 
     @property
     def progress(self) -> float:
         """Fraction of training done, in [0, 1]."""
-        return min(1.0, (self.epoch * self.steps_per_epoch + self.step) / max(1, self.total_epochs * self.steps_per_epoch))
+        return min(
+            1.0, (self.epoch * self.steps_per_epoch + self.step) / max(1, self.total_epochs * self.steps_per_epoch)
+        )
+
+    @contextmanager
+    def timed(self, name: str) -> Iterator[None]:
+        """Add the wall time of the block to ``timings[name]`` (the loop reads ``attack``)."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - start
+
+    def sync_gradients(self, parameters: Iterable[nn.Parameter]) -> None:
+        """Average the gradients of ``parameters`` over DDP ranks (no-op in a single process).
+
+        The loop synchronises the target model itself (through DDP); a defense that updates its own
+        modules (a generator, a bank) calls this between ``backward`` and its optimizer's ``step``.
+        """
+        if self.world_size <= 1:
+            return
+        import torch.distributed as dist
+
+        for p in parameters:
+            if p.grad is not None:
+                dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
+                p.grad.div_(self.world_size)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,8 +114,9 @@ class Defense(ABC):
     name: ClassVar[str] = "defense"
     config_class: ClassVar[type[DefenseConfig]] = DefenseConfig
     multi_threat: ClassVar[bool] = False  # accepts several --threat
+    single_step: ClassVar[bool] = False  # prone to catastrophic overfitting: the loop's guard defaults on
 
-    def __init__(self, threats: str | ThreatModel | list[str | ThreatModel] | tuple[str | ThreatModel, ...], **options: Any) -> None:
+    def __init__(self, threats: ThreatsArg, **options: Any) -> None:
         fields = {f.name for f in dataclasses.fields(self.config_class)}
         unknown = sorted(set(options) - fields)
         if unknown:
@@ -81,6 +133,11 @@ class Defense(ABC):
             )
         self.config = self.config_class(**options)
 
+    def __repr__(self) -> str:
+        opts = ", ".join(f"{k}={v!r}" for k, v in self.config.to_dict().items())
+        threats = ", ".join(map(str, self.threats))
+        return f"{type(self).__name__}(threats=[{threats}]{', ' if opts else ''}{opts})"
+
     @abstractmethod
     def __call__(
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: TrainContext
@@ -88,7 +145,9 @@ class Defense(ABC):
         """Return the scalar training loss for this batch and metrics."""
 
     # -- extra trainable state (generators, banks), checkpointed by the loop ----------------------
-    def setup(self, model: nn.Module, device: torch.device, num_classes: int, input_shape: tuple[int, ...]) -> None:
+    def setup(  # noqa: B027  (an optional hook)
+        self, model: nn.Module, device: torch.device, num_classes: int, input_shape: tuple[int, ...]
+    ) -> None:
         """Called once by the loop before training (build generators, banks, their optimizers)."""
 
     def modules(self) -> dict[str, nn.Module]:
@@ -104,8 +163,136 @@ class Defense(ABC):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         del state
 
-    def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
-        """Hook after each epoch's evaluation."""
+    def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:  # noqa: B027  (an optional hook)
+        """Hook after each epoch's evaluation (``metrics`` flat, e.g. ``eval/robust/linf:0.1``)."""
+
+
+# -- small helpers shared by the classic defenses ------------------------------------------------
+
+
+def pgd_attack(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    threat: ThreatModel,
+    generator: torch.Generator,
+    *,
+    steps: int,
+    step_size: float | None = None,
+    random_start: bool = True,
+    l1_sparsity: float = 0.99,
+    loss_fn: LossFn = ce,
+) -> torch.Tensor:
+    """Training-time PGD (Madry et al. 2018): final iterate, ``steps`` forward+backward passes, no more.
+
+    ``y`` is handed to ``loss_fn`` unchanged (TRADES passes the clean logits there).
+    """
+    step = step_size if step_size is not None else default_step_size(threat, steps)
+    with attack_mode(model):
+        delta0 = random_init(x, threat, generator) if random_start else torch.zeros_like(x)
+        x_adv = pgd_steps(
+            model,
+            x.detach(),
+            y.detach(),
+            delta0,
+            threat=threat,
+            steps=steps,
+            step_size=step,
+            loss_fn=loss_fn,
+            return_best=False,
+            l1_sparsity=l1_sparsity,
+        )
+    return x_adv.detach()
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The module inside a ``DistributedDataParallel`` wrapper (``model`` itself otherwise).
+
+    Call the wrapper for anything whose gradient must be synchronised; use the inner module for
+    ``torch.func.functional_call`` look-aheads (its parameter names carry no ``module.`` prefix).
+    """
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def accuracy(logits: torch.Tensor, y: torch.Tensor) -> float:
+    """Share of ``logits`` whose argmax is ``y``."""
+    return float((logits.detach().argmax(dim=1) == y).float().mean())
+
+
+def check_steps(name: str, steps: int, step_size: float | None = None) -> None:
+    """One-line errors for the options every PGD-based defense has."""
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"defense {name}: steps must be an integer >= 1, got {steps!r}")
+    if step_size is not None and not step_size > 0:
+        raise ValueError(f"defense {name}: step_size must be > 0, got {step_size!r}")
+
+
+def sample_index(weights: torch.Tensor, generator: torch.Generator) -> int:
+    """Draw one index with probability proportional to ``weights`` (CPU, from ``generator``)."""
+    return int(torch.multinomial(weights.double().cpu(), 1, generator=generator))
+
+
+@dataclasses.dataclass(frozen=True)
+class MultiPGDConfig(DefenseConfig):
+    """PGD options of the multi-threat defenses; ``step_sizes`` has one entry per threat
+    (default 2.5·eps/steps for each)."""
+
+    steps: int = 10
+    step_sizes: tuple[float, ...] | None = None
+    random_start: bool = True
+    l1_sparsity: float = 0.99
+
+    def __post_init__(self) -> None:
+        if self.step_sizes is not None:
+            sizes = (self.step_sizes,) if isinstance(self.step_sizes, int | float) else tuple(self.step_sizes)
+            object.__setattr__(self, "step_sizes", tuple(float(s) for s in sizes))
+        check_steps(type(self).__name__, self.steps)
+        for s in self.step_sizes or ():
+            if not s > 0:
+                raise ValueError(f"step_sizes must all be > 0, got {self.step_sizes}")
+
+
+def step_sizes_for(
+    name: str, threats: tuple[ThreatModel, ...], steps: int, step_sizes: tuple[float, ...] | None
+) -> tuple[float, ...]:
+    """One PGD step size per threat: the given ones (checked for length) or 2.5·eps/steps."""
+    if step_sizes is None:
+        return tuple(default_step_size(t, steps) for t in threats)
+    if len(step_sizes) != len(threats):
+        raise ValueError(
+            f"defense {name}: step_sizes has {len(step_sizes)} value(s) but there are {len(threats)} threats "
+            f"({', '.join(map(str, threats))}); give one per threat, in the same order"
+        )
+    return tuple(step_sizes)
+
+
+def pgd_for_each_threat(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    threats: tuple[ThreatModel, ...],
+    step_sizes: tuple[float, ...],
+    cfg: MultiPGDConfig,
+    ctx: TrainContext,
+) -> torch.Tensor:
+    """PGD examples of ``x`` for every threat, stacked: ``(T * B, ...)`` in threat order (T·K passes)."""
+    with ctx.timed("attack"):
+        return torch.cat(
+            [
+                pgd_attack(
+                    model,
+                    x,
+                    y,
+                    threat,
+                    ctx.generator,
+                    steps=cfg.steps,
+                    step_size=size,
+                    random_start=cfg.random_start,
+                    l1_sparsity=cfg.l1_sparsity,
+                )
+                for threat, size in zip(threats, step_sizes, strict=True)
+            ]
+        )
 
 
 def create(name: str, threats: Any, **options: Any) -> Defense:

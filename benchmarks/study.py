@@ -1,0 +1,209 @@
+"""The Fashion-MNIST study: every defense side by side, resumable per (method, seed).
+
+    python benchmarks/study.py                      # the full study (make bench), piece by piece
+    python benchmarks/study.py --quick              # minutes: a few methods on a subset (make bench-quick)
+    python benchmarks/study.py --methods pgd-linf,metaat --seeds 0,1 --epochs 5
+
+Each (method, seed) trains ``cnn-small`` under one schedule into ``benchmarks/runs/<study>/<method>/seed<k>``
+(killed runs resume from their last checkpoint), is evaluated with the reference package's
+APGD-CE + APGD-T per threat (``--suite apgd``; ``--suite standard`` for headline rows) on the
+first ``--n`` test points, and appends one record to ``benchmarks/results/<study>.json`` as soon
+as it finishes. Finished records are kept; rerunning skips them. ``make_tables.py`` turns the
+records into the README's table and plot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+RUNS = ROOT / "benchmarks" / "runs"
+
+LINF, L2, L1 = "linf:0.1", "l2:1.5", "l1:10"
+ALL = (LINF, L2, L1)
+
+# method -> (defense, training threats, defense options)
+METHODS: dict[str, tuple[str, tuple[str, ...], dict[str, Any]]] = {
+    "standard": ("standard", (LINF,), {}),
+    "fast": ("fast", (LINF,), {}),
+    "pgd-linf": ("pgd", (LINF,), {"steps": 10}),
+    "pgd-l2": ("pgd", (L2,), {"steps": 10}),
+    "pgd-l1": ("pgd", (L1,), {"steps": 10}),
+    "trades": ("trades", (LINF,), {}),
+    "sat": ("sat", ALL, {}),
+    "avg": ("avg", ALL, {}),
+    "max": ("max", ALL, {}),
+    "msd": ("msd", ALL, {}),
+    "eat": ("eat", ALL, {}),
+    "mng": ("mng", ALL, {}),
+    "l2l": ("l2l", ALL, {}),
+    "mat": ("mat", ALL, {}),
+    "metaat": ("metaat", ALL, {}),
+    # ablations of metaat's recipe: each switches one part off
+    "metaat-no-pgd": ("metaat", ALL, {"pgd_every": 0}),
+    "metaat-no-consistency": ("metaat", ALL, {"consistency": 0.0}),
+    "metaat-no-adaptive": ("metaat", ALL, {"adaptive": False}),
+}
+QUICK_METHODS = ("standard", "pgd-linf", "sat", "metaat")
+
+
+def atomic_write_json(path: Path, data: Any) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def load_records(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    data = json.loads(path.read_text(encoding="utf-8"))
+    return list(data.get("records", []))
+
+
+def run_one(method: str, seed: int, args: argparse.Namespace, study: str) -> dict[str, Any]:
+    import torch
+
+    import metaat
+    import metaat.data as data
+    from metaat.eval import evaluate
+    from metaat.models import resolve_model
+    from metaat.runtime import environment, hardware_summary, set_threads
+    from metaat.train import TrainConfig, train
+
+    defense, threats, options = METHODS[method]
+    opts = dict(options)
+    if method == "metaat" or method.startswith("metaat-"):
+        opts.update(args.metaat_options)
+    run_dir = RUNS / study / method / f"seed{seed}"
+    cfg = TrainConfig(
+        data="fashion-mnist",
+        model="cnn-small",
+        defense=defense,
+        options=opts,
+        threats=threats,
+        epochs=args.epochs,
+        batch_size=128,
+        train_subset=args.train_subset,
+        eval_n=200,
+        seed=seed,
+        threads=args.threads,
+        device="cpu",
+    )
+    set_threads(args.threads)
+    resume = (run_dir / "checkpoint").is_dir() and not (run_dir / "final").is_dir()
+    t0 = time.perf_counter()
+    if not (run_dir / "final").is_dir():
+        train(cfg, run_dir, resume=resume, quiet=True)
+    train_wall = time.perf_counter() - t0
+    summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
+    cost = summary["cost"]
+    model = resolve_model(run_dir)
+    x, y = data.load("fashion-mnist", "test", n=args.n)
+    result = evaluate(
+        model, x, y, list(ALL), suite=args.suite, union_only=args.union_only, seed=seed,
+        state_path=run_dir / f"eval-{args.suite}-{args.n}.state.json", unseen=False, checks=False,
+    )
+    robust = {t.split(":")[0]: result.robust.get(t) for t in ALL}
+    robust["union"] = result.union
+    epochs = int(summary.get("epochs_completed", args.epochs))
+    seconds = float(cost.get("attack_seconds", 0.0)) + float(cost.get("update_seconds", 0.0))
+    return {
+        "method": method,
+        "defense": defense,
+        "options": opts,
+        "train_threats": list(threats),
+        "seed": seed,
+        "epochs": epochs,
+        "train_subset": args.train_subset,
+        "clean": result.clean,
+        "robust": robust,
+        "upper_bound": {t.split(":")[0]: v for t, v in result.upper_bound.items()},
+        "n": result.n,
+        "suite": args.suite,
+        "protocol": result.protocol,
+        "passes_per_example": cost.get("passes_per_example"),
+        "forward_per_example": cost.get("forward_per_example"),
+        "backward_per_example": cost.get("backward_per_example"),
+        "seconds_per_epoch": seconds / max(1, epochs),
+        "eval_seconds": result.timings.get("total_seconds"),
+        "train_wall_this_session": train_wall,
+        "threads": torch.get_num_threads(),
+        "hardware": hardware_summary(),
+        "metaat_version": metaat.__version__,
+        "environment": environment(),
+        "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="a few methods on a subset, minutes")
+    p.add_argument("--methods", default=None, help=f"comma-separated; valid: {', '.join(METHODS)}")
+    p.add_argument("--seeds", default="0,1")
+    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--train-subset", type=int, default=None)
+    p.add_argument("--n", type=int, default=1000, help="test points evaluated")
+    p.add_argument("--suite", default="apgd", choices=("quick", "apgd", "standard"))
+    p.add_argument("--union-only", action="store_true")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--study", default=None, help="results name (default fmnist_study, or fmnist_quick)")
+    p.add_argument("--metaat-option", action="append", default=[], help="key=value for the metaat rows")
+    args = p.parse_args(argv)
+    import yaml
+
+    args.metaat_options = {k: yaml.safe_load(v) for k, v in (o.split("=", 1) for o in args.metaat_option)}
+    if args.quick:
+        methods = list(QUICK_METHODS)
+        args.seeds = "0"
+        args.epochs = 1
+        args.train_subset = args.train_subset or 5000
+        args.n = min(args.n, 200)
+        args.suite = "quick" if args.suite == "apgd" else args.suite
+    else:
+        methods = list(METHODS)
+    if args.methods:
+        methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        p.error(f"unknown method(s) {unknown}; valid: {', '.join(METHODS)}")
+    seeds = [int(s) for s in args.seeds.split(",")]
+    study = args.study or ("fmnist_quick" if args.quick else "fmnist_study")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / f"{study}.json"
+    records = load_records(out)
+
+    def key(r: dict[str, Any]) -> tuple[Any, ...]:
+        return (r["method"], r["seed"], r["epochs"], r.get("train_subset"), r["n"], r["suite"])
+
+    done = {key(r) for r in records}
+    for method in methods:
+        for seed in seeds:
+            want = (method, seed, args.epochs, args.train_subset, args.n, args.suite)
+            if want in done:
+                print(f"[study] {method} seed {seed}: done, kept")
+                continue
+            print(f"[study] {method} seed {seed}: training + evaluating ...", flush=True)
+            record = run_one(method, seed, args, study)
+            records = [r for r in load_records(out) if key(r) != want] + [record]
+            atomic_write_json(out, {"study": study, "records": records})
+            rb = record["robust"]
+            print(
+                f"[study] {method} seed {seed}: clean {record['clean']:.3f} linf {rb['linf']:.3f} "
+                f"l2 {rb['l2']:.3f} l1 {rb['l1']:.3f} union {rb['union']:.3f} "
+                f"passes {record['passes_per_example']:.2f} s/epoch {record['seconds_per_epoch']:.0f}",
+                flush=True,
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

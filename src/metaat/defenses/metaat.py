@@ -1,0 +1,226 @@
+"""metaat: the library's own multi-threat recipe — a learned attacker for the inner max at FGSM's
+cost, kept honest by occasional PGD batches, with adaptive threat sampling.
+
+Threat: several Lp threats (linf / l2 / l1), one per batch. Parts, each switchable for ablations:
+
+* **learned inner max** (L2L, Jiang et al. 2021, threat-conditioned as in :mod:`metaat.meta`):
+  one attacker for every threat, ``attacker_steps`` learned steps from a random start (Wong et
+  al. 2020), trained by gradient ascent on the classifier's own training loss at no extra pass;
+  may start from a meta-pretrained attacker (``attacker_path``);
+* **PGD every m-th batch** (``pgd_every``; 0 = never): a ``pgd_steps``-step PGD batch trains the
+  classifier on points the attacker may miss and measures honest per-threat robust accuracy;
+* **adaptive threat sampling** (E-AT-style, Croce & Hein 2022; ``adaptive``): threats where the
+  running robust accuracy (from PGD batches when there are any) is lowest are drawn more often;
+* **consistency** (MNG-AC, Madaan et al. 2021; ``consistency`` = β): ``β·JS(p_clean, p_adv)``;
+  costs one more forward+backward on the clean batch;
+* **look-ahead** (MNG-AC; ``lookahead``): on PGD batches the attacker is also meta-updated so that
+  one classifier step on its output lowers the loss on the PGD points (second order,
+  ``torch.func.functional_call``).
+
+Cost per example, default options (1 learned step, PGD-5 every 4th batch, no consistency, no
+look-ahead): 3/4 · (1 + 1) + 1/4 · (5 + 1) = 3 target passes; reported as ``passes_est``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import torch
+from torch import nn
+
+from metaat.attacks.base import attack_mode
+from metaat.attacks.pgd import pgd_steps
+from metaat.defenses.base import DEFENSES, Defense, DefenseConfig, TrainContext, accuracy
+from metaat.defenses.l2l import build_attacker
+from metaat.losses import ce, consistency_js
+from metaat.meta.generators import LearnedAttacker
+from metaat.meta.io import generator_record
+from metaat.meta.lookahead import lookahead_loss
+from metaat.meta.rollout import attacker_rollout, route_ascent
+from metaat.meta.sampling import adaptive_probabilities, ema, sample_index, uniform
+from metaat.threats import ThreatModel, default_step_size, random_init
+
+
+@dataclasses.dataclass(frozen=True)
+class MetaATConfig(DefenseConfig):
+    attacker_steps: int = 1
+    random_start: bool = True
+    attacker_lr: float = 1e-3
+    hidden: int = 32
+    depth: int = 3
+    attacker_path: str | None = None
+    pgd_every: int = 4
+    pgd_steps: int = 5
+    l1_sparsity: float = 0.99
+    adaptive: bool = True
+    adaptive_floor: float = 0.1
+    ema_decay: float = 0.9
+    consistency: float = 0.0
+    lookahead: bool = False
+    lookahead_lr: float = 0.1
+
+    def __post_init__(self) -> None:
+        for name in ("attacker_steps", "pgd_steps", "hidden"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"metaat: {name} must be >= 1, got {getattr(self, name)}")
+        if self.pgd_every < 0:
+            raise ValueError(f"metaat: pgd_every must be >= 0 (0 = never), got {self.pgd_every}")
+        for name in ("attacker_lr", "lookahead_lr", "adaptive_floor"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"metaat: {name} must be > 0, got {getattr(self, name)}")
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"metaat: ema_decay must lie in [0, 1), got {self.ema_decay}")
+        if self.consistency < 0:
+            raise ValueError(f"metaat: consistency must be >= 0, got {self.consistency}")
+        if self.lookahead and self.pgd_every == 0:
+            raise ValueError("metaat: lookahead needs PGD batches (pgd_every >= 1)")
+
+
+@DEFENSES.register("metaat")
+class MetaAT(Defense):
+    """metaat's recipe: learned attacker + occasional PGD + adaptive threat sampling."""
+
+    name = "metaat"
+    config_class = MetaATConfig
+    config: MetaATConfig
+    multi_threat = True
+
+    def __init__(self, threats: Any, **options: Any) -> None:
+        super().__init__(threats, **options)
+        self.attacker: LearnedAttacker | None = None
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.batches = 0
+        n = len(self.threats)
+        self.acc_learned: list[float | None] = [None] * n
+        self.acc_pgd: list[float | None] = [None] * n
+
+    # -- state --------------------------------------------------------------------------------
+    def setup(self, model: nn.Module, device: torch.device, num_classes: int, input_shape: tuple[int, ...]) -> None:
+        cfg = self.config
+        self.attacker = build_attacker(int(input_shape[0]), cfg.hidden, cfg.depth, cfg.attacker_path, device)
+        self.optimizer = torch.optim.Adam(self.attacker.parameters(), lr=cfg.attacker_lr)
+
+    def modules(self) -> dict[str, nn.Module]:
+        return {"attacker": self.attacker} if self.attacker is not None else {}
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"attacker": self.optimizer} if self.optimizer is not None else {}
+
+    def state_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "batches": self.batches,
+            "threats": [str(t) for t in self.threats],
+            "acc_learned": list(self.acc_learned),
+            "acc_pgd": list(self.acc_pgd),
+        }
+        if self.attacker is not None:
+            out["attacker"] = generator_record(self.attacker)
+        return out
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        saved = state.get("threats")
+        if saved is not None and saved != [str(t) for t in self.threats]:
+            raise ValueError(
+                f"metaat: checkpoint trained on threats {saved}, this run has {[str(t) for t in self.threats]}"
+            )
+        self.batches = int(state.get("batches", 0))
+        n = len(self.threats)
+        self.acc_learned = list(state.get("acc_learned", [None] * n))
+        self.acc_pgd = list(state.get("acc_pgd", [None] * n))
+
+    def threat_probabilities(self) -> list[float]:
+        """Sampling distribution over the training threats for the next batch."""
+        cfg = self.config
+        if not cfg.adaptive:
+            return uniform(len(self.threats))
+        acc = self.acc_pgd if cfg.pgd_every > 0 else self.acc_learned
+        return adaptive_probabilities(acc, cfg.adaptive_floor)
+
+    # -- one batch ----------------------------------------------------------------------------
+    def __call__(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: TrainContext
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        cfg = self.config
+        if self.attacker is None:
+            self.setup(model, x.device, ctx.num_classes, tuple(x.shape[1:]))
+        attacker, opt = self.attacker, self.optimizer
+        assert attacker is not None and opt is not None
+        probs = self.threat_probabilities()
+        t = sample_index(probs, ctx.generator)
+        threat = self.threats[t]
+        use_pgd = cfg.pgd_every > 0 and self.batches % cfg.pgd_every == cfg.pgd_every - 1
+        self.batches += 1
+        metrics: dict[str, float] = {"threat": float(t), "pgd_batch": float(use_pgd)}
+        passes = 1.0  # the training forward+backward
+        with ctx.timed("attack"):
+            delta0 = random_init(x, threat, ctx.generator) if cfg.random_start or use_pgd else torch.zeros_like(x)
+            attacker.train()
+            if use_pgd:
+                with attack_mode(model):
+                    x_adv = pgd_steps(
+                        model,
+                        x,
+                        y,
+                        delta0,
+                        threat=threat,
+                        steps=cfg.pgd_steps,
+                        step_size=default_step_size(threat, cfg.pgd_steps),
+                        loss_fn=ce,
+                        return_best=False,
+                        l1_sparsity=cfg.l1_sparsity,
+                    ).detach()
+                passes += cfg.pgd_steps
+                if cfg.lookahead:
+                    metrics["meta_loss"] = self._lookahead_step(model, x, y, x_adv, delta0, threat, ctx)
+                    passes += cfg.attacker_steps + 3.0
+            else:
+                delta = attacker_rollout(attacker, model, x, y, threat, delta0=delta0, steps=cfg.attacker_steps)
+                # The classifier's backward also trains the attacker (gradient ascent, no extra pass).
+                x_adv = x + route_ascent(delta, opt, sync=ctx.sync_gradients)
+                passes += cfg.attacker_steps
+
+        b = x.shape[0]
+        if cfg.consistency > 0:
+            logits = model(torch.cat([x_adv, x]))
+            adv, clean = logits[:b], logits[b:]
+            js = consistency_js(clean, adv).mean()
+            loss = ce(adv, y).mean() + cfg.consistency * js
+            metrics["js"] = float(js.detach())
+            passes += 1.0
+        else:
+            adv = model(x_adv)
+            loss = ce(adv, y).mean()
+
+        acc = accuracy(adv, y)
+        store = self.acc_pgd if use_pgd else self.acc_learned
+        store[t] = ema(store[t], acc, cfg.ema_decay)
+        metrics.update(loss=float(loss.detach()), acc=acc, passes_est=passes)
+        metrics.update({f"p/{threat_i}": p for threat_i, p in zip(self.threats, probs, strict=True)})
+        return loss, metrics
+
+    def _lookahead_step(
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        x_adv: torch.Tensor,
+        delta0: torch.Tensor,
+        threat: ThreatModel,
+        ctx: TrainContext,
+    ) -> float:
+        """MNG-style meta-update: φ ← φ − lr ∇_φ CE(f_θ'(x_adv)), θ' = θ − η ∇_θ CE(f_θ(x + δ_φ))."""
+        cfg, attacker, opt = self.config, self.attacker, self.optimizer
+        assert attacker is not None and opt is not None
+        start = delta0 if cfg.random_start else torch.zeros_like(x)
+        delta = attacker_rollout(attacker, model, x, y, threat, delta0=start, steps=cfg.attacker_steps)
+        meta = lookahead_loss(model, x + delta, x_adv, y, cfg.lookahead_lr)
+        params = list(attacker.parameters())
+        grads = torch.autograd.grad(meta, params, allow_unused=True)
+        opt.zero_grad(set_to_none=True)
+        for p, g in zip(params, grads, strict=True):
+            p.grad = g
+        ctx.sync_gradients(params)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return float(meta.detach())

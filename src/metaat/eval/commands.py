@@ -1,0 +1,215 @@
+"""``metaat eval`` and ``metaat compare`` (registered into the typer app by :func:`register`)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from metaat.eval.report import fmt_pct
+
+DEFAULT_STATE = ".eval-state.json"
+HOLDOUT_POINTS = 500
+
+
+def locate(target: str | os.PathLike[str]) -> tuple[Path, Path | None]:
+    """``(model path, run folder or None)`` for a run folder, a checkpoint folder or a weights file."""
+    p = Path(target).expanduser()
+    if not p.exists():
+        raise FileNotFoundError(f"no run, checkpoint or model file at {p}")
+    if p.is_dir() and not (p / "model.json").is_file():
+        for sub in ("final", "checkpoint"):
+            if (p / sub / "model.json").is_file():
+                return p / sub, p
+        raise FileNotFoundError(
+            f"{p} holds no model (expected model.json + model.safetensors, or a final/ or checkpoint/ folder)"
+        )
+    folder = p if p.is_dir() else p.parent
+    run = folder.parent if any((folder.parent / f).is_file() for f in ("config.yaml", "metrics.jsonl")) else None
+    return p, run
+
+
+def load_target(target: str | os.PathLike[str]) -> tuple[Any, Path, Path | None]:
+    """The model (CPU, eval mode), its file/folder and its run folder."""
+    import metaat.models as models
+
+    path, run = locate(target)
+    resolver = getattr(models, "resolve_model", None)
+    model = resolver(path) if resolver is not None else models.load_model(path)
+    return model, path, run
+
+
+def _model_card(model: Any, path: Path) -> dict[str, Any]:
+    from metaat.models import count_parameters
+
+    spec = getattr(model, "metaat_spec", None)
+    return {
+        "name": spec.get("name") if isinstance(spec, dict) else type(model).__name__,
+        "source": str(path),
+        "parameters": count_parameters(model),
+        "spec": spec if isinstance(spec, dict) else None,
+    }
+
+
+def check_data_fits(spec: dict[str, Any] | None, data: str, info: Any) -> None:
+    """One-line error when the checkpoint's architecture was built for other data."""
+    if not isinstance(spec, dict):
+        return
+    want = (spec.get("in_channels"), spec.get("image_size"), spec.get("num_classes"))
+    have = (info.in_channels, info.image_size, info.num_classes)
+    if want != have:
+        raise ValueError(
+            f"the checkpoint is a {spec.get('name')} for {want[0]}x{want[1]}x{want[1]} inputs and {want[2]} classes, "
+            f"but {data} has {have[0]}x{have[1]}x{have[1]} inputs and {have[2]} classes"
+        )
+
+
+def summary_table(report: dict[str, Any]) -> Table:
+    from metaat.eval.report import headline_rows
+
+    table = Table(title=f"{report['model']['name']} on {report['dataset']['name']} (n = {report['dataset']['n']}, "
+                        f"suite {report['protocol']['suite']})")
+    table.add_column("metric")
+    table.add_column("accuracy (%)", justify="right")
+    for row in headline_rows(report):
+        table.add_row(row["label"], fmt_pct(row["value"], row["upper"]))
+    return table
+
+
+def eval_cmd(
+    target: Annotated[str, typer.Argument(help="run folder, checkpoint folder or model .safetensors")],
+    data: Annotated[str | None, typer.Option(help="dataset (default: the run's, else fashion-mnist)")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="folder holding the dataset files")] = None,
+    threat: Annotated[list[str] | None, typer.Option("--threat", help="threat, repeatable (default: linf:0.1 "
+                                                     "l2:1.5 l1:10)")] = None,
+    n: Annotated[int, typer.Option(help="number of test points")] = 1000,
+    suite: Annotated[str, typer.Option(help="quick | apgd | standard")] = "apgd",
+    union_only: Annotated[bool, typer.Option("--union-only", help="attack each threat only on points still "
+                                             "robust (same union, upper-bound per-threat numbers)")] = False,
+    unseen: Annotated[bool, typer.Option("--unseen/--no-unseen", help="run the unseen attacks")] = True,
+    checks: Annotated[bool, typer.Option("--checks/--no-checks", help="run the gradient-masking checks")] = True,
+    out: Annotated[Path | None, typer.Option(help="report folder (default: the run folder)")] = None,
+    state: Annotated[Path | None, typer.Option(help="resume file (default: <out>/.eval-state.json)")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="points per attack chunk (default: auto)")] = None,
+    seed: Annotated[int, typer.Option(help="random seed")] = 0,
+    threads: Annotated[int | None, typer.Option(help="torch CPU threads")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N")] = "auto",
+    as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON on stdout")] = False,
+) -> None:
+    """Evaluate a model: clean, per-threat and union robust accuracy, unseen attacks, gradient-masking
+    checks; writes report.json, report.md and report.html."""
+    from rich.progress import Progress
+
+    import metaat.data as datasets
+    from metaat.cli import fail
+    from metaat.eval.evaluate import DEFAULT_THREATS, evaluate
+    from metaat.eval.report import build_report, read_run_config, write_reports
+    from metaat.eval.state import StateMismatchError
+    from metaat.runtime import resolve_device, seed_everything, set_threads
+    from metaat.threats import parse_threats
+
+    err_console = Console(stderr=True)
+    try:
+        set_threads(threads)
+        dev = resolve_device(device)
+        seed_everything(seed)
+        threats = parse_threats(tuple(threat or DEFAULT_THREATS))
+        if suite not in ("quick", "apgd", "standard"):
+            raise ValueError(f"unknown suite {suite!r}; valid suites: apgd, quick, standard")
+        model, path, run = load_target(target)
+        config = read_run_config(run)
+        name = data or config.get("data") or "fashion-mnist"
+        folder = data_dir if data_dir is not None else config.get("data_dir") if data is None else None
+        info = datasets.info(name)
+        check_data_fits(getattr(model, "metaat_spec", None), name, info)
+        x, y = datasets.load(name, "test", data_dir=folder, n=n)
+        holdout = None
+        if unseen:
+            try:
+                holdout = datasets.load(name, "train", data_dir=folder, n=HOLDOUT_POINTS)
+            except (ValueError, FileNotFoundError):
+                holdout = None  # universal attacks fall back to two-fold on the test points
+        out_dir = out or run or (path if path.is_dir() else path.parent)
+        state_path = state or out_dir / DEFAULT_STATE
+        model = model.to(dev)
+    except (ValueError, TypeError, KeyError, FileNotFoundError, RuntimeError) as err:
+        fail(str(err))
+        return
+
+    def run_evaluation() -> Any:
+        with Progress(console=err_console, transient=True) as bar:
+            tasks: dict[str, Any] = {}
+
+            def progress(stage: str, done: int, total: int) -> None:
+                if stage not in tasks:
+                    tasks[stage] = bar.add_task(stage, total=total)
+                bar.update(tasks[stage], completed=done, total=total)
+
+            return evaluate(
+                model, x, y, threats, suite=suite, union_only=union_only, seed=seed, state_path=state_path,
+                unseen=unseen, checks=checks, batch_size=batch_size, holdout=holdout, progress=progress,
+            )
+
+    try:
+        try:
+            result = run_evaluation()
+        except StateMismatchError:
+            if state is not None:
+                raise
+            state_path.unlink(missing_ok=True)  # a stale default state from another evaluation
+            result = run_evaluation()
+        report = build_report(result, model=_model_card(model, path), dataset={"name": name, "split": "test"},
+                              run_dir=run)
+        paths = write_reports(report, out_dir)
+        if state is None:
+            state_path.unlink(missing_ok=True)
+    except (ValueError, TypeError, KeyError, FileNotFoundError, RuntimeError, OSError) as err:
+        fail(str(err))
+        return
+    if as_json:
+        typer.echo(json.dumps({k: v for k, v in report.items() if k != "examples"}, indent=2, ensure_ascii=False))
+        return
+    console = Console()
+    console.print(summary_table(report))
+    from metaat.eval.report import checks_summary
+
+    console.print(checks_summary(report), style="bold red" if report["flagged"] else "green")
+    for c in report["flagged"]:
+        where = f" ({c['threat']})" if c.get("threat") else ""
+        console.print(f"  - {c['name']}{where}: {c['explanation']}", highlight=False)
+    console.print(f"HTML report: {paths['html']}", highlight=False, soft_wrap=True)
+
+
+def compare_cmd(
+    runs: Annotated[list[Path], typer.Argument(help="run folders (or report.json files)")],
+    out: Annotated[Path | None, typer.Option(help="folder for leaderboard.md/html (default: the runs' parent)")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the leaderboard as JSON on stdout")] = False,
+) -> None:
+    """Leaderboard of evaluated runs, sorted by union robust accuracy, with training cost."""
+    from metaat.cli import fail
+    from metaat.eval.compare import leaderboard, render_leaderboard_markdown, write_leaderboard
+
+    try:
+        board = leaderboard(list(runs))
+        parents = {Path(r).expanduser().resolve().parent for r in runs}
+        out_dir = out or (parents.pop() if len(parents) == 1 else Path.cwd())
+        paths = write_leaderboard(board, out_dir)
+    except (ValueError, KeyError, FileNotFoundError, OSError) as err:
+        fail(str(err))
+        return
+    if as_json:
+        typer.echo(json.dumps(board, indent=2, ensure_ascii=False))
+        return
+    typer.echo(render_leaderboard_markdown(board))
+    Console(stderr=True).print(f"HTML leaderboard: {paths['html']}", highlight=False, soft_wrap=True)
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``eval`` and ``compare`` to the ``metaat`` command."""
+    app.command("eval")(eval_cmd)
+    app.command("compare")(compare_cmd)

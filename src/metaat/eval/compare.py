@@ -1,0 +1,108 @@
+"""``metaat compare``: a leaderboard of run reports, sorted by union robust accuracy, with cost.
+
+Rows come straight from each run's ``report.json``; nothing is recomputed. Runs evaluated with a
+different dataset, suite or number of points are still listed, with a warning that their numbers
+are not directly comparable.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from metaat.eval.report import FORMAT, fmt_pct, md_table
+
+
+def find_report(path: str | os.PathLike[str]) -> Path:
+    """``report.json`` of a run folder (or the file itself); a one-line error when there is none."""
+    p = Path(path).expanduser()
+    candidate = p if p.is_file() else p / "report.json"
+    if not candidate.is_file():
+        raise FileNotFoundError(f"no report.json in {p}; run `metaat eval {p}` first")
+    return candidate
+
+
+def load_report(path: str | os.PathLike[str]) -> dict[str, Any]:
+    file = find_report(path)
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"{file}: not a readable report ({err})") from err
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise ValueError(f"{file}: not a metaat report")
+    return data
+
+
+def leaderboard(paths: list[str | os.PathLike[str]]) -> dict[str, Any]:
+    """Rows (one per report) sorted by union robust accuracy, best first; the threats seen in any."""
+    if not paths:
+        raise ValueError("compare needs at least one run folder or report.json")
+    rows, threats = [], []
+    for path in paths:
+        report = load_report(path)
+        for t in report["threats"]:
+            if t not in threats:
+                threats.append(t)
+        cost = report.get("cost") or {}
+        name = Path(report.get("run") or find_report(path).parent).name
+        rows.append({
+            "run": name,
+            "path": str(find_report(path)),
+            "model": report["model"].get("name"),
+            "dataset": report["dataset"]["name"],
+            "n": report["dataset"]["n"],
+            "suite": report["protocol"].get("suite"),
+            "clean": report["clean"],
+            "robust": report["robust"],
+            "upper_bound": report.get("robust_upper_bound", {}),
+            "union": report["union"],
+            "flagged": len(report.get("flagged", [])),
+            "passes_per_example": cost.get("passes_per_example"),
+            "seconds_per_epoch": cost.get("seconds_per_epoch"),
+            "threats": report["threats"],
+        })
+    rows.sort(key=lambda r: (-r["union"], -r["clean"], r["run"]))
+    warnings = []
+    for field, what in (("dataset", "datasets"), ("suite", "attack suites"), ("n", "numbers of points")):
+        if len({r[field] for r in rows}) > 1:
+            warnings.append(f"Runs use different {what}: their numbers are not directly comparable.")
+    if len({tuple(r["threats"]) for r in rows}) > 1:
+        warnings.append("Runs were evaluated on different threat sets: their union numbers differ in meaning.")
+    return {"threats": threats, "rows": rows, "warnings": warnings}
+
+
+def render_leaderboard_markdown(board: dict[str, Any]) -> str:
+    threats = board["threats"]
+    header = ["#", "run", "model", "data", "n", "suite", "clean (%)", *[f"{t} (%)" for t in threats],
+              "union (%)", "flags", "passes/example", "s/epoch"]
+    rows = []
+    for rank, r in enumerate(board["rows"], 1):
+        rows.append([str(rank), r["run"], str(r["model"]), str(r["dataset"]), str(r["n"]), str(r["suite"]),
+                     fmt_pct(r["clean"]),
+                     *[fmt_pct(r["robust"].get(t), bool(r["upper_bound"].get(t))) for t in threats],
+                     fmt_pct(r["union"]), str(r["flagged"]),
+                     _fmt(r["passes_per_example"]), _fmt(r["seconds_per_epoch"])])
+    lines = ["# Leaderboard — union robust accuracy", ""]
+    lines += [f"> {w}" for w in board["warnings"]]
+    if board["warnings"]:
+        lines.append("")
+    lines += md_table(header, rows, "rlllrl" + "r" * (len(header) - 6))
+    return "\n".join(lines) + "\n"
+
+
+def _fmt(value: float | None) -> str:
+    return "—" if value is None else f"{value:.4g}"
+
+
+def write_leaderboard(board: dict[str, Any], out_dir: str | os.PathLike[str]) -> dict[str, Path]:
+    """Write ``leaderboard.md`` and ``leaderboard.html`` into ``out_dir``."""
+    from metaat.eval.html import render_leaderboard_html
+    from metaat.eval.state import atomic_write_text
+
+    out = Path(out_dir)
+    paths = {"md": out / "leaderboard.md", "html": out / "leaderboard.html"}
+    atomic_write_text(paths["md"], render_leaderboard_markdown(board))
+    atomic_write_text(paths["html"], render_leaderboard_html(board))
+    return paths

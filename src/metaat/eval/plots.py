@@ -1,0 +1,118 @@
+"""Figures for the HTML reports, drawn with matplotlib's Agg/SVG backends from the report dict.
+
+Every function returns an inline ``<svg>`` string (no XML prolog, deterministic ids via
+``svg.hashsalt``, no date) or a base64 PNG; nothing touches a display or the network.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import re
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+NORM_LABELS = {"linf": "L∞", "l2": "L2", "l1": "L1"}
+COLOURS = {"clean": "#4c72b0", "union": "#c44e52", "threat": "#55a868", "upper": "#a6a6a6"}
+
+
+def image_png_base64(image: torch.Tensor) -> str:
+    """A (C, H, W) image in [0, 1] as base64 PNG (grey for one channel, RGB for three)."""
+    arr = image.detach().to("cpu", torch.float32).clamp(0, 1).numpy()
+    buf = io.BytesIO()
+    if arr.shape[0] == 1:
+        plt.imsave(buf, arr[0], cmap="gray", vmin=0.0, vmax=1.0, format="png")
+    else:
+        plt.imsave(buf, np.transpose(arr[:3], (1, 2, 0)), format="png")
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _svg(fig: Any, salt: str) -> str:
+    buf = io.StringIO()
+    with plt.rc_context({"svg.hashsalt": salt, "svg.fonttype": "path"}):
+        fig.savefig(buf, format="svg", bbox_inches="tight", metadata={"Date": None})
+    plt.close(fig)
+    text = buf.getvalue()
+    start = text.find("<svg")
+    svg = text[start:]
+    # Let the page scale the figure: keep the viewBox, make width responsive.
+    return re.sub(r'<svg([^>]*?) width="[^"]*" height="[^"]*"', r'<svg\1 class="figure" width="100%"', svg, count=1)
+
+
+def accuracy_vs_eps(report: dict[str, Any]) -> str | None:
+    """Robust accuracy against eps, one panel per norm (eps sweep plus the evaluated threats)."""
+    curves: dict[str, list[dict[str, Any]]] = {}
+    sweep = (report.get("unseen") or {}).get("eps_sweep")
+    for norm, points in (sweep or {}).get("curves", {}).items():
+        curves[norm] = sorted(points, key=lambda p: p["eps"])
+    evaluated: dict[str, list[tuple[float, float]]] = {}
+    for threat, acc in report["robust"].items():
+        norm, eps = threat.split(":")
+        evaluated.setdefault(norm, []).append((float(eps), acc))
+    norms = [n for n in ("linf", "l2", "l1") if n in curves or n in evaluated]
+    if not norms:
+        return None
+    fig, axes = plt.subplots(1, len(norms), figsize=(3.6 * len(norms), 3.0), squeeze=False)
+    for ax, norm in zip(axes[0], norms, strict=True):
+        if norm in curves:
+            eps = [p["eps"] for p in curves[norm]]
+            acc = [100 * p["accuracy"] for p in curves[norm]]
+            ax.plot([0.0, *eps], [100 * report["clean"], *acc], "o-", color=COLOURS["threat"], label="PGD sweep")
+        for e, a in evaluated.get(norm, []):
+            ax.plot([e], [100 * a], "D", color=COLOURS["union"], markersize=7, label="reported")
+        ax.set_title(NORM_LABELS.get(norm, norm))
+        ax.set_xlabel("eps")
+        ax.set_ylim(-2, 102)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("robust accuracy (%)")
+    handles, labels = axes[0][-1].get_legend_handles_labels()
+    unique = dict(zip(labels, handles, strict=True))
+    if unique:
+        axes[0][-1].legend(unique.values(), unique.keys(), fontsize=8, loc="upper right")
+    fig.tight_layout()
+    return _svg(fig, "accuracy-vs-eps")
+
+
+def threat_bars(report: dict[str, Any]) -> str:
+    """Clean, each threat and union accuracy as bars (upper bounds greyed)."""
+    labels = ["clean", *report["robust"], "union"]
+    values = [report["clean"], *report["robust"].values(), report["union"]]
+    upper = report.get("robust_upper_bound", {})
+    colours = [COLOURS["clean"]]
+    colours += [COLOURS["upper"] if upper.get(t) else COLOURS["threat"] for t in report["robust"]]
+    colours += [COLOURS["union"]]
+    fig, ax = plt.subplots(figsize=(1.2 * len(labels) + 1.5, 3.0))
+    bars = ax.bar(range(len(labels)), [100 * v for v in values], color=colours)
+    for bar, v, label in zip(bars, values, labels, strict=True):
+        prefix = "≤" if upper.get(label) else ""
+        ax.text(bar.get_x() + bar.get_width() / 2, 100 * v + 1.5, f"{prefix}{100 * v:.1f}", ha="center", fontsize=8)
+    ax.set_xticks(range(len(labels)), labels, fontsize=8)
+    ax.set_ylim(0, 110)
+    ax.set_ylabel("accuracy (%)")
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    return _svg(fig, "threat-bars")
+
+
+def cost_vs_union(rows: list[dict[str, Any]]) -> str | None:
+    """Leaderboard scatter: training cost (passes per example, else s/epoch) against union accuracy."""
+    key = "passes_per_example" if any(r.get("passes_per_example") is not None for r in rows) else "seconds_per_epoch"
+    pts = [(r[key], r["union"], r["run"]) for r in rows if r.get(key) is not None and r.get("union") is not None]
+    if not pts:
+        return None
+    fig, ax = plt.subplots(figsize=(5.0, 3.4))
+    for cost, union, name in pts:
+        ax.scatter([cost], [100 * union], color=COLOURS["union"])
+        ax.annotate(name, (cost, 100 * union), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    ax.set_xlabel("passes per example" if key == "passes_per_example" else "seconds per epoch")
+    ax.set_ylabel("union robust accuracy (%)")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return _svg(fig, "cost-vs-union")

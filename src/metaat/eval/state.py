@@ -1,0 +1,141 @@
+"""Resumable evaluation state: a JSON file (never pickle), rewritten atomically after every chunk.
+
+The file records a fingerprint of the evaluation (model weights, data, threats, suite, seed, chunk
+size, ...), the clean flags, and per threat the robust flags of every finished chunk of points;
+finished sections (unseen attacks, checks, examples) are stored as their JSON results. An
+interrupted evaluation given the same file continues where it stopped; a file from a different
+evaluation is refused with the list of what differs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+FORMAT = "metaat.eval-state"
+VERSION = 1
+
+
+def tensor_digest(*tensors: torch.Tensor) -> str:
+    """SHA-256 of the tensors' values (dtype, shape and bytes), on CPU."""
+    digest = hashlib.sha256()
+    for t in tensors:
+        c = t.detach().to("cpu").contiguous()
+        digest.update(f"{c.dtype}{tuple(c.shape)}".encode())
+        digest.update(c.numpy().tobytes() if c.dtype != torch.bfloat16 else c.float().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def model_digest(model: nn.Module) -> str:
+    """SHA-256 of a model's state dict (names and values)."""
+    digest = hashlib.sha256()
+    for name, value in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor_digest(value).encode())
+    return digest.hexdigest()
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def flags_to_text(flags: torch.Tensor) -> str:
+    """Bool tensor → compact '0'/'1' string (JSON-friendly, 1 byte a point)."""
+    return "".join("1" if v else "0" for v in flags.tolist())
+
+
+def flags_from_text(text: str) -> torch.Tensor:
+    return torch.tensor([c == "1" for c in text], dtype=torch.bool)
+
+
+class StateMismatchError(ValueError):
+    """The state file belongs to a different evaluation (the message lists what differs)."""
+
+
+@dataclass
+class EvalState:
+    """In-memory view of the state file; ``path=None`` keeps everything in memory only."""
+
+    fingerprint: dict[str, Any]
+    path: Path | None = None
+    clean: str | None = None
+    threats: dict[str, dict[str, Any]] = field(default_factory=dict)
+    sections: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str] | None, fingerprint: dict[str, Any]) -> EvalState:
+        """Load ``path`` when it exists (refusing a different evaluation's file), else start fresh."""
+        if path is None:
+            return cls(fingerprint)
+        p = Path(path).expanduser()
+        if not p.exists():
+            state = cls(fingerprint, p)
+            state.save()
+            return state
+        try:
+            data = json.loads(p.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise ValueError(f"{p}: not a readable evaluation state file ({err})") from err
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise ValueError(f"{p}: not a metaat evaluation state file (format {data.get('format')!r})")
+        old = data.get("fingerprint", {})
+        differs = sorted(k for k in set(old) | set(fingerprint) if old.get(k) != fingerprint.get(k))
+        if differs:
+            raise StateMismatchError(
+                f"{p} belongs to a different evaluation (differs in: {', '.join(differs)}); "
+                "delete it or choose another state file"
+            )
+        return cls(fingerprint, p, data.get("clean"), data.get("threats", {}), data.get("sections", {}))
+
+    def save(self) -> None:
+        if self.path is None:
+            return
+        data = {
+            "format": FORMAT,
+            "version": VERSION,
+            "fingerprint": self.fingerprint,
+            "clean": self.clean,
+            "threats": self.threats,
+            "sections": self.sections,
+        }
+        atomic_write_text(self.path, json.dumps(data, sort_keys=True))
+
+    # --- per-threat chunks -------------------------------------------------------------------
+    def threat_entry(self, threat: str, pending: torch.Tensor) -> dict[str, Any]:
+        """The record for ``threat``; its pending points must match a resumed record's."""
+        key = tensor_digest(pending)
+        entry = self.threats.get(threat)
+        if entry is None or entry.get("pending") != key:
+            entry = {"pending": key, "chunks": {}, "seconds": 0.0}
+            self.threats[threat] = entry
+        return entry
+
+    def chunk(self, threat: str, index: int) -> torch.Tensor | None:
+        text = self.threats.get(threat, {}).get("chunks", {}).get(str(index))
+        return None if text is None else flags_from_text(text)
+
+    def record_chunk(self, threat: str, index: int, flags: torch.Tensor, seconds: float) -> None:
+        entry = self.threats[threat]
+        entry["chunks"][str(index)] = flags_to_text(flags)
+        entry["seconds"] = float(entry.get("seconds", 0.0)) + seconds
+        self.save()
+
+    def record_section(self, name: str, value: Any) -> None:
+        self.sections[name] = value
+        self.save()

@@ -1,0 +1,250 @@
+"""Attack suites: what "robust under a threat" means for one evaluation.
+
+A suite attacks a chunk of points under one threat and returns their adversarial inputs; a point
+is robust when the model still classifies its adversarial input correctly (the evaluation
+recomputes that prediction itself and checks that the input lies in the threat set).
+
+* ``quick``  — metaat's own PGD (CE then margin loss, 25 steps each, random start), a worst-case
+  ensemble for monitoring. Every point's random start comes from a generator seeded by
+  ``(seed, threat, run, point index)``, so a point's result does not depend on which other points
+  share its chunk: union-only mode and resumed runs give exactly the same flags.
+* ``apgd``   — the reference package's APGD-CE + APGD-T (``pyautoattack``, version ``custom``
+  with the ``standard`` settings): the protocol for every benchmark row.
+* ``standard`` — the reference AutoAttack, version ``standard`` (APGD-CE, APGD-T, FAB-T, Square):
+  the headline number.
+
+The reference package re-seeds torch's global generator; it runs inside ``torch.random.fork_rng``
+so the caller's random state is untouched, and its runtime warnings are collected (they become a
+gradient-masking check in the report).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from metaat.attacks.autoattack import AutoAttackConfig, build_reference, reference_version
+from metaat.attacks.pgd import pgd_steps
+from metaat.losses import get_loss
+from metaat.registry import Registry
+from metaat.runtime import make_generator
+from metaat.threats import ThreatModel, default_step_size, random_init
+
+REFERENCE_PACKAGE = "pyautoattack"
+
+
+def point_seed(seed: int, *parts: object) -> int:
+    """A 63-bit seed derived from ``seed`` and any labels (threat, run, point index)."""
+    text = "|".join(str(p) for p in (seed, *parts))
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little") >> 1
+
+
+def per_point_starts(x: torch.Tensor, ids: torch.Tensor, threat: ThreatModel, seed: int, tag: str) -> torch.Tensor:
+    """Random starts for ``x`` (B, ...), point ``i`` drawn from its own generator keyed by ``ids[i]``."""
+    parts = [
+        random_init(x[i : i + 1], threat, make_generator(point_seed(seed, threat, tag, int(ids[i]))))
+        for i in range(x.shape[0])
+    ]
+    return torch.cat(parts) if parts else torch.zeros_like(x)
+
+
+class Suite(ABC):
+    """An attack suite; ``attack`` returns ``x_adv`` for a chunk (model already in attack mode)."""
+
+    name: ClassVar[str]
+    per_point_deterministic: ClassVar[bool] = False
+
+    @abstractmethod
+    def attack(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ids: torch.Tensor, threat: ThreatModel, seed: int
+    ) -> torch.Tensor:
+        """Adversarial inputs for points ``ids`` (their global indices) under ``threat``."""
+
+    @abstractmethod
+    def describe(self, threat: ThreatModel) -> list[str]:
+        """The attacks run for ``threat``, one human-readable line each."""
+
+    def warnings(self) -> list[str]:
+        """Runtime warnings the suite's attacks raised (the reference package's own checks)."""
+        return []
+
+    def protocol(self, threats: tuple[ThreatModel, ...]) -> dict[str, Any]:
+        return {
+            "suite": self.name,
+            "attacks": {str(t): self.describe(t) for t in threats},
+            "per_point_deterministic": self.per_point_deterministic,
+        }
+
+
+SUITES: Registry[Suite] = Registry("suite")
+
+
+@dataclasses.dataclass(frozen=True)
+class QuickSuite(Suite):
+    """metaat's PGD, CE then margin loss, each from its own per-point random start."""
+
+    name: ClassVar[str] = "quick"
+    per_point_deterministic: ClassVar[bool] = True
+    steps: int = 25
+    restarts: int = 1
+    losses: tuple[str, ...] = ("ce", "margin")
+    random_start: bool = True
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.restarts < 1:
+            raise ValueError("quick suite: steps and restarts must be >= 1")
+        for loss in self.losses:
+            get_loss(loss)
+
+    def describe(self, threat: ThreatModel) -> list[str]:
+        start = "random start" if self.random_start else "zero start"
+        return [
+            f"metaat pgd-{loss} ({self.steps} steps, step {default_step_size(threat, self.steps):.4g}, "
+            f"{self.restarts} restart(s), {start})"
+            for loss in self.losses
+        ]
+
+    def attack(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ids: torch.Tensor, threat: ThreatModel, seed: int
+    ) -> torch.Tensor:
+        x_adv = x.clone()
+        robust = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
+        step = default_step_size(threat, self.steps)
+        for loss in self.losses:
+            for r in range(self.restarts):
+                idx = robust.nonzero().squeeze(1)
+                if idx.numel() == 0:
+                    return x_adv
+                tag = f"{loss}-{r}"
+                xs, ys = x[idx], y[idx]
+                delta0 = per_point_starts(xs, ids[idx.cpu()], threat, seed, tag) if self.random_start else None
+                cand = pgd_steps(
+                    model, xs, ys, delta0 if delta0 is not None else torch.zeros_like(xs),
+                    threat=threat, steps=self.steps, step_size=step, loss_fn=get_loss(loss),
+                )
+                with torch.no_grad():
+                    broken = model(cand).argmax(dim=1) != ys
+                x_adv[idx[broken]] = cand[broken]
+                robust[idx[broken]] = False
+        return x_adv
+
+
+@contextmanager
+def _collect_reference_warnings(sink: list[str]) -> Iterator[None]:
+    """Capture the reference package's logger warnings into ``sink`` instead of stderr."""
+
+    class _Sink(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            message = record.getMessage()
+            if message not in sink:
+                sink.append(message)
+
+    logger = logging.getLogger("auto-attack")
+    handler = _Sink(level=logging.WARNING)
+    old_level, old_propagate = logger.level, logger.propagate
+    logger.addHandler(handler)
+    logger.setLevel(logging.WARNING)
+    logger.propagate = False
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
+        logger.propagate = old_propagate
+
+
+@dataclasses.dataclass
+class ReferenceSuite(Suite):
+    """The reference AutoAttack (``pyautoattack``), ``version`` standard or custom ``attacks``."""
+
+    name: ClassVar[str] = "reference"
+    version: str = "standard"
+    attacks: tuple[str, ...] = ()
+    label: str = "standard"
+    num_classes: int = 10
+    _warnings: list[str] = dataclasses.field(default_factory=list)
+
+    def _config(self, threat: ThreatModel, seed: int) -> AutoAttackConfig:
+        return AutoAttackConfig(threat=threat, version=self.version, attacks=self.attacks, seed=seed)
+
+    def _targets(self) -> int:
+        if self.num_classes < 4:
+            raise ValueError(
+                f"the reference suites need at least 4 classes (targeted DLR loss); the model has "
+                f"{self.num_classes}; use suite 'quick'"
+            )
+        return min(9, self.num_classes - 1)
+
+    def describe(self, threat: ThreatModel) -> list[str]:
+        names = list(self.attacks) if self.attacks else ["apgd-ce", "apgd-t", "fab-t", "square"]
+        l1 = threat.norm == "l1"
+        text = {
+            "apgd-ce": f"{REFERENCE_PACKAGE} apgd-ce (100 iterations, {5 if l1 else 1} restart(s)"
+            + (", large-eps schedule)" if l1 else ")"),
+            "apgd-t": f"{REFERENCE_PACKAGE} apgd-t (100 iterations, "
+            f"{min(5, self._targets()) if l1 else self._targets()} target classes)",
+            "fab-t": f"{REFERENCE_PACKAGE} fab-t (100 iterations, {self._targets()} target classes)",
+            "square": f"{REFERENCE_PACKAGE} square (5000 queries)",
+            "apgd-dlr": f"{REFERENCE_PACKAGE} apgd-dlr (100 iterations)",
+            "fab": f"{REFERENCE_PACKAGE} fab (100 iterations)",
+        }
+        return [text[n] + f" [version {reference_version()}]" for n in names]
+
+    def protocol(self, threats: tuple[ThreatModel, ...]) -> dict[str, Any]:
+        out = super().protocol(threats)
+        out.update(
+            suite=self.label,
+            reference_package=REFERENCE_PACKAGE,
+            reference_version=reference_version(),
+            reference_mode=self.version if self.version != "custom" else "custom: " + "+".join(self.attacks),
+        )
+        return out
+
+    def warnings(self) -> list[str]:
+        return list(self._warnings)
+
+    def attack(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ids: torch.Tensor, threat: ThreatModel, seed: int
+    ) -> torch.Tensor:
+        targets = self._targets()
+        aa: Any = build_reference(model, self._config(threat, point_seed(seed, threat) % (2**31)), x.device)
+        aa.apgd_targeted.n_target_classes = min(aa.apgd_targeted.n_target_classes, targets)
+        aa.fab.n_target_classes = targets
+        devices = [x.device.index or 0] if x.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices), _collect_reference_warnings(self._warnings):
+            x_adv, _ = aa.run_standard_evaluation(x, y, batch_size=max(1, x.shape[0]))
+        return x_adv.detach().clamp(0, 1)
+
+
+@SUITES.register("quick", help="metaat PGD-25, CE + margin loss: fast monitoring (not a headline number)")
+def quick_suite(num_classes: int = 10, **options: Any) -> Suite:
+    return QuickSuite(**options)
+
+
+@SUITES.register("apgd", help="reference APGD-CE + APGD-T (pyautoattack): the protocol for every benchmark row")
+def apgd_suite(num_classes: int = 10, **options: Any) -> Suite:
+    if options:
+        raise TypeError(f"suite 'apgd' takes no options; got {', '.join(sorted(options))}")
+    return ReferenceSuite(version="custom", attacks=("apgd-ce", "apgd-t"), label="apgd", num_classes=num_classes)
+
+
+@SUITES.register("standard", help="reference AutoAttack standard (APGD-CE, APGD-T, FAB-T, Square): headline")
+def standard_suite(num_classes: int = 10, **options: Any) -> Suite:
+    if options:
+        raise TypeError(f"suite 'standard' takes no options; got {', '.join(sorted(options))}")
+    return ReferenceSuite(version="standard", label="standard", num_classes=num_classes)
+
+
+def make_suite(suite: str | Suite, num_classes: int) -> Suite:
+    """A suite object from its name (``quick``, ``apgd``, ``standard``) or an instance."""
+    if isinstance(suite, Suite):
+        return suite
+    return SUITES.create(suite, num_classes=num_classes)

@@ -1,0 +1,138 @@
+"""The worst-case ensemble over threats: per-threat robust flags, and their union (per-example AND).
+
+Full mode attacks every clean-correct point under every threat. Union-only mode attacks each next
+threat only on the points still robust under all previous ones: the union is the same (a point
+already broken cannot become robust again), the work shrinks, and the per-threat numbers after the
+first become upper bounds (a point that was not attacked counts as robust for that threat).
+
+Points go through the suite in chunks; after each chunk its flags are written to the state file,
+so an interrupted run resumes at the next chunk. Every adversarial input is verified here — inside
+the threat set, finite, in [0, 1] — and its prediction recomputed, never taken from the attack.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from metaat.attacks.base import attack_mode
+from metaat.eval.state import EvalState
+from metaat.eval.suites import Suite
+from metaat.threats import ThreatModel, in_threat
+
+Progress = Callable[[str, int, int], None]
+"""``progress(stage, done, total)`` — called after every chunk (a raising callback aborts the run)."""
+
+
+@dataclass(frozen=True)
+class ThreatOutcome:
+    """Per-point robust flags under one threat (CPU bool tensor over all n points)."""
+
+    threat: str
+    flags: torch.Tensor
+    attacked: int
+    upper_bound: bool
+    seconds: float
+
+
+def fraction(flags: torch.Tensor) -> float:
+    """Share of True entries as an exact Python float (count / n, no float32 rounding)."""
+    return int(flags.sum()) / flags.numel() if flags.numel() else 0.0
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """Where the model's parameters (else buffers) live; CPU for a model with neither."""
+    for t in (*model.parameters(), *model.buffers()):
+        return t.device
+    return torch.device("cpu")
+
+
+def predict(model: nn.Module, x: torch.Tensor, chunk: int) -> torch.Tensor:
+    """Predicted labels for ``x`` in chunks, without gradients."""
+    with torch.no_grad():
+        return torch.cat([model(x[s : s + chunk]).argmax(dim=1) for s in range(0, x.shape[0], chunk)])
+
+
+def verify_adversarial(x_adv: torch.Tensor, x: torch.Tensor, threat: ThreatModel, suite_name: str) -> None:
+    """AutoAttack's final check: inside the threat set, in [0, 1], no NaN; otherwise an error."""
+    if x_adv.shape != x.shape:
+        raise RuntimeError(f"suite {suite_name} returned shape {tuple(x_adv.shape)} for {tuple(x.shape)}")
+    if not bool(torch.isfinite(x_adv).all()):
+        raise RuntimeError(f"suite {suite_name} returned non-finite adversarial inputs under {threat}")
+    ok = in_threat(x_adv, x, threat, tol=1e-4)
+    if not bool(ok.all()):
+        raise RuntimeError(
+            f"suite {suite_name} returned {int((~ok).sum())} adversarial input(s) outside {threat} ∩ [0, 1]"
+        )
+
+
+def attack_threat(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    pending: torch.Tensor,
+    threat: ThreatModel,
+    suite: Suite,
+    *,
+    chunk: int,
+    seed: int,
+    state: EvalState,
+    progress: Progress | None = None,
+) -> tuple[torch.Tensor, float]:
+    """Robust flags of the ``pending`` points (others False) and the seconds spent, chunk by chunk."""
+    key = str(threat)
+    flags = torch.zeros(x.shape[0], dtype=torch.bool)
+    idx = pending.nonzero().squeeze(1)
+    state.threat_entry(key, pending)
+    device = model_device(model)
+    n_chunks = (idx.numel() + chunk - 1) // chunk
+    for j in range(n_chunks):
+        ids = idx[j * chunk : (j + 1) * chunk]
+        saved = state.chunk(key, j)
+        if saved is None or saved.numel() != ids.numel():
+            t0 = time.perf_counter()
+            xs, ys = x[ids].to(device), y[ids].to(device)
+            with attack_mode(model):
+                x_adv = suite.attack(model, xs, ys, ids, threat, seed).detach()
+                verify_adversarial(x_adv, xs, threat, type(suite).__name__)
+                saved = (predict(model, x_adv, chunk) == ys).cpu()
+            state.record_chunk(key, j, saved, time.perf_counter() - t0)
+        flags[ids] = saved
+        if progress is not None:
+            progress(key, min((j + 1) * chunk, idx.numel()), idx.numel())
+    return flags, float(state.threats[key].get("seconds", 0.0))
+
+
+def worst_case_ensemble(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    clean: torch.Tensor,
+    threats: tuple[ThreatModel, ...],
+    suite: Suite,
+    *,
+    union_only: bool,
+    chunk: int,
+    seed: int,
+    state: EvalState,
+    progress: Progress | None = None,
+) -> tuple[list[ThreatOutcome], torch.Tensor]:
+    """Per-threat outcomes and the union flags (robust under every threat)."""
+    union = clean.clone()
+    outcomes = []
+    for k, threat in enumerate(threats):
+        pending = union.clone() if union_only else clean.clone()
+        flags, seconds = attack_threat(
+            model, x, y, pending, threat, suite, chunk=chunk, seed=seed, state=state, progress=progress
+        )
+        upper = union_only and k > 0
+        if upper:
+            # Points broken earlier were not attacked here: count them as robust (an upper bound).
+            flags = flags | (clean & ~pending)
+        union &= flags
+        outcomes.append(ThreatOutcome(str(threat), flags, int(pending.sum()), upper, seconds))
+    return outcomes, union

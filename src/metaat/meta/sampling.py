@@ -1,0 +1,37 @@
+"""Choosing which threat a batch trains against: uniformly, or adaptively (E-AT-style).
+
+E-AT (Croce & Hein 2022, "Adversarial Robustness against Multiple and Single lp-Threat Models via
+Quick Fine-Tuning of Robust Classifiers") samples the norm where the model is currently weakest
+more often. Here each threat keeps an exponential moving average of the robust accuracy measured
+on its own training batches, and threat ``i`` is drawn with probability proportional to
+``(1 - acc_i) + floor`` — threats never measured count as fully broken, and ``floor`` keeps every
+threat in play.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def sample_index(probs: list[float], generator: torch.Generator) -> int:
+    """One index drawn from ``probs`` with the explicit ``generator``."""
+    weights = torch.tensor(probs, dtype=torch.float64, device=generator.device)
+    return int(torch.multinomial(weights, 1, generator=generator).item())
+
+
+def uniform(n: int) -> list[float]:
+    return [1.0 / n] * n
+
+
+def adaptive_probabilities(accuracy: list[float | None], floor: float = 0.1) -> list[float]:
+    """``p_i ∝ (1 - acc_i) + floor``; unmeasured threats (``None``) count as accuracy 0."""
+    if floor <= 0:
+        raise ValueError(f"floor must be > 0, got {floor}")
+    weights = [(1.0 - (a if a is not None else 0.0)) + floor for a in accuracy]
+    total = sum(weights)
+    return [w / total for w in weights]
+
+
+def ema(old: float | None, new: float, decay: float) -> float:
+    """Exponential moving average; the first value is taken as is."""
+    return new if old is None else decay * old + (1 - decay) * new

@@ -1,0 +1,526 @@
+"""The attack contract, checked for every registered attack and every norm it supports.
+
+Every module of :mod:`metaat.attacks` is imported, so the loop covers the whole registry; each attack
+needs an entry in ``SPECS`` (fast options and which properties it promises), or
+``test_every_registered_attack_has_a_test_configuration`` fails.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import importlib
+import pkgutil
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import metaat.attacks as attacks
+import metaat.data as data
+from metaat.registry import UnknownNameError
+from metaat.runtime import make_generator
+from metaat.threats import NORMS, ThreatModel, in_threat, lp_norm
+
+for _module in pkgutil.iter_modules(attacks.__path__):
+    importlib.import_module(f"metaat.attacks.{_module.name}")
+
+# Radii at which the trained test model (an MLP on noisy 1x12x12 synthetic images, ~94 % clean) is
+# clearly but not completely breakable.
+NOISE = 0.7
+THREATS = {"linf": ThreatModel("linf", 0.05), "l2": ThreatModel("l2", 0.5), "l1": ThreatModel("l1", 5.0)}
+IGNORED = ThreatModel("linf", 0.05)  # passed to attacks whose threat is not an Lp ball
+
+
+def _learned_attacker() -> nn.Module:
+    from metaat.meta.generators import LearnedAttacker
+
+    torch.manual_seed(0)
+    return LearnedAttacker(in_channels=1)
+
+
+@dataclasses.dataclass(frozen=True)
+class Spec:
+    """What the tests may ask of one attack."""
+
+    options: Callable[[], dict[str, Any]]
+    """Small, fast options (with randomness where the attack has any); a function so that module
+    arguments are fresh for each test."""
+    norms: tuple[str, ...] = NORMS
+    """Lp norms whose ball ∩ [0, 1] the output must lie in; () when the ``threat`` is ignored."""
+    deterministic: dict[str, Any] | str = dataclasses.field(default_factory=dict)
+    """Extra options making the attack deterministic and per-example, or why it cannot be."""
+    chunk_invariant: bool = True
+    """Same output whatever ``batch_size`` (only checked when ``deterministic`` is not a reason)."""
+    linear: tuple[dict[str, Any], bool, tuple[str, ...]] | str = "not an Lp attack"
+    """(options on a linear model, whether x_adv itself is the optimum rather than any success, norms
+    where the attack is not exact there), or why the known-optimum test does not apply."""
+    hurts: bool | str = True
+    """An adversarial attack that must lower the trained model's accuracy, or why not."""
+    weak_norms: tuple[str, ...] = ()
+    """Norms where growing eps need not lower accuracy much (the attack cannot use the budget)."""
+
+
+SPECS: dict[str, Spec] = {
+    # A single sparse L1 step moves only the top 1 % of pixels, each at most to the box edge.
+    "fgsm": Spec(
+        lambda: {"random_start": True}, deterministic={"random_start": False}, linear=({}, True, ()), weak_norms=("l1",)
+    ),
+    "pgd": Spec(
+        lambda: {"steps": 5, "restarts": 2},
+        deterministic={"steps": 5, "random_start": False},
+        linear=({"steps": 10, "random_start": False, "return_best": False}, True, ()),
+    ),
+    "autoattack": Spec(
+        lambda: {"version": "custom", "attacks": ("apgd-ce",)},
+        deterministic="the reference APGD always starts at random, drawing noise for each of its own chunks "
+        "after re-seeding, so its result depends on batch composition and chunk size",
+        # Returns x for robust points and any success otherwise. Its APGD-L1 (sparsity schedule starting
+        # at 20 % of the pixels) leaves points unbroken whose margin is up to ~30 % below the optimal drop
+        # on this 16-pixel problem, even with the standard 5 restarts and large-eps schedule.
+        linear=({"version": "custom", "attacks": ("apgd-ce",)}, False, ("l1",)),
+    ),
+    "universal": Spec(
+        lambda: {"steps": 5},
+        deterministic="one perturbation is learned on the whole batch, so each point's result depends on the others",
+        linear="one perturbation for all points cannot be each point's optimum",
+        hurts="a universal perturbation at per-point radii is too weak to be required to hurt",
+    ),
+    "patch": Spec(
+        lambda: {"steps": 5, "patch_size": 4},
+        norms=(),
+        deterministic="one patch is learned on the whole batch, so each point's result depends on the others",
+        hurts="a small universal patch is not required to hurt",
+    ),
+    "spatial": Spec(lambda: {"rotation_steps": 3, "translation_steps": 3}, norms=()),
+    "corruption": Spec(
+        lambda: {"corruption": "worst", "severity": 5},
+        norms=(),
+        deterministic={"corruption": "contrast"},
+        hurts="common corruptions are not adversarial",
+    ),
+    "learned": Spec(
+        lambda: {"attacker": _learned_attacker()},
+        # The attack moves its generator to the input's device but not its dtype: the float64 checks
+        # need a float64 generator.
+        deterministic={"attacker": _learned_attacker().double()},
+        linear="an untrained learned attacker has no optimum to find",
+        hurts="an untrained learned attacker is not required to hurt",
+    ),
+}
+
+ALL = attacks.available()
+CASES = [(name, norm) for name in ALL if name in SPECS for norm in (SPECS[name].norms or (None,))]
+LP_CASES = [(name, norm) for name, norm in CASES if norm is not None]
+
+
+def threat_for(name: str, norm: str | None) -> ThreatModel:
+    return THREATS[norm] if norm is not None else IGNORED
+
+
+def make(name: str, threat: ThreatModel | str, **extra: Any) -> attacks.Attack:
+    options = SPECS[name].options() if name in SPECS else {}
+    return attacks.create(name, threat=threat, **{**options, **extra})
+
+
+def check_output(x_adv: torch.Tensor, x: torch.Tensor, threat: ThreatModel | None) -> None:
+    assert x_adv.shape == x.shape and x_adv.dtype == x.dtype
+    assert not x_adv.requires_grad
+    assert x_adv.min() >= 0 and x_adv.max() <= 1
+    if threat is not None:
+        assert bool(in_threat(x_adv, x, threat, tol=1e-6).all())
+        # Relative: in float32, x + delta rounds each pixel by up to half an ulp, which L1 sums over pixels.
+        assert lp_norm(x_adv - x, threat.norm).max() <= threat.eps * (1 + 1e-6)
+
+
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    with torch.no_grad():
+        return (model(x).argmax(dim=1) == y).double().mean().item()
+
+
+def test_every_registered_attack_has_a_test_configuration() -> None:
+    missing = [name for name in ALL if name not in SPECS]
+    assert not missing, f"add {missing} to SPECS at the top of tests/test_attacks.py"
+    assert {"fgsm", "pgd", "autoattack"} <= set(ALL)
+
+
+# ---------------------------------------------------------------------------------------------------
+# fixtures
+
+
+@pytest.fixture(scope="module")
+def synthetic() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    x, y = data.load("synthetic", "train", n=2000, noise=NOISE)
+    xt, yt = data.load("synthetic", "test", n=96, noise=NOISE)
+    return x, y, xt, yt
+
+
+@pytest.fixture(scope="module")
+def trained(synthetic: tuple[torch.Tensor, ...]) -> nn.Module:
+    """An MLP trained for a second on noisy synthetic data; not perfect, so robust <= clean can fail."""
+    x, y, xt, yt = synthetic
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(144, 64), nn.ReLU(), nn.Linear(64, 10))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    g = make_generator(0)
+    for _ in range(5):
+        perm = torch.randperm(len(y), generator=g)
+        for i in range(0, len(y), 100):
+            idx = perm[i : i + 100]
+            loss = F.cross_entropy(model(x[idx]), y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    model.eval()
+    assert 0.85 <= accuracy(model, xt, yt) < 1
+    return model
+
+
+@pytest.fixture(scope="module")
+def trained64(trained: nn.Module) -> nn.Module:
+    return copy.deepcopy(trained).double()
+
+
+# ---------------------------------------------------------------------------------------------------
+# contract
+
+
+@pytest.mark.parametrize(("name", "norm"), CASES)
+def test_output_in_threat_set_and_input_untouched(name: str, norm: str | None, trained: nn.Module, synthetic) -> None:
+    xt, yt = synthetic[2][:32], synthetic[3][:32]
+    x, y = xt.clone(), yt.clone()
+    threat = threat_for(name, norm)
+    x_adv = make(name, threat)(trained, x, y)
+    assert torch.equal(x, xt) and torch.equal(y, yt)
+    assert not x.requires_grad
+    check_output(x_adv, x, threat if norm is not None else None)
+    assert (x_adv != x).any()
+
+
+def test_non_contiguous_input_works(trained: nn.Module, synthetic) -> None:
+    """A transposed or channels-last batch is a valid input (the reference AutoAttack needed a fix)."""
+    x, y = synthetic[2][:8].contiguous().transpose(2, 3), synthetic[3][:8]
+    assert not x.is_contiguous()
+    for name, norm in CASES:
+        threat = threat_for(name, norm)
+        check_output(make(name, threat)(trained, x, y), x, threat if norm is not None else None)
+
+
+class Probe(nn.Module):
+    """Records the mode and parameter flags it sees at each forward; can raise on the n-th call."""
+
+    def __init__(self, inner: nn.Module, raise_on_call: int | None = None) -> None:
+        super().__init__()
+        self.inner = inner
+        self.dropout = nn.Dropout(0.5)
+        self.raise_on_call = raise_on_call
+        self.seen: list[tuple[bool, bool]] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen.append((self.training, any(p.requires_grad for p in self.parameters())))
+        if self.raise_on_call is not None and len(self.seen) >= self.raise_on_call:
+            raise RuntimeError("boom from the model")
+        return self.dropout(self.inner(x))
+
+
+def _state(model: nn.Module) -> tuple[list[bool], list[bool]]:
+    return [m.training for m in model.modules()], [p.requires_grad for p in model.parameters()]
+
+
+@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("raise_on_call", [None, 1, 3])
+def test_model_mode_and_requires_grad_restored(name: str, raise_on_call: int | None, trained, synthetic) -> None:
+    model = Probe(copy.deepcopy(trained), raise_on_call)
+    model.train()
+    model.inner[1].eval()  # a submodule the user froze in eval mode stays frozen
+    model.inner[1].weight.requires_grad_(False)
+    before = _state(model)
+    assert before[0].count(False) == 1 and before[1].count(False) == 1
+    x, y = synthetic[2][:8], synthetic[3][:8]
+    attack = make(name, THREATS["linf"], batch_size=2)  # several model calls even for one-step attacks
+    if raise_on_call is None:
+        attack(model, x, y)
+    else:
+        with pytest.raises(RuntimeError, match="boom from the model"):
+            attack(model, x, y)
+    assert _state(model) == before
+    assert model.seen, "the attack never called the model"
+    assert all(seen == (False, False) for seen in model.seen), "attack must run in eval mode, parameters frozen"
+
+
+def _deterministic(name: str) -> dict[str, Any]:
+    options = SPECS[name].deterministic
+    if isinstance(options, str):
+        pytest.skip(f"{name} is not per-example deterministic: {options}")
+    return {**SPECS[name].options(), **options}
+
+
+@pytest.mark.parametrize(("name", "norm"), CASES)
+def test_batch_result_equals_per_example_result(name: str, norm: str | None, trained64: nn.Module, synthetic) -> None:
+    attack = attacks.create(name, threat=threat_for(name, norm), **_deterministic(name))
+    x, y = synthetic[2][:6].double(), synthetic[3][:6]
+    batch = attack(trained64, x, y)
+    single = torch.cat([attack(trained64, x[i : i + 1], y[i : i + 1]) for i in range(len(y))])
+    torch.testing.assert_close(batch, single, atol=1e-9, rtol=0)
+    assert (batch != x).any()
+
+
+@pytest.mark.parametrize(("name", "norm"), CASES)
+def test_same_seed_same_output(name: str, norm: str | None, trained: nn.Module, synthetic) -> None:
+    x, y = synthetic[2][:16], synthetic[3][:16]
+    threat = threat_for(name, norm)
+    first = make(name, threat, seed=3)(trained, x, y)
+    again = make(name, threat, seed=3)(trained, x, y)
+    assert torch.equal(first, again)
+    # The same explicit generator seed gives the same result.
+    a = make(name, threat)(trained, x, y, generator=make_generator(5))
+    b = make(name, threat)(trained, x, y, generator=make_generator(5))
+    assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("name", [n for n in ("fgsm", "pgd", "patch", "corruption") if n in ALL])
+def test_different_seeds_differ_for_random_attacks(name: str, trained: nn.Module, synthetic) -> None:
+    x, y = synthetic[2][:16], synthetic[3][:16]
+    threat = threat_for(name, "l2" if SPECS[name].norms else None)
+    a = make(name, threat)(trained, x, y, generator=make_generator(1))
+    b = make(name, threat)(trained, x, y, generator=make_generator(2))
+    assert not torch.equal(a, b)
+
+
+@pytest.mark.parametrize(("name", "norm"), CASES)
+def test_chunked_equals_unchunked(name: str, norm: str | None, trained64: nn.Module, synthetic) -> None:
+    """Randomness is drawn for the whole call, so the chunk size never changes the result."""
+    if not SPECS[name].chunk_invariant or isinstance(SPECS[name].deterministic, str):
+        pytest.skip(f"{name} depends on its chunking: {SPECS[name].deterministic}")
+    x, y = synthetic[2][:10].double(), synthetic[3][:10]
+    threat = threat_for(name, norm)
+    # The fast options (random starts on) with the deterministic ones' float64-ready modules.
+    options = {**SPECS[name].options(), **{k: v for k, v in _deterministic(name).items() if isinstance(v, nn.Module)}}
+    whole = attacks.create(name, threat=threat, **{**options, "batch_size": 10})(trained64, x, y)
+    chunked = attacks.create(name, threat=threat, **{**options, "batch_size": 3})(trained64, x, y)
+    auto = attacks.create(name, threat=threat, **options)(trained64, x, y)
+    torch.testing.assert_close(chunked, whole, atol=1e-9, rtol=0)
+    torch.testing.assert_close(auto, whole, atol=1e-9, rtol=0)
+
+
+def _adversarial(name: str) -> None:
+    if isinstance(SPECS[name].hurts, str):
+        pytest.skip(f"{name}: {SPECS[name].hurts}")
+
+
+@pytest.mark.parametrize(("name", "norm"), CASES)
+def test_robust_accuracy_at_most_clean(name: str, norm: str | None, trained: nn.Module, synthetic) -> None:
+    _adversarial(name)
+    x, y = synthetic[2], synthetic[3]
+    clean = accuracy(trained, x, y)
+    robust = accuracy(trained, make(name, threat_for(name, norm))(trained, x, y), y)
+    assert robust <= clean
+    assert robust < clean - 0.05, f"{name} {norm} barely hurts an undefended model: {clean} -> {robust}"
+
+
+# Radii sweeps for the trained network.
+SWEEPS = {"linf": (0.02, 0.05, 0.1, 0.15), "l2": (0.25, 0.5, 1.0, 1.5), "l1": (2.0, 5.0, 10.0, 15.0)}
+
+
+@pytest.mark.parametrize(("name", "norm"), LP_CASES)
+def test_larger_eps_never_helps_the_model_much(name: str, norm: str, trained: nn.Module, synthetic) -> None:
+    """The *true* robust accuracy cannot rise with eps (the threat sets are nested), but an attack only
+    gives an upper bound: a heuristic may break at a small radius a point it misses at a larger one.
+    Tolerance 0 is asserted where the attack is exact (the linear model below); on a trained network
+    a rise of at most 2 points out of 96 is allowed, and the sweep must fall overall."""
+    _adversarial(name)
+    x, y = synthetic[2], synthetic[3]
+    accs = [accuracy(trained, make(name, f"{norm}:{eps}", seed=0)(trained, x, y), y) for eps in SWEEPS[norm]]
+    for small, large in zip(accs, accs[1:], strict=False):
+        assert large <= small + 2 / len(y) + 1e-12, accs
+    if norm not in SPECS[name].weak_norms:
+        assert accs[-1] < accs[0] - 0.2, accs
+
+
+# ---------------------------------------------------------------------------------------------------
+# known optimum on a linear model
+
+
+def binary_linear(
+    seed: int = 0, d: int = 16, n: int = 64
+) -> tuple[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Logits (0, w·x + b) on 1x4x4 images in [0.3, 0.7], labels = the clean prediction.
+
+    Returns the model, x, y and ``w`` (the gradient of the class-1-minus-class-0 logit gap). float32:
+    the reference AutoAttack casts inputs to float32.
+    """
+    g = make_generator(seed)
+    w = torch.randn(d, generator=g)
+    w[int(torch.randint(d, (1,), generator=g))] *= 3  # one clearly largest |w_i| for L1
+    x = 0.3 + 0.4 * torch.rand(n, 1, 4, 4, generator=g)
+    b = -float((x.flatten(1) @ w).median())
+    model = nn.Sequential(nn.Flatten(), nn.Linear(d, 2))
+    with torch.no_grad():
+        model[1].weight.copy_(torch.stack([torch.zeros(d), w]))
+        model[1].bias.copy_(torch.tensor([0.0, b]))
+    y = (x.flatten(1) @ w + b > 0).long()
+    return model, x, y, w
+
+
+def optimal_delta(w: torch.Tensor, y: torch.Tensor, threat: ThreatModel) -> torch.Tensor:
+    """argmax of the loss over the ball (no box constraint is active for these x and eps):
+    move against w_y - w_other = ±w."""
+    direction = -(2 * y.float() - 1)[:, None] * w[None, :]  # (n, d): the other class's gain
+    if threat.norm == "linf":
+        delta = threat.eps * direction.sign()
+    elif threat.norm == "l2":
+        delta = threat.eps * direction / direction.norm(dim=1, keepdim=True)
+    else:
+        delta = torch.zeros_like(direction)
+        top = direction.abs().argmax(dim=1, keepdim=True)
+        delta.scatter_(1, top, threat.eps * direction.gather(1, top).sign())
+    return delta.reshape(-1, 1, 4, 4)
+
+
+LINEAR_THREATS = {"linf": ThreatModel("linf", 0.05), "l2": ThreatModel("l2", 0.25), "l1": ThreatModel("l1", 0.25)}
+
+
+def exact_robust(model: nn.Module, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, threat: ThreatModel):
+    """Per-point robustness under the optimal perturbation, and a mask of points not within 2 % of a tie."""
+    gap = x.flatten(1) @ w + model[1].bias[1]
+    margin = torch.where(y == 1, gap, -gap)
+    dual = {"linf": w.abs().sum(), "l2": w.norm(), "l1": w.abs().max()}[threat.norm]
+    drop = threat.eps * dual
+    return margin > drop, (margin - drop).abs() > 0.02 * drop
+
+
+def _linear(name: str) -> tuple[dict[str, Any], bool, tuple[str, ...]]:
+    spec = SPECS[name].linear
+    if isinstance(spec, str):
+        pytest.skip(f"{name}: {spec}")
+    return spec
+
+
+@pytest.mark.parametrize(("name", "norm"), LP_CASES)
+def test_linear_model_known_optimum(name: str, norm: str) -> None:
+    options, returns_optimum, inexact = _linear(name)
+    model, x, y, w = binary_linear()
+    threat = LINEAR_THREATS[norm]
+    x_adv = attacks.create(name, threat=threat, **options)(model, x, y)
+    expected, clear = exact_robust(model, x, y, w, threat)
+    assert 0 < int(expected.sum()) < len(y), "the problem should have both robust and breakable points"
+    with torch.no_grad():
+        robust = model(x_adv).argmax(dim=1) == y
+    assert bool(in_threat(x_adv, x, threat).all())
+    assert bool(robust[expected].all()), "broke a point that no perturbation in the threat set can break"
+    if norm in inexact:
+        assert int((~robust).sum()) >= int((~expected).sum()) // 2, "breaks fewer than half the breakable points"
+        return
+    assert torch.equal(robust[clear], expected[clear])
+    if returns_optimum:
+        torch.testing.assert_close(x_adv - x, optimal_delta(w, y, threat), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize(("name", "norm"), LP_CASES)
+def test_larger_eps_never_helps_on_a_linear_model(name: str, norm: str) -> None:
+    """Where the attack finds the optimum, robust accuracy is exactly non-increasing in eps."""
+    options, _, inexact = _linear(name)
+    if norm in inexact:
+        pytest.skip(f"{name} is not exact for {norm} on a linear model, so monotonicity is not guaranteed")
+    model, x, y, w = binary_linear(seed=1)
+    keep = torch.ones(len(y), dtype=torch.bool)
+    for scale in (0.25, 0.5, 1.0):
+        keep &= exact_robust(model, x, y, w, ThreatModel(norm, LINEAR_THREATS[norm].eps * scale))[1]
+    accs = []
+    for scale in (0.25, 0.5, 1.0):
+        threat = ThreatModel(norm, LINEAR_THREATS[norm].eps * scale)
+        x_adv = attacks.create(name, threat=threat, **options)(model, x[keep], y[keep])
+        accs.append(accuracy(model, x_adv, y[keep]))
+    assert accs == sorted(accs, reverse=True)
+    assert accs[-1] < accs[0]
+
+
+# ---------------------------------------------------------------------------------------------------
+# bad input
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_bad_inputs_are_rejected(name: str, trained: nn.Module, synthetic) -> None:
+    x, y = synthetic[2][:4].clone(), synthetic[3][:4]
+    attack = make(name, THREATS["linf"])
+    bad = x.clone()
+    bad[0, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        attack(trained, bad, y)
+    with pytest.raises(ValueError, match=r"pixels must lie in \[0, 1\]"):
+        attack(trained, x * 255, y)
+    with pytest.raises(ValueError, match=r"pixels must lie in \[0, 1\]"):
+        attack(trained, x - 0.5, y)
+    with pytest.raises(ValueError, match="4-D"):
+        attack(trained, x.flatten(1), y)
+    with pytest.raises(ValueError, match="4 images"):
+        attack(trained, x, y[:3])
+    with pytest.raises(ValueError, match="integer"):
+        attack(trained, x, y.float())
+
+
+def test_unknown_attack_lists_the_valid_ones() -> None:
+    with pytest.raises(UnknownNameError, match="unknown attack 'pgdd'; valid attacks: " + ", ".join(ALL)):
+        attacks.create("pgdd", threat="linf:0.1")
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_unknown_option_lists_the_valid_ones(name: str) -> None:
+    with pytest.raises(TypeError, match=r"unknown option\(s\) stepz; valid options: .*seed"):
+        make(name, "linf:0.1", stepz=3)
+
+
+@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("threat", ["linf:0", "l2:-1", "l1:nan"])
+def test_nonpositive_eps_is_rejected(name: str, threat: str) -> None:
+    with pytest.raises(ValueError, match="eps must be a finite number > 0"):
+        make(name, threat)
+
+
+@pytest.mark.parametrize(
+    ("name", "options", "message"),
+    [
+        ("pgd", {"steps": 0}, "steps must be >= 1"),
+        ("pgd", {"restarts": 0}, "restarts must be >= 1"),
+        ("pgd", {"step_size": -1.0}, "step_size must be > 0"),
+        ("pgd", {"loss": "hinge"}, "unknown loss 'hinge'; valid loss.*: ce, dlr, margin"),
+        ("fgsm", {"batch_size": 0}, "batch_size must be >= 1"),
+        ("autoattack", {"version": "custom"}, "needs attacks"),
+        ("autoattack", {"version": "custom", "attacks": ("apgd-xx",)}, "unknown AutoAttack attack"),
+        ("autoattack", {"version": "fast"}, "unknown AutoAttack version"),
+    ],
+)
+def test_bad_options_are_rejected(name: str, options: dict[str, Any], message: str) -> None:
+    with pytest.raises((ValueError, KeyError), match=message):
+        attacks.create(name, threat="linf:0.1", **options)
+
+
+# ---------------------------------------------------------------------------------------------------
+# any user model
+
+
+class Normalize(nn.Module):
+    """A user's own normalisation layer (not metaat's)."""
+
+    def __init__(self, mean: float, std: float) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean))
+        self.register_buffer("std", torch.tensor(std))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+@pytest.mark.parametrize(("name", "norm"), CASES)
+def test_any_user_module_works(name: str, norm: str | None, synthetic) -> None:
+    torch.manual_seed(1)
+    model = nn.Sequential(
+        Normalize(0.5, 0.25), nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(400, 10)
+    )
+    x, y = synthetic[2][:8], synthetic[3][:8]
+    threat = threat_for(name, norm)
+    check_output(make(name, threat)(model, x, y), x, threat if norm is not None else None)
+    assert model.training  # restored

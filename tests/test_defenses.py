@@ -1,0 +1,157 @@
+"""Defenses: every registered one lowers its own loss; contract properties; algorithm details."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from torch import nn
+
+import metaat.data as data
+import metaat.defenses as defenses
+import metaat.models as models
+from metaat.defenses import TrainContext
+from metaat.defenses.eat import EAT, threat_probabilities
+from metaat.defenses.msd import msd_attack
+from metaat.threats import ThreatModel, in_threat, parse_threats
+
+torch.set_num_threads(1)
+
+MULTI = ("linf:0.1", "l2:1.0", "l1:5")
+SINGLE = ("linf:0.1",)
+
+
+def threats_for(name: str) -> tuple[str, ...]:
+    return MULTI if defenses.DEFENSES.get(name).multi_threat else SINGLE  # type: ignore[attr-defined]
+
+
+def cheap_options(name: str) -> dict[str, object]:
+    """Two attack steps wherever the defense has a ``steps`` option (fast tests)."""
+    fields = {f.name for f in dataclasses.fields(defenses.DEFENSES.get(name).config_class)}  # type: ignore[attr-defined]
+    return {"steps": 2} if "steps" in fields else {}
+
+
+def make_ctx(threats: tuple[str, ...], seed: int = 0) -> TrainContext:
+    return TrainContext(threats=parse_threats(list(threats)), generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.fixture(scope="module")
+def batch() -> tuple[torch.Tensor, torch.Tensor]:
+    return data.load("synthetic", "train", n=64)
+
+
+@pytest.mark.parametrize("name", defenses.available())
+def test_every_defense_lowers_its_loss(name: str, batch: tuple[torch.Tensor, torch.Tensor]) -> None:
+    x, y = batch
+    threats = threats_for(name)
+    torch.manual_seed(0)
+    model = models.create("mlp", 10, 1, 12)
+    defense = defenses.create(name, list(threats), **cheap_options(name))
+    defense.setup(model, torch.device("cpu"), 10, tuple(x.shape[1:]))
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+
+    def loss_now() -> float:
+        loss, _ = defense(model.train(), x, y, make_ctx(threats, seed=123))
+        return float(loss.detach())
+
+    before = loss_now()
+    ctx = make_ctx(threats)
+    for step in range(25):
+        ctx.step = step
+        loss, metrics = defense(model.train(), x, y, ctx)
+        assert torch.isfinite(loss) and loss.dim() == 0
+        assert all(isinstance(v, float) for v in metrics.values())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    after = loss_now()
+    assert after < 0.8 * before, f"{name}: loss {before:.3f} -> {after:.3f}"
+
+
+@pytest.mark.parametrize("name", ["standard", "fast", "pgd", "trades", "sat", "avg", "max", "msd", "eat"])
+def test_contract_input_untouched_mode_restored_gradients_reach_every_parameter(
+    name: str, batch: tuple[torch.Tensor, torch.Tensor]
+) -> None:
+    x, y = batch
+    x_copy = x.clone()
+    model = models.create("mlp", 10, 1, 12).train()
+    defense = defenses.create(name, list(threats_for(name)), **cheap_options(name))
+    loss, metrics = defense(model, x, y, make_ctx(threats_for(name)))
+    assert torch.equal(x, x_copy)
+    assert model.training and all(p.requires_grad for p in model.parameters())
+    assert {"loss", "acc"} <= set(metrics)
+    loss.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+
+
+@pytest.mark.parametrize("name", ["fast", "pgd", "trades"])
+def test_single_threat_defenses_refuse_several_threats(name: str) -> None:
+    with pytest.raises(ValueError, match=f"defense {name} trains against one threat.*Multi-threat defenses: .*msd"):
+        defenses.create(name, ["linf:0.1", "l2:1.5"])
+
+
+def test_unknown_option_and_bad_values_are_one_line_errors() -> None:
+    with pytest.raises(TypeError, match="unknown option.*stepz.*valid options: .*steps"):
+        defenses.create("pgd", "linf:0.1", stepz=3)
+    with pytest.raises(ValueError, match="steps must be an integer >= 1"):
+        defenses.create("pgd", "linf:0.1", steps=0)
+    with pytest.raises(ValueError, match="step_sizes has 2 value.*3 threats"):
+        defenses.create("avg", list(MULTI), step_sizes=(0.1, 0.2))
+    with pytest.raises(KeyError, match="unknown defense 'nope'; valid defenses: .*pgd"):
+        defenses.create("nope", "linf:0.1")
+
+
+def test_same_generator_same_loss(batch: tuple[torch.Tensor, torch.Tensor]) -> None:
+    x, y = batch
+    model = models.create("mlp", 10, 1, 12)
+    defense = defenses.create("sat", list(MULTI), steps=2)
+    a, _ = defense(model, x, y, make_ctx(MULTI, seed=7))
+    b, _ = defense(model, x, y, make_ctx(MULTI, seed=7))
+    assert torch.equal(a, b)
+
+
+def test_trades_loss_is_clean_ce_plus_nonnegative_kl(batch: tuple[torch.Tensor, torch.Tensor]) -> None:
+    x, y = batch
+    model = models.create("mlp", 10, 1, 12)
+    loss, metrics = defenses.create("trades", "linf:0.1", steps=2, beta=6.0)(model, x, y, make_ctx(SINGLE))
+    clean_ce = float(nn.functional.cross_entropy(model(x), y).detach())
+    assert metrics["kl"] >= 0
+    assert float(loss.detach()) == pytest.approx(clean_ce + 6.0 * metrics["kl"], rel=1e-5)
+
+
+def test_msd_example_lies_in_the_union_and_beats_each_single_step(batch: tuple[torch.Tensor, torch.Tensor]) -> None:
+    x, y = batch
+    torch.manual_seed(0)
+    model = models.create("mlp", 10, 1, 12).eval()
+    threats = tuple(ThreatModel.parse(t) for t in MULTI)
+    x_adv = msd_attack(model, x, y, threats, (0.025, 0.25, 1.25), steps=10)
+    inside = torch.stack([in_threat(x_adv, x, t) for t in threats]).any(dim=0)
+    assert bool(inside.all())
+    ce = nn.functional.cross_entropy
+    with torch.no_grad():
+        assert float(ce(model(x_adv), y)) > float(ce(model(x), y))
+
+
+def test_eat_sampling_favours_the_weakest_threat_and_its_state_round_trips() -> None:
+    # Croce & Hein's rule for two threats: p_1 = r_2 / (r_1 + r_2).
+    p = threat_probabilities([0.2, 0.6], floor=0.01)
+    assert p.tolist() == pytest.approx([0.75, 0.25])
+    assert threat_probabilities([0.0, 0.5], floor=0.01)[0] > 0.9
+    eat = defenses.create("eat", ["linf:0.1", "l1:10"])
+    eat.running_acc = [0.3, 0.9]  # type: ignore[attr-defined]
+    other = defenses.create("eat", ["linf:0.1", "l1:10"])
+    other.load_state_dict(eat.state_dict())
+    assert other.running_acc == [0.3, 0.9]  # type: ignore[attr-defined]
+    with pytest.raises(ValueError, match="saved state is for threats"):
+        defenses.create("eat", ["linf:0.1", "l2:1"]).load_state_dict(eat.state_dict())
+
+
+def test_eat_picks_the_weak_threat_more_often(batch: tuple[torch.Tensor, torch.Tensor]) -> None:
+    x, y = batch
+    model = models.create("mlp", 10, 1, 12)
+    eat = EAT(["linf:0.1", "l1:10"], steps=1, momentum=0.999)  # the running accuracies barely move
+    eat.running_acc = [0.1, 0.9]
+    ctx = make_ctx(("linf:0.1", "l1:10"))
+    picks = [eat(model, x[:8], y[:8], ctx)[1]["picked/linf:0.1"] for _ in range(40)]
+    assert sum(picks) > 28  # expected 36 of 40

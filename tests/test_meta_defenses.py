@@ -1,0 +1,173 @@
+"""The meta-learning defenses (mng, l2l, mat, metaat): contract, cost, resume, and a short run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+import metaat.attacks as attacks
+import metaat.attacks.learned  # noqa: F401  (registers "learned" until attacks/__init__ imports it)
+import metaat.data as data
+import metaat.defenses as defenses
+from metaat.defenses.base import TrainContext
+from metaat.meta import LearnedAttacker
+from metaat.threats import parse_threats
+from metaat.train import TrainConfig, fit
+from metaat.train.cost import CostMeter
+
+THREATS = ("linf:0.2", "l2:1", "l1:6")
+CASES: list[tuple[str, dict[str, Any]]] = [
+    ("mng", {"steps": 2}),
+    ("mng", {"steps": 2, "generator": "noise", "meta_every": 2}),
+    ("l2l", {}),
+    ("l2l", {"steps": 2, "random_start": True, "clean_weight": 0.5}),
+    ("mat", {}),
+    ("mat", {"universal": False, "steps": 1}),
+    ("metaat", {}),
+    ("metaat", {"pgd_every": 2, "consistency": 1.0, "lookahead": True, "attacker_steps": 2}),
+    ("metaat", {"pgd_every": 0, "adaptive": False, "random_start": False}),
+]
+
+
+def _tiny_model() -> nn.Module:
+    return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(8 * 36, 10))
+
+
+def _ctx(seed: int = 0) -> TrainContext:
+    return TrainContext(threats=parse_threats(list(THREATS)), generator=torch.Generator().manual_seed(seed))
+
+
+def _snapshot(defense: defenses.Defense) -> dict[str, torch.Tensor]:
+    return {f"{m}.{k}": v.detach().clone() for m, mod in defense.modules().items() for k, v in mod.state_dict().items()}
+
+
+@pytest.mark.parametrize(("name", "options"), CASES, ids=[f"{n}-{i}" for i, (n, _) in enumerate(CASES)])
+def test_defense_step_honours_the_contract(name: str, options: dict[str, Any]) -> None:
+    torch.manual_seed(0)
+    model = _tiny_model().train()
+    defense = defenses.create(name, list(THREATS), **options)
+    defense.setup(model, torch.device("cpu"), 10, (1, 12, 12))
+    assert defense.modules(), "the meta-learner is exposed for checkpoints"
+    x, y = data.load("synthetic", "train", n=32)
+    x_copy = x.clone()
+    ctx = _ctx()
+    before = _snapshot(defense)
+    for _ in range(2):  # two batches: metaat's pgd_every=2 case sees both kinds
+        loss, metrics = defense(model, x, y, ctx)
+        assert loss.dim() == 0 and bool(torch.isfinite(loss)) and loss.requires_grad
+        assert {"loss", "acc", "passes_est"} <= set(metrics) and all(isinstance(v, float) for v in metrics.values())
+        model.zero_grad()
+        loss.backward()
+        assert all(p.grad is not None for p in model.parameters())
+    assert torch.equal(x, x_copy) and model.training
+    after = _snapshot(defense)
+    assert any(not torch.equal(before[k], after[k]) for k in before), "the meta-learner learns"
+    json.dumps(defense.state_dict())  # JSON-able
+    for opt in defense.optimizers().values():
+        assert all(p.grad is None for g in opt.param_groups for p in g["params"])
+
+
+@pytest.mark.parametrize(
+    ("name", "options", "expected"),
+    [("l2l", {}, 2.0), ("l2l", {"steps": 3}, 4.0), ("mat", {"steps": 2}, 3.0), ("metaat", {}, 3.0),
+     ("metaat", {"pgd_every": 0}, 2.0)],
+)
+def test_passes_per_example(name: str, options: dict[str, Any], expected: float) -> None:
+    """Counted by the training loop's meter: every forward and backward through the target."""
+    torch.manual_seed(0)
+    model = _tiny_model().train()
+    defense = defenses.create(name, list(THREATS), **options)
+    defense.setup(model, torch.device("cpu"), 10, (1, 12, 12))
+    meter = CostMeter()
+    handle = meter.attach(model)
+    x, y = data.load("synthetic", "train", n=16)
+    ctx = _ctx()
+    for _ in range(4):
+        loss, metrics = defense(model, x, y, ctx)
+        loss.backward()
+        meter.train_examples += len(y)
+    handle.remove()
+    assert meter.passes_per_example == pytest.approx(expected)
+
+
+def test_threat_sampling_adapts_to_the_weakest_threat() -> None:
+    defense = defenses.create("metaat", list(THREATS))
+    defense.acc_pgd = [0.8, 0.5, 0.1]  # type: ignore[attr-defined]
+    probs = defense.threat_probabilities()  # type: ignore[attr-defined]
+    assert probs[2] > probs[1] > probs[0] > 0 and sum(probs) == pytest.approx(1)
+    uniform = defenses.create("metaat", list(THREATS), adaptive=False)
+    assert uniform.threat_probabilities() == pytest.approx([1 / 3] * 3)  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("name", "options", "match"),
+    [
+        ("metaat", {"pgd_every": -1}, "pgd_every"),
+        ("metaat", {"lookahead": True, "pgd_every": 0}, "lookahead needs"),
+        ("mng", {"generator": "both"}, "source"),
+        ("mat", {"meta_lr": 2.0}, "meta_lr"),
+        ("l2l", {"steps": 0}, "steps"),
+        ("l2l", {"stepz": 1}, "unknown option"),
+    ],
+)
+def test_bad_options_are_one_line_errors(name: str, options: dict[str, Any], match: str) -> None:
+    with pytest.raises((ValueError, TypeError), match=match):
+        defenses.create(name, list(THREATS), **options)
+
+
+def _fit(defense: str, out: Path, epochs: int, options: dict[str, Any] | None = None, **kw: Any) -> Any:
+    x, y = data.load("synthetic", "train", n=kw.pop("n", 1500))
+    xt, yt = data.load("synthetic", "test", n=200)
+    cfg = TrainConfig(
+        data="synthetic", model="cnn-small", defense=defense, options=options or {}, threats=THREATS,
+        epochs=epochs, batch_size=64, schedule="constant", lr=1e-3, eval_n=kw.pop("eval_n", 200), threads=1,
+        device="cpu", **kw,
+    )
+    from metaat.models import create
+
+    torch.manual_seed(cfg.seed)
+    model = create("cnn-small", 10, 1, 12)
+    return fit(model, defenses.create(defense, list(THREATS), **(options or {})), x, y, cfg, out, xt, yt, quiet=True)
+
+
+def test_short_metaat_run_beats_standard_on_every_threat(tmp_path: Path) -> None:
+    standard = _fit("standard", tmp_path / "standard", epochs=3)
+    meta = _fit("metaat", tmp_path / "metaat", epochs=3)
+    assert meta.status == "completed"
+    for threat in THREATS:
+        key = f"robust/{threat}"
+        assert meta.metrics["eval"][key] > standard.metrics["eval"][key] + 0.05, (key, meta.metrics, standard.metrics)
+    assert meta.cost["passes_per_example"] < 3.5
+    # the run's attacker is an attack
+    atk = attacks.create("learned", threat=THREATS[0], path=str(tmp_path / "metaat"))
+    assert isinstance(atk.attacker, LearnedAttacker)  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("name", ["metaat", "mng", "mat"])
+def test_resume_is_exact(tmp_path: Path, name: str) -> None:
+    options = {"steps": 1} if name == "mng" else {}
+    straight = _fit(name, tmp_path / "a", epochs=2, options=options, n=256, eval_n=0)
+    _fit(name, tmp_path / "b", epochs=1, options=options, n=256, eval_n=0)
+    from metaat.train import resume_run  # noqa: F401  (API presence)
+    from metaat.train.checkpoint import read_checkpoint
+
+    x, y = data.load("synthetic", "train", n=256)
+    cfg = TrainConfig.from_yaml(tmp_path / "b" / "config.yaml", epochs=2)
+    from metaat.models import create
+
+    model = create("cnn-small", 10, 1, 12)
+    resumed = fit(model, defenses.create(name, list(THREATS), **options), x, y, cfg, tmp_path / "b", resume=True, quiet=True)
+    assert straight.global_step == resumed.global_step
+    a, b = read_checkpoint(tmp_path / "a"), read_checkpoint(tmp_path / "b")
+    for key, value in a.model_state.items():
+        assert torch.equal(value, b.model_state[key]), key
+    defense_keys = [k for k in a.tensors if k.startswith(("defense.", "optim.defense."))]
+    assert defense_keys
+    for key in defense_keys:
+        assert torch.equal(a.tensors[key], b.tensors[key]), key
+    assert a.state["defense"]["state"] == b.state["defense"]["state"]
