@@ -21,6 +21,7 @@ Writes ``benchmarks/results/attack_speed.json`` (with the command, hardware, thr
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import shlex
 import statistics
@@ -109,7 +110,7 @@ def run(n: int, threads: int, repeats: int, chunk_sizes: list[int]) -> dict[str,
     try:
         per_chunk = {}
         for chunk in sorted({min(c, n) for c in chunk_sizes}):
-            per_chunk[str(chunk)] = with_rate(timed(lambda c=chunk: raw_passes(model, x, y, c), repeats), n)
+            per_chunk[str(chunk)] = with_rate(timed(functools.partial(raw_passes, model, x, y, chunk), repeats), n)
     finally:
         for p, flag in zip(model.parameters(), flags, strict=True):
             p.requires_grad_(flag)

@@ -27,7 +27,7 @@ td.num { text-align: right; font-variant-numeric: tabular-nums; }
 .banner.ok { background: #e3f4e6; color: #1e6b2e; } .banner.bad { background: #fde5e5; color: #9b1c1c; }
 .status-passed { color: #1e6b2e; } .status-flagged { color: #9b1c1c; font-weight: 700; }
 .status-skipped { color: #777; }
-svg.figure { max-width: 100%; height: auto; background: white; }
+svg.figure { max-width: 100%; height: auto; background: white; display: block; }
 .figure-box { background: white; border: 1px solid #ddd; padding: 8px; margin: 8px 0; }
 .examples { display: flex; flex-wrap: wrap; gap: 14px; }
 .example { background: white; border: 1px solid #ddd; padding: 6px; font-size: 0.8rem; }

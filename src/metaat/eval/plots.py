@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import io
-import re
 from typing import Any
 
 import matplotlib
@@ -40,10 +39,9 @@ def _svg(fig: Any, salt: str) -> str:
         fig.savefig(buf, format="svg", bbox_inches="tight", metadata={"Date": None})
     plt.close(fig)
     text = buf.getvalue()
-    start = text.find("<svg")
-    svg = text[start:]
-    # Let the page scale the figure: keep the viewBox, make width responsive.
-    return re.sub(r'<svg([^>]*?) width="[^"]*" height="[^"]*"', r'<svg\1 class="figure" width="100%"', svg, count=1)
+    svg = text[text.find("<svg") :]
+    # Natural size, shrunk to the page width when narrower (CSS max-width + height:auto on .figure).
+    return svg.replace("<svg ", f'<svg class="figure" id="fig-{salt}" ', 1)
 
 
 def accuracy_vs_eps(report: dict[str, Any]) -> str | None:
