@@ -61,9 +61,14 @@ def test_attack_speed_falls_back_to_random_images(monkeypatch: pytest.MonkeyPatc
     assert source.startswith("random images") and "no fashion-mnist here" in source
 
 
-def test_attack_speed_rejects_bad_arguments() -> None:
+def test_attack_speed_rejects_bad_arguments(tmp_path: Path) -> None:
+    out = tmp_path / "speed.json"
     run = subprocess.run(
-        [sys.executable, str(SCRIPT), "--quick", "--n", "0"], capture_output=True, text=True, timeout=60
+        [sys.executable, str(SCRIPT), "--quick", "--n", "0", "--output", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert run.returncode == 2
     assert "must be >= 1" in run.stderr
+    assert not out.exists()

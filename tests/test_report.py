@@ -118,7 +118,7 @@ class Cells(HTMLParser):
 
 def md_rows(text: str) -> dict[str, list[str]]:
     """First cell → remaining cells, for every markdown table row."""
-    rows = {}
+    rows: dict[str, list[str]] = {}
     for line in text.splitlines():
         if line.startswith("| ") and not line.startswith("|:") and not line.startswith("|-"):
             cells = [c.strip() for c in line.strip().strip("|").split(" | ")]

@@ -26,7 +26,7 @@ app = typer.Typer(
 console = Console(stderr=True)
 
 # Modules exposing ``register(app: typer.Typer) -> None``.
-_COMMAND_MODULES: list[str] = ["metaat.train.commands", "metaat.eval.commands"]
+_COMMAND_MODULES: list[str] = ["metaat.train.commands", "metaat.eval.commands", "metaat.meta.commands", "metaat.demo"]
 
 
 class Family(str, Enum):

@@ -33,6 +33,7 @@ class Registry(Generic[T]):
 
     def __init__(self, kind: str) -> None:
         self.kind = kind
+        self.plural = kind + ("es" if kind.endswith("s") else "s")
         self._factories: dict[str, Callable[..., T]] = {}
         self._help: dict[str, str] = {}
 
@@ -54,7 +55,7 @@ class Registry(Generic[T]):
         key = name.strip().lower().replace("_", "-")
         if key not in self._factories:
             raise UnknownNameError(
-                f"unknown {self.kind} {name!r}; valid {self.kind}s: {', '.join(self.available())}"
+                f"unknown {self.kind} {name!r}; valid {self.plural}: {', '.join(self.available())}"
             )
         return self._factories[key]
 

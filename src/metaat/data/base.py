@@ -67,8 +67,8 @@ class Dataset(ABC):
         if x.dtype == np.uint8:
             xt = torch.from_numpy(_UINT8_TO_UNIT[x])
         else:
-            xt = torch.from_numpy(np.array(x, dtype=np.float32, copy=True))
-        return xt, torch.from_numpy(np.array(y, dtype=np.int64, copy=True))
+            xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32).copy())
+        return xt, torch.from_numpy(np.ascontiguousarray(y, dtype=np.int64).copy())
 
 
 def check_split(split: str) -> None:
