@@ -10,11 +10,10 @@ TORCH_SPEC ?= torch==2.13.0
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 THREADS ?= 2
 
-.PHONY: setup data test lint demo bench-deps bench-quick bench bench-speed clean
+.PHONY: setup data test-deps test lint demo bench-deps bench-quick bench bench-speed clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PIP) install -q --upgrade pip
 	$(PIP) install -q "$(TORCH_SPEC)" $(PIP_EXTRA)
 	# pin whatever torch is now installed, so no later install can swap it for a CUDA build
 	$(PY) -c "import torch; print('torch==' + torch.__version__)" > $(VENV)/constraints.txt
@@ -23,19 +22,27 @@ $(VENV)/.installed: pyproject.toml
 
 setup: $(VENV)/.installed
 
-# Fashion-MNIST from Debian's dataset-fashion-mnist package (its four IDX files).
+# System packages from Debian (one `apt-get update`, then one install of what is missing):
+# Fashion-MNIST from dataset-fashion-mnist (its four IDX files), and for `make test` chromium, which
+# the test that opens report.html in a real headless browser uses (it skips, saying why, without it).
+APT_INSTALL = $(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq
+
 data:
 	@if [ -n "$$METAAT_DATA" ] || dpkg -s dataset-fashion-mnist >/dev/null 2>&1; then \
 		echo "Fashion-MNIST: present"; \
-	else \
-		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq dataset-fashion-mnist; \
-	fi
+	else $(APT_INSTALL) dataset-fashion-mnist; fi
+
+test-deps:
+	@need=""; \
+	{ [ -n "$$METAAT_DATA" ] || dpkg -s dataset-fashion-mnist >/dev/null 2>&1; } || need="dataset-fashion-mnist"; \
+	command -v chromium >/dev/null 2>&1 || need="$$need chromium"; \
+	if [ -n "$$need" ]; then $(APT_INSTALL) $$need || $(APT_INSTALL) dataset-fashion-mnist; fi
 
 lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/mypy src
 
-test: setup data lint
+test: setup test-deps lint
 	$(PY) -m pytest -q
 
 demo: setup data

@@ -31,6 +31,7 @@ from torch import nn
 import metaat.data as datasets
 import metaat.models as models
 from metaat.eval import CheckConfig, UnseenConfig, evaluate
+from metaat.eval.compare import leaderboard, write_leaderboard
 from metaat.eval.report import build_report, write_reports
 
 CHROMIUM = next((shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None)
@@ -223,6 +224,26 @@ def test_report_renders_without_errors_and_shows_its_plots(browser: Chromium, re
     whole = browser.screenshot(0, 0, 1200, page_height)[..., :3]
     assert float(whole.std()) > 0.05
     assert browser.problems() == []
+
+
+def test_leaderboard_renders_with_its_plot(browser: Chromium, report_html: Path, tmp_path: Path) -> None:
+    base = json.loads(report_html.with_name("report.json").read_text())
+    runs = []
+    for name, union, passes in (("alpha", 0.3, 2.0), ("beta", 0.5, 6.0)):
+        run = tmp_path / name
+        run.mkdir()
+        cost = {"passes_per_example": passes, "seconds_per_epoch": 10 * passes}
+        (run / "report.json").write_text(json.dumps({**base, "run": str(run), "union": union, "cost": cost}))
+        runs.append(run)
+    page = write_leaderboard(leaderboard(runs), tmp_path)["html"]
+    browser.events.clear()
+    browser.open(page.resolve().as_uri())
+    assert browser.problems() == []
+    assert browser.evaluate("[...document.querySelectorAll('#leaderboard tr')].length") == 3
+    box = browser.evaluate("(() => { const r = document.querySelector('svg.figure').getBoundingClientRect();"
+                           " return [r.left + scrollX, r.top + scrollY, r.width, r.height]; })()")
+    pixels = browser.screenshot(*box)[..., :3]
+    assert float(pixels.std()) > 0.05
 
 
 def test_the_error_detector_itself_works(browser: Chromium, tmp_path: Path) -> None:

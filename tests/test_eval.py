@@ -175,6 +175,17 @@ def test_reference_apgd_suite_records_its_protocol(model: nn.Module, data: Data)
     assert r.examples and r.examples[0]["threat"] == "linf:0.1"
 
 
+@pytest.mark.slow
+def test_standard_suite_is_at_least_as_strong_as_apgd(model: nn.Module, data: Data) -> None:
+    """The standard version adds FAB-T and Square after the same APGD-CE / APGD-T runs."""
+    x, y = data
+    apgd = evaluate(model, x[:16], y[:16], ["linf:0.1"], suite="apgd", checks=False, examples=0)
+    standard = evaluate(model, x[:16], y[:16], ["linf:0.1"], suite="standard", checks=False, examples=0)
+    assert not bool((standard.flags["linf:0.1"] & ~apgd.flags["linf:0.1"]).any())
+    names = " ".join(standard.protocol["attacks"]["linf:0.1"])
+    assert all(a in names for a in ("apgd-ce", "apgd-t", "fab-t", "square"))
+
+
 def test_custom_quick_suite_options(model: nn.Module, data: Data) -> None:
     x, y = data
     r = evaluate(model, x[:16], y[:16], ["linf:0.08"], suite=QuickSuite(steps=5, losses=("ce",)), checks=False,

@@ -85,7 +85,7 @@ def test_compare_ranks_runs(app: typer.Typer, run_dir: Path, tmp_path: Path) -> 
     code, _, _ = invoke(app, "eval", str(run_dir), *FAST, "--threat", "linf:0.1")
     assert code == 0
     code, out, _ = invoke(app, "compare", str(run_dir), "--out", str(tmp_path))
-    assert code == 0 and "| 1 | small |" in out
+    assert code == 0 and "| 1 | small | mlp | standard |" in out
     assert (tmp_path / "leaderboard.md").is_file() and (tmp_path / "leaderboard.html").is_file()
 
 

@@ -31,6 +31,7 @@ CASES: list[tuple[str, dict[str, Any]]] = [
     ("metaat", {}),
     ("metaat", {"pgd_every": 2, "consistency": 1.0, "lookahead": True, "attacker_steps": 2}),
     ("metaat", {"pgd_every": 0, "adaptive": False, "random_start": False}),
+    ("metaat", {"pgd_every": 1, "distill": 1.0, "pgd_steps": 1}),
 ]
 
 
@@ -75,7 +76,7 @@ def test_defense_step_honours_the_contract(name: str, options: dict[str, Any]) -
 @pytest.mark.parametrize(
     ("name", "options", "expected"),
     [("l2l", {}, 2.0), ("l2l", {"steps": 3}, 4.0), ("mat", {"steps": 2}, 3.0), ("metaat", {}, 3.0),
-     ("metaat", {"pgd_every": 0}, 2.0)],
+     ("metaat", {"pgd_every": 0}, 2.0), ("metaat", {"distill": 1.0}, 3.0)],
 )
 def test_passes_per_example(name: str, options: dict[str, Any], expected: float) -> None:
     """Counted by the training loop's meter: every forward and backward through the target."""
@@ -109,6 +110,7 @@ def test_threat_sampling_adapts_to_the_weakest_threat() -> None:
     [
         ("metaat", {"pgd_every": -1}, "pgd_every"),
         ("metaat", {"lookahead": True, "pgd_every": 0}, "lookahead needs"),
+        ("metaat", {"distill": 1.0, "pgd_every": 0}, "distill needs"),
         ("mng", {"generator": "both"}, "source"),
         ("mat", {"meta_lr": 2.0}, "meta_lr"),
         ("l2l", {"steps": 0}, "steps"),
@@ -171,3 +173,12 @@ def test_resume_is_exact(tmp_path: Path, name: str) -> None:
     for key in defense_keys:
         assert torch.equal(a.tensors[key], b.tensors[key]), key
     assert a.state["defense"]["state"] == b.state["defense"]["state"]
+
+
+@pytest.mark.parametrize("name", ["mng", "l2l", "mat", "metaat"])
+def test_config_presets_load(name: str) -> None:
+    path = Path(__file__).resolve().parents[1] / "configs" / f"{name}.yaml"
+    cfg = TrainConfig.from_yaml(path)
+    assert cfg.defense == name and len(cfg.threats) == 3
+    defense = defenses.create(cfg.defense, list(cfg.threats), **cfg.options)
+    assert defense.name == name

@@ -226,6 +226,12 @@ def test_leaderboard_sorts_by_union_and_keeps_cost(report_dir: Path, tmp_path: P
     (other / "report.json").write_text(json.dumps({**base, "run": str(other), "dataset": {"name": "mnist", "n": 24}}))
     assert any("different datasets" in w for w in leaderboard([*paths, other])["warnings"])
 
+    # `metaat compare runs/*`: earlier leaderboard files are ignored, unevaluated runs skipped and listed.
+    (tmp_path / "pending").mkdir()
+    board = leaderboard([*paths, out["md"], out["html"], tmp_path / "pending"])
+    assert [r["run"] for r in board["rows"]] == ["strong", "middle", "weak"]
+    assert len(board["skipped"]) == 1 and "pending" in board["skipped"][0]
+
 
 def test_compare_errors_are_clear(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="no report.json in .*; run `metaat eval"):

@@ -120,9 +120,7 @@ class Corruption(Attack):
                     loss = ce(logits, yc)
                     wrong = logits.argmax(dim=1) != yc
                     take = ~fooled & (wrong | (loss > best_loss))
-                    part = out[sl]
-                    part[take] = cand[sl][take]
-                    out[sl] = part
+                    out[sl][take] = cand[sl][take]  # out[sl] is a view: this writes into out
                     best_loss = torch.where(take, loss, best_loss)
                     fooled |= wrong
         return out

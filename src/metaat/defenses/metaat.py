@@ -9,6 +9,9 @@ Threat: several Lp threats (linf / l2 / l1), one per batch. Parts, each switchab
   may start from a meta-pretrained attacker (``attacker_path``);
 * **PGD every m-th batch** (``pgd_every``; 0 = never): a ``pgd_steps``-step PGD batch trains the
   classifier on points the attacker may miss and measures honest per-threat robust accuracy;
+* **distillation from PGD** (``distill`` = weight): on PGD batches the attacker, fed PGD's own
+  first gradient (no extra pass), is also taught to land where PGD-K landed
+  (``||δ_φ − δ_pgd||² / ||δ_pgd||²``) — an amortised, one-step imitation of the multi-step attack;
 * **adaptive threat sampling** (E-AT-style, Croce & Hein 2022; ``adaptive``): threats where the
   running robust accuracy (from PGD batches when there are any) is lowest are drawn more often;
 * **consistency** (MNG-AC, Madaan et al. 2021; ``consistency`` = β): ``β·JS(p_clean, p_adv)``;
@@ -37,9 +40,9 @@ from metaat.losses import ce, consistency_js
 from metaat.meta.generators import LearnedAttacker
 from metaat.meta.io import generator_record
 from metaat.meta.lookahead import lookahead_loss
-from metaat.meta.rollout import attacker_rollout, route_ascent
+from metaat.meta.rollout import attacker_rollout, input_gradient, route_ascent
 from metaat.meta.sampling import adaptive_probabilities, ema, sample_index, uniform
-from metaat.threats import ThreatModel, default_step_size, random_init
+from metaat.threats import ThreatModel, default_step_size, project, random_init, steepest_ascent
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,9 +59,10 @@ class MetaATConfig(DefenseConfig):
     adaptive: bool = True
     adaptive_floor: float = 0.1
     ema_decay: float = 0.9
+    distill: float = 0.0
     consistency: float = 0.0
     lookahead: bool = False
-    lookahead_lr: float = 0.1
+    lookahead_lr: float = 0.01
 
     def __post_init__(self) -> None:
         for name in ("attacker_steps", "pgd_steps", "hidden"):
@@ -71,8 +75,11 @@ class MetaATConfig(DefenseConfig):
                 raise ValueError(f"metaat: {name} must be > 0, got {getattr(self, name)}")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"metaat: ema_decay must lie in [0, 1), got {self.ema_decay}")
-        if self.consistency < 0:
-            raise ValueError(f"metaat: consistency must be >= 0, got {self.consistency}")
+        for name in ("consistency", "distill"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"metaat: {name} must be >= 0, got {getattr(self, name)}")
+        if self.distill > 0 and self.pgd_every == 0:
+            raise ValueError("metaat: distill needs PGD batches (pgd_every >= 1)")
         if self.lookahead and self.pgd_every == 0:
             raise ValueError("metaat: lookahead needs PGD batches (pgd_every >= 1)")
 
@@ -157,23 +164,8 @@ class MetaAT(Defense):
             delta0 = random_init(x, threat, ctx.generator) if cfg.random_start or use_pgd else torch.zeros_like(x)
             attacker.train()
             if use_pgd:
-                with attack_mode(model):
-                    x_adv = pgd_steps(
-                        model,
-                        x,
-                        y,
-                        delta0,
-                        threat=threat,
-                        steps=cfg.pgd_steps,
-                        step_size=default_step_size(threat, cfg.pgd_steps),
-                        loss_fn=ce,
-                        return_best=False,
-                        l1_sparsity=cfg.l1_sparsity,
-                    ).detach()
-                passes += cfg.pgd_steps
-                if cfg.lookahead:
-                    metrics["meta_loss"] = self._lookahead_step(model, x, y, x_adv, delta0, threat, ctx)
-                    passes += cfg.attacker_steps + 3.0
+                x_adv, extra = self._pgd_batch(model, x, y, delta0, threat, ctx, metrics)
+                passes += extra
             else:
                 delta = attacker_rollout(attacker, model, x, y, threat, delta0=delta0, steps=cfg.attacker_steps)
                 # The classifier's backward also trains the attacker (gradient ascent, no extra pass).
@@ -198,6 +190,79 @@ class MetaAT(Defense):
         metrics.update(loss=float(loss.detach()), acc=acc, passes_est=passes)
         metrics.update({f"p/{threat_i}": p for threat_i, p in zip(self.threats, probs, strict=True)})
         return loss, metrics
+
+    def _pgd_batch(
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        delta0: torch.Tensor,
+        threat: ThreatModel,
+        ctx: TrainContext,
+        metrics: dict[str, float],
+    ) -> tuple[torch.Tensor, float]:
+        """PGD-K from ``delta0`` (final iterate); its first gradient is shared with the attacker's
+        distillation step. Returns ``x_adv`` and the target passes spent beyond the update."""
+        cfg = self.config
+        step = default_step_size(threat, cfg.pgd_steps)
+        grad0 = input_gradient(model, x, y, delta0)
+        direction = steepest_ascent(grad0, threat.norm, x_adv=x + delta0, l1_sparsity=cfg.l1_sparsity)
+        delta1 = project(delta0 + step * direction, x, threat)
+        x_adv = (x + delta1).clamp(0, 1)
+        if cfg.pgd_steps > 1:
+            with attack_mode(model):
+                x_adv = pgd_steps(
+                    model,
+                    x,
+                    y,
+                    delta1,
+                    threat=threat,
+                    steps=cfg.pgd_steps - 1,
+                    step_size=step,
+                    loss_fn=ce,
+                    return_best=False,
+                    l1_sparsity=cfg.l1_sparsity,
+                )
+        x_adv = x_adv.detach()
+        passes = float(cfg.pgd_steps)
+        if cfg.distill > 0:
+            metrics["distill"] = self._distill_step(model, x, y, x_adv, delta0, grad0, threat, ctx)
+            passes += cfg.attacker_steps - 1
+        if cfg.lookahead:
+            metrics["meta_loss"] = self._lookahead_step(model, x, y, x_adv, delta0, threat, ctx)
+            passes += cfg.attacker_steps + 3.0
+        return x_adv, passes
+
+    def _distill_step(
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        x_adv: torch.Tensor,
+        delta0: torch.Tensor,
+        grad0: torch.Tensor,
+        threat: ThreatModel,
+        ctx: TrainContext,
+    ) -> float:
+        """Teach the attacker where PGD went: φ descends ``distill · ||δ_φ − δ_pgd||² / ||δ_pgd||²``.
+
+        The first learned step reuses PGD's first gradient, so a one-step attacker costs no pass.
+        """
+        cfg, attacker, opt = self.config, self.attacker, self.optimizer
+        assert attacker is not None and opt is not None
+        delta = attacker(x, delta0, grad0, threat)
+        if cfg.attacker_steps > 1:
+            delta = attacker_rollout(attacker, model, x, y, threat, delta0=delta, steps=cfg.attacker_steps - 1)
+        target = (x_adv - x).flatten(1)
+        error = (delta.flatten(1) - target).pow(2).sum(1) / target.pow(2).sum(1).clamp_min(1e-12)
+        loss = error.mean()
+        opt.zero_grad(set_to_none=True)
+        (cfg.distill * loss).backward()
+        params = list(attacker.parameters())
+        ctx.sync_gradients(params)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return float(loss.detach())
 
     def _lookahead_step(
         self,

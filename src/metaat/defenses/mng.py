@@ -51,7 +51,7 @@ class MNGConfig(DefenseConfig):
     generator: str = "input"
     hidden: int = 32
     depth: int = 3
-    lookahead_lr: float = 0.1
+    lookahead_lr: float = 0.01
     generator_lr: float = 1e-3
     meta_every: int = 1
 

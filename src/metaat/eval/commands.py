@@ -206,7 +206,10 @@ def compare_cmd(
         typer.echo(json.dumps(board, indent=2, ensure_ascii=False))
         return
     typer.echo(render_leaderboard_markdown(board))
-    Console(stderr=True).print(f"HTML leaderboard: {paths['html']}", highlight=False, soft_wrap=True)
+    notes = Console(stderr=True)
+    for reason in board["skipped"]:
+        notes.print(f"skipped: {reason}", highlight=False, soft_wrap=True)
+    notes.print(f"HTML leaderboard: {paths['html']}", highlight=False, soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,22 +36,34 @@ def load_report(path: str | os.PathLike[str]) -> dict[str, Any]:
     return data
 
 
-def leaderboard(paths: list[str | os.PathLike[str]]) -> dict[str, Any]:
-    """Rows (one per report) sorted by union robust accuracy, best first; the threats seen in any."""
+def leaderboard(paths: Sequence[str | os.PathLike[str]]) -> dict[str, Any]:
+    """Rows (one per report) sorted by union robust accuracy, best first; the threats seen in any.
+
+    Run folders without a report are skipped (listed under ``skipped``) and other files ignored, so
+    ``metaat compare runs/*`` works while some runs are still unevaluated; no report at all is an error.
+    """
     if not paths:
         raise ValueError("compare needs at least one run folder or report.json")
-    rows, threats = [], []
+    rows, threats, skipped = [], [], []
     for path in paths:
-        report = load_report(path)
+        p = Path(path).expanduser()
+        if p.is_file() and p.suffix != ".json":
+            continue  # e.g. runs/leaderboard.md from an earlier compare
+        try:
+            report = load_report(p)
+        except FileNotFoundError as err:
+            skipped.append(str(err))
+            continue
         for t in report["threats"]:
             if t not in threats:
                 threats.append(t)
         cost = report.get("cost") or {}
-        name = Path(report.get("run") or find_report(path).parent).name
+        name = Path(report.get("run") or find_report(p).parent).name
         rows.append({
             "run": name,
-            "path": str(find_report(path)),
+            "path": str(find_report(p)),
             "model": report["model"].get("name"),
+            "defense": (report.get("training") or {}).get("defense"),
             "dataset": report["dataset"]["name"],
             "n": report["dataset"]["n"],
             "suite": report["protocol"].get("suite"),
@@ -63,6 +76,9 @@ def leaderboard(paths: list[str | os.PathLike[str]]) -> dict[str, Any]:
             "seconds_per_epoch": cost.get("seconds_per_epoch"),
             "threats": report["threats"],
         })
+    if not rows:
+        raise FileNotFoundError(skipped[0] if len(skipped) == 1 else "no report.json in any of the given paths; "
+                                "run `metaat eval RUN` first")
     rows.sort(key=lambda r: (-r["union"], -r["clean"], r["run"]))
     warnings = []
     for field, what in (("dataset", "datasets"), ("suite", "attack suites"), ("n", "numbers of points")):
@@ -70,16 +86,18 @@ def leaderboard(paths: list[str | os.PathLike[str]]) -> dict[str, Any]:
             warnings.append(f"Runs use different {what}: their numbers are not directly comparable.")
     if len({tuple(r["threats"]) for r in rows}) > 1:
         warnings.append("Runs were evaluated on different threat sets: their union numbers differ in meaning.")
-    return {"threats": threats, "rows": rows, "warnings": warnings}
+    warnings += [f"Skipped: {reason}." for reason in skipped]
+    return {"threats": threats, "rows": rows, "warnings": warnings, "skipped": skipped}
 
 
 def render_leaderboard_markdown(board: dict[str, Any]) -> str:
     threats = board["threats"]
-    header = ["#", "run", "model", "data", "n", "suite", "clean (%)", *[f"{t} (%)" for t in threats],
+    header = ["#", "run", "model", "defense", "data", "n", "suite", "clean (%)", *[f"{t} (%)" for t in threats],
               "union (%)", "flags", "passes/example", "s/epoch"]
     rows = []
     for rank, r in enumerate(board["rows"], 1):
-        rows.append([str(rank), r["run"], str(r["model"]), str(r["dataset"]), str(r["n"]), str(r["suite"]),
+        rows.append([str(rank), r["run"], str(r["model"]), str(r["defense"] or "—"), str(r["dataset"]), str(r["n"]),
+                     str(r["suite"]),
                      fmt_pct(r["clean"]),
                      *[fmt_pct(r["robust"].get(t), bool(r["upper_bound"].get(t))) for t in threats],
                      fmt_pct(r["union"]), str(r["flagged"]),
@@ -88,7 +106,7 @@ def render_leaderboard_markdown(board: dict[str, Any]) -> str:
     lines += [f"> {w}" for w in board["warnings"]]
     if board["warnings"]:
         lines.append("")
-    lines += md_table(header, rows, "rlllrl" + "r" * (len(header) - 6))
+    lines += md_table(header, rows, "rllllrl" + "r" * (len(header) - 7))
     return "\n".join(lines) + "\n"
 
 

@@ -268,6 +268,7 @@ def evaluate(
             c.to_dict() for c in run_checks(
                 model, x.to(device), y.to(device), parsed, check_cfg, seed=seed, given_training=given_training,
                 reference_warnings=warnings,
+                reported={o.threat: o.flags for o in outcomes if not o.upper_bound},
             )
         ])
         check_out = tuple(CheckResult.from_dict(c) for c in raw)

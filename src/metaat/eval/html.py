@@ -146,7 +146,7 @@ def _flat(timings: dict[str, Any]) -> dict[str, Any]:
 def render_leaderboard_html(board: dict[str, Any]) -> str:
     """The comparison page: leaderboard table plus cost against union robustness."""
     threats = board["threats"]
-    head = ["#", "run", "model", "data", "n", "suite", "clean", *threats, "union", "flags",
+    head = ["#", "run", "model", "defense", "data", "n", "suite", "clean", *threats, "union", "flags",
             "passes/example", "s/epoch"]
     body = ["<h1>Leaderboard — union robust accuracy</h1>",
             f'<div class="meta">{len(board["rows"])} runs, sorted by union robust accuracy</div>']
@@ -155,6 +155,7 @@ def render_leaderboard_html(board: dict[str, Any]) -> str:
     body.append('<table id="leaderboard"><tr>' + "".join(f"<th>{escape(h)}</th>" for h in head) + "</tr>")
     for rank, r in enumerate(board["rows"], 1):
         cells = [f'<td class="num">{rank}</td>', f"<td>{escape(r['run'])}</td>", f"<td>{escape(str(r['model']))}</td>",
+                 f"<td>{escape(str(r.get('defense') or '—'))}</td>",
                  f"<td>{escape(str(r['dataset']))}</td>", f'<td class="num">{r["n"]}</td>',
                  f"<td>{escape(str(r['suite']))}</td>", _num(f"{r['run']}/clean", r["clean"])]
         cells += [_num(f"{r['run']}/{t}", r["robust"].get(t), bool(r["upper_bound"].get(t))) for t in threats]

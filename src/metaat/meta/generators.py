@@ -16,6 +16,10 @@ projected onto the threat set (ball ∩ [0, 1] box) with :func:`metaat.threats.p
   - L1: ``eps · tanh(u + s·sign g) · softmax(a + c·|g|/max|g|)`` — the budget is allocated to a
     few coordinates (the L1 ball's corners are sparse); coordinates stuck on the box get none.
 
+  The shaped step is scaled by a learnable per-norm multiplier, added to ``δ`` and projected
+  (``δ ← Π(δ + m · step)``); L1 starts at ``m = 4`` so that the exact L1 ∩ box projection fills
+  the budget greedily instead of wasting it on coordinates the box clips.
+
   Every step costs one forward+backward of the target (the gradient) plus a generator pass.
 * :class:`NoiseGenerator` — MNG-AC's meta-noise generator (Madaan, Shin, Hwang 2021, ICML): maps
   ``[x, z]`` (input-dependent, as in the paper) or ``z`` alone (noise-only, as in the released
@@ -113,8 +117,11 @@ class LearnedAttacker(nn.Module):
             film_out.weight.mul_(0.05)
             nn.init.zeros_(film_out.bias)
         # Per-norm learnable scalars (softplus-positive): gradient skip, step multiplier; L1 focus.
+        # The L1 step starts 4x over budget: the exact projection then fills the budget greedily
+        # (coordinates clipped by the box would otherwise waste it) — measured on Fashion-MNIST,
+        # 4x makes the untrained one-step L1 attack stronger than sparse FGSM.
         self.skip_raw = nn.Parameter(torch.tensor([_inv_softplus(2.0), _inv_softplus(1.0), _inv_softplus(2.0)]))
-        self.step_raw = nn.Parameter(torch.full((len(NORMS),), _inv_softplus(1.0)))
+        self.step_raw = nn.Parameter(torch.tensor([_inv_softplus(1.0), _inv_softplus(1.0), _inv_softplus(4.0)]))
         self.focus_raw = nn.Parameter(torch.tensor(_inv_softplus(10.0)))
 
     def forward(self, x: torch.Tensor, delta: torch.Tensor, grad: torch.Tensor, threat: ThreatModel) -> torch.Tensor:

@@ -1,0 +1,146 @@
+"""Turn the study records into the README's benchmark table and the cost-vs-robustness plot.
+
+    python benchmarks/make_tables.py [--study fmnist_study] [--no-readme]
+
+Reads ``benchmarks/results/<study>.json`` (one record per method and seed, written by
+``study.py``), aggregates mean ± std over seeds, and writes ``benchmarks/results/<study>_table.md``,
+``benchmarks/results/<study>_union_vs_cost.svg`` and the README section between the
+``benchmark:start`` / ``benchmark:end`` markers. Nothing here is typed by hand: every number comes
+from the records.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+START, END = "<!-- benchmark:start -->", "<!-- benchmark:end -->"
+
+
+def mean_std(values: list[float], scale: float = 100.0, digits: int = 1) -> str:
+    vals = [v * scale for v in values if v is not None]
+    if not vals:
+        return "–"
+    if len(vals) == 1:
+        return f"{vals[0]:.{digits}f}"
+    return f"{statistics.mean(vals):.{digits}f} ± {statistics.stdev(vals):.{digits}f}"
+
+
+def aggregate(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for r in records:
+        groups[r["method"]].append(r)
+    rows = []
+    for method, rs in groups.items():
+        rows.append(
+            {
+                "method": method,
+                "seeds": sorted(r["seed"] for r in rs),
+                "clean": [r["clean"] for r in rs],
+                "linf": [r["robust"]["linf"] for r in rs],
+                "l2": [r["robust"]["l2"] for r in rs],
+                "l1": [r["robust"]["l1"] for r in rs],
+                "union": [r["robust"]["union"] for r in rs],
+                "passes": [r["passes_per_example"] for r in rs],
+                "seconds": [r["seconds_per_epoch"] for r in rs],
+                "records": rs,
+            }
+        )
+    rows.sort(key=lambda row: -statistics.mean(row["union"]))
+    return rows
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    head = (
+        "| method | clean | L∞ 0.1 | L2 1.5 | L1 10 | union | passes / example | s / epoch | seeds |\n"
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|\n"
+    )
+    lines = []
+    for row in rows:
+        lines.append(
+            f"| {row['method']} | {mean_std(row['clean'])} | {mean_std(row['linf'])} | {mean_std(row['l2'])} | "
+            f"{mean_std(row['l1'])} | **{mean_std(row['union'])}** | {mean_std(row['passes'], 1, 2)} | "
+            f"{mean_std(row['seconds'], 1, 0)} | {', '.join(map(str, row['seeds']))} |"
+        )
+    return head + "\n".join(lines) + "\n"
+
+
+def plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for row in rows:
+        px, py = statistics.mean(row["passes"]), 100 * statistics.mean(row["union"])
+        ax.scatter(px, py, s=36, color="tab:red" if row["method"].startswith("metaat") else "tab:blue")
+        ax.annotate(row["method"], (px, py), textcoords="offset points", xytext=(4, 3), fontsize=8)
+    ax.set_xscale("log")
+    ax.set_xlabel("training cost: forward+backward passes per example (log)")
+    ax.set_ylabel("union robust accuracy (%)")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, metadata={"Date": None} if path.suffix == ".svg" else None)
+    plt.close(fig)
+
+
+def describe(records: list[dict[str, Any]]) -> str:
+    r0 = records[0]
+    subset = r0.get("train_subset")
+    data = f"the first {subset:,} training images" if subset else "all 60,000 training images"
+    suites = sorted({r["suite"] for r in records})
+    protocol = {
+        "apgd": "the reference AutoAttack package's APGD-CE + APGD-T (pyautoattack "
+        + str(r0.get("protocol", {}).get("reference_version", r0["environment"].get("pyautoattack")))
+        + ") per threat",
+        "standard": "the reference AutoAttack `standard` version per threat",
+        "quick": "metaat's own PGD (quick suite — monitoring only, not a headline protocol)",
+    }
+    epochs = sorted({r["epochs"] for r in records})
+    return (
+        f"`cnn-small` on Fashion-MNIST, {data}, {', '.join(map(str, epochs))} epoch(s), batch 128, Adam one-cycle; "
+        f"robust accuracy on the first {r0['n']:,} test points under {'; '.join(protocol[s] for s in suites)}; "
+        f"union = per-example AND over L∞ 0.1, L2 1.5, L1 10. Hardware: {r0['hardware']}, "
+        f"torch {r0['environment']['torch']}, metaat {r0['metaat_version']}; seconds per epoch (of the images trained on) are "
+        f"attack + update time measured while other jobs shared the machine (compare passes per example "
+        f"for cost; `benchmarks/train_speed.py` times methods side by side). Command: `{r0['command']}`."
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--study", default="fmnist_study")
+    p.add_argument("--no-readme", action="store_true")
+    args = p.parse_args(argv)
+    src = RESULTS / f"{args.study}.json"
+    records = json.loads(src.read_text(encoding="utf-8"))["records"]
+    rows = aggregate(records)
+    md = table(rows)
+    (RESULTS / f"{args.study}_table.md").write_text(md, encoding="utf-8")
+    svg = RESULTS / f"{args.study}_union_vs_cost.svg"
+    plot(rows, svg, f"{args.study}: union robust accuracy vs training cost")
+    text = (
+        f"{describe(records)}\n\n{md}\n![union robust accuracy vs cost]({svg.relative_to(ROOT)})\n\n"
+        f"Regenerate: `python benchmarks/make_tables.py --study {args.study}` (records: `{src.relative_to(ROOT)}`)."
+    )
+    if not args.no_readme:
+        readme = ROOT / "README.md"
+        body = readme.read_text(encoding="utf-8")
+        if START in body and END in body:
+            head, rest = body.split(START, 1)
+            _, tail = rest.split(END, 1)
+            readme.write_text(f"{head}{START}\n{text}\n{END}{tail}", encoding="utf-8")
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
