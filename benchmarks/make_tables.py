@@ -109,7 +109,8 @@ def describe(records: list[dict[str, Any]]) -> str:
         f"`cnn-small` on Fashion-MNIST, {data}, {', '.join(map(str, epochs))} epoch(s), batch 128, Adam one-cycle; "
         f"robust accuracy on the first {r0['n']:,} test points under {'; '.join(protocol[s] for s in suites)}; "
         f"union = per-example AND over L∞ 0.1, L2 1.5, L1 10. Hardware: {r0['hardware']}, "
-        f"torch {r0['environment']['torch']}, metaat {r0['metaat_version']}; seconds per epoch (of the images trained on) are "
+        f"torch {r0['environment']['torch']}, metaat {r0['metaat_version']}; "
+        f"seconds per epoch (of the images trained on) are "
         f"attack + update time measured while other jobs shared the machine (compare passes per example "
         f"for cost; `benchmarks/train_speed.py` times methods side by side). Command: `{r0['command']}`."
     )

@@ -47,10 +47,11 @@ METHODS: dict[str, tuple[str, tuple[str, ...], dict[str, Any]]] = {
     "l2l": ("l2l", ALL, {}),
     "mat": ("mat", ALL, {}),
     "metaat": ("metaat", ALL, {}),
-    # ablations of metaat's recipe: each switches one part off
+    # ablations of metaat's recipe: each switches one part off, or one optional part on
     "metaat-no-pgd": ("metaat", ALL, {"pgd_every": 0}),
-    "metaat-no-consistency": ("metaat", ALL, {"consistency": 0.0}),
     "metaat-no-adaptive": ("metaat", ALL, {"adaptive": False}),
+    "metaat+consistency": ("metaat", ALL, {"consistency": 1.0}),
+    "metaat+lookahead": ("metaat", ALL, {"lookahead": True}),
 }
 QUICK_METHODS = ("standard", "pgd-linf", "sat", "metaat")
 

@@ -12,7 +12,6 @@ images. Results: ``benchmarks/results/train_speed.json`` with the command that p
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import sys
 import tempfile

@@ -87,7 +87,7 @@ class LearnedAttack(Attack):
             gen.eval()
             for p, _ in gen_params:
                 p.requires_grad_(False)
-            gen.to(device=x.device)
+            gen.to(device=x.device, dtype=x.dtype)
             for sl in chunks(x.shape[0], self.chunk_size(x)):
                 xc = x[sl]
                 if isinstance(gen, NoiseGenerator):

@@ -69,7 +69,9 @@ def build_attacker(
     return attacker.to(device).train()
 
 
-@DEFENSES.register("l2l")
+@DEFENSES.register(
+    "l2l", help="threat-conditioned learned attacker, alternating min-max (Jiang et al. 2021; k+1 passes)"
+)
 class L2L(Defense):
     """Learning to defend by learning to attack (Jiang et al. 2021), threat-conditioned."""
 
@@ -77,6 +79,7 @@ class L2L(Defense):
     config_class = L2LConfig
     config: L2LConfig
     multi_threat = True
+    single_step = True  # one learned step: the loop's catastrophic-overfitting guard defaults on
 
     def __init__(self, threats: Any, **options: Any) -> None:
         super().__init__(threats, **options)

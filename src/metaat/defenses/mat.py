@@ -53,7 +53,9 @@ class MATConfig(DefenseConfig):
             raise ValueError(f"mat: step_size must be > 0, got {self.step_size}")
 
 
-@DEFENSES.register("mat")
+@DEFENSES.register(
+    "mat", help="REPTILE bank of universal perturbations, refined per batch (Metzen et al. 2021; K+1 passes)"
+)
 class MAT(Defense):
     """Meta adversarial training with a REPTILE-updated bank of universal perturbations."""
 

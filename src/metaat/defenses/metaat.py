@@ -9,9 +9,10 @@ Threat: several Lp threats (linf / l2 / l1), one per batch. Parts, each switchab
   may start from a meta-pretrained attacker (``attacker_path``);
 * **PGD every m-th batch** (``pgd_every``; 0 = never): a ``pgd_steps``-step PGD batch trains the
   classifier on points the attacker may miss and measures honest per-threat robust accuracy;
-* **distillation from PGD** (``distill`` = weight): on PGD batches the attacker, fed PGD's own
-  first gradient (no extra pass), is also taught to land where PGD-K landed
-  (``||δ_φ − δ_pgd||² / ||δ_pgd||²``) — an amortised, one-step imitation of the multi-step attack;
+* **distillation from PGD** (``distill`` = weight; 0 = off, and nothing to distil when
+  ``pgd_every=0``): on PGD batches the attacker, fed PGD's own first gradient (no extra pass), is
+  also taught to land where PGD-K landed (``||δ_φ − δ_pgd||² / ||δ_pgd||²``) — an amortised
+  imitation of the multi-step attack, which makes the attacker markedly stronger at L1;
 * **adaptive threat sampling** (E-AT-style, Croce & Hein 2022; ``adaptive``): threats where the
   running robust accuracy (from PGD batches when there are any) is lowest are drawn more often;
 * **consistency** (MNG-AC, Madaan et al. 2021; ``consistency`` = β): ``β·JS(p_clean, p_adv)``;
@@ -20,8 +21,15 @@ Threat: several Lp threats (linf / l2 / l1), one per batch. Parts, each switchab
   one classifier step on its output lowers the loss on the PGD points (second order,
   ``torch.func.functional_call``).
 
-Cost per example, default options (1 learned step, PGD-5 every 4th batch, no consistency, no
-look-ahead): 3/4 · (1 + 1) + 1/4 · (5 + 1) = 3 target passes; reported as ``passes_est``.
+Defaults — 1 learned step, PGD-5 every 4th batch, distillation, consistency (β = 1), adaptive
+sampling, no look-ahead — cost 3/4 · (1 + 2) + 1/4 · (5 + 2) = 4 target passes per example
+(``consistency=0``: 3; ``pgd_every=0``: 3 with consistency, 2 without); reported as
+``passes_est`` and counted by the training loop's meter.
+
+Measured (Fashion-MNIST, 10k-image subset, 4 epochs, cnn-small, union of L∞ 0.1 / L2 1.5 / L1 10,
+PGD-20 on 1,000 test points, 1 CPU thread): ``sat`` PGD-10 (11 passes) 55.7 % union, 77.5 %
+clean; this recipe (4 passes) 55.0 % / 77.7 %; without consistency (3 passes) 53.7 %; learned
+attacker alone (``pgd_every=0``, 2 passes) ≈ FGSM-RS per random threat (53 %).
 """
 
 from __future__ import annotations
@@ -59,8 +67,8 @@ class MetaATConfig(DefenseConfig):
     adaptive: bool = True
     adaptive_floor: float = 0.1
     ema_decay: float = 0.9
-    distill: float = 0.0
-    consistency: float = 0.0
+    distill: float = 1.0
+    consistency: float = 1.0
     lookahead: bool = False
     lookahead_lr: float = 0.01
 
@@ -78,13 +86,13 @@ class MetaATConfig(DefenseConfig):
         for name in ("consistency", "distill"):
             if getattr(self, name) < 0:
                 raise ValueError(f"metaat: {name} must be >= 0, got {getattr(self, name)}")
-        if self.distill > 0 and self.pgd_every == 0:
-            raise ValueError("metaat: distill needs PGD batches (pgd_every >= 1)")
         if self.lookahead and self.pgd_every == 0:
             raise ValueError("metaat: lookahead needs PGD batches (pgd_every >= 1)")
 
 
-@DEFENSES.register("metaat")
+@DEFENSES.register(
+    "metaat", help="metaat's recipe: learned attacker + PGD every m-th batch + adaptive threats (4 passes)"
+)
 class MetaAT(Defense):
     """metaat's recipe: learned attacker + occasional PGD + adaptive threat sampling."""
 

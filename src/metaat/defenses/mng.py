@@ -10,7 +10,8 @@ Threat: several Lp threats (linf / l2 / l1); each batch trains against one, draw
    ``θ' = θ − η ∇_θ CE(f_θ(x_aug))`` (``torch.func.functional_call``, no copies): φ minimises
    ``CE(f_θ'(x_adv))`` — noise is good when training on it makes the model robust on PGD points;
 4. the classifier's loss ``CE(f_θ(x_adv)) + β · JS(p_clean, p_adv, p_aug)`` (x_aug re-generated
-   with the updated φ) is returned to the training loop.
+   with the updated φ) is returned to the training loop; ``all_ce=True`` adds the CE of the clean
+   and augmented points (the paper's classification loss over all three kinds of input).
 
 Options: ``generator`` — ``input`` (paper: the generator sees ``x`` and noise) or ``noise``
 (released code: noise only); ``beta``; ``lookahead_lr`` (η; set it near the classifier's lr);
@@ -48,6 +49,7 @@ class MNGConfig(DefenseConfig):
     step_size: float | None = None
     l1_sparsity: float = 0.99
     beta: float = 6.0
+    all_ce: bool = False
     generator: str = "input"
     hidden: int = 32
     depth: int = 3
@@ -67,7 +69,9 @@ class MNGConfig(DefenseConfig):
             raise ValueError(f"mng: beta must be >= 0, got {self.beta}")
 
 
-@DEFENSES.register("mng")
+@DEFENSES.register(
+    "mng", help="MNG-AC: PGD + meta-learned noise + JS consistency (Madaan et al. 2021; about K+6 passes)"
+)
 class MNG(Defense):
     """MNG-AC (Madaan et al. 2021): PGD + meta-learned noise + adversarial consistency."""
 
@@ -158,6 +162,8 @@ class MNG(Defense):
         adv_ce = ce(adv, y).mean()
         js = consistency_js(clean, adv, aug).mean()
         loss = adv_ce + cfg.beta * js
+        if cfg.all_ce:
+            loss = loss + ce(clean, y).mean() + ce(aug, y).mean()
         metrics.update(
             loss=float(loss.detach()),
             acc=accuracy(adv, y),

@@ -19,6 +19,7 @@ from metaat.meta.generators import (
 )
 from metaat.meta.io import generator_record, load_generator, save_generator
 from metaat.meta.lookahead import functional_logits, lookahead_loss, lookahead_parameters
+from metaat.meta.pretrain import PretrainConfig, pretrain
 from metaat.meta.rollout import attacker_rollout, input_gradient, route_ascent
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "NoiseGenerator",
     "NoiseSpec",
     "PerturbationBank",
+    "PretrainConfig",
     "apply_universal",
     "attacker_rollout",
     "build_generator",
@@ -38,6 +40,7 @@ __all__ = [
     "load_generator",
     "lookahead_loss",
     "lookahead_parameters",
+    "pretrain",
     "project_universal",
     "refine_universal",
     "route_ascent",

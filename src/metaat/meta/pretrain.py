@@ -232,7 +232,7 @@ def pretrain(
     generator = torch.Generator().manual_seed(cfg.seed)
     torch.manual_seed(cfg.seed)  # weight initialisation of targets and attacker
     x, y = datasets.load(cfg.data, "train", data_dir=cfg.data_dir, n=cfg.n)
-    num_classes = datasets.info(cfg.data).num_classes if cfg.data != "synthetic" else int(y.max()) + 1
+    num_classes = datasets.info(cfg.data).num_classes
     x, y = x.to(dev), y.to(dev)
     held = min(256, max(1, x.shape[0] // 5))  # held-out points for the final evaluation
     x_eval, y_eval, x, y = x[:held], y[:held], x[held:], y[held:]
