@@ -50,7 +50,9 @@ METHODS: dict[str, tuple[str, tuple[str, ...], dict[str, Any]]] = {
     # ablations of metaat's recipe: each switches one part off, or one optional part on
     "metaat-no-pgd": ("metaat", ALL, {"pgd_every": 0}),
     "metaat-no-adaptive": ("metaat", ALL, {"adaptive": False}),
-    "metaat+consistency": ("metaat", ALL, {"consistency": 1.0}),
+    "metaat-no-consistency": ("metaat", ALL, {"consistency": 0.0}),
+    "metaat-no-distill": ("metaat", ALL, {"distill": 0.0}),
+    "metaat-plain": ("metaat", ALL, {"distill": 0.0, "consistency": 0.0}),
     "metaat+lookahead": ("metaat", ALL, {"lookahead": True}),
 }
 QUICK_METHODS = ("standard", "pgd-linf", "sat", "metaat")

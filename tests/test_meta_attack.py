@@ -19,9 +19,7 @@ THREATS = [ThreatModel("linf", 0.15), ThreatModel("l2", 0.8), ThreatModel("l1", 
 
 
 def _tiny_model() -> nn.Module:
-    return nn.Sequential(
-        nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(8 * 36, 10)
-    )
+    return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(8 * 36, 10))
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +68,10 @@ def test_trained_attacker_beats_noise_and_matches_fgsm(trained: tuple[torch.Tens
         fgsm = attacks.create("fgsm", threat=threat)(model, xt, yt)
         noise = xt + random_init(xt, threat, torch.Generator().manual_seed(0))
         with torch.no_grad():
-            losses = {name: float(ce(model(v), yt).mean()) for name, v in (("learned", learned), ("fgsm", fgsm), ("noise", noise))}
+            losses = {
+                name: float(ce(model(v), yt).mean())
+                for name, v in (("learned", learned), ("fgsm", fgsm), ("noise", noise))
+            }
         assert losses["learned"] > losses["noise"], (threat, losses)
         assert losses["learned"] >= losses["fgsm"], (threat, losses)
 
@@ -94,7 +95,9 @@ def test_learned_attack_honours_the_contract(threat: ThreatModel) -> None:
     assert all(p.grad is None for p in model.parameters()) and all(p.grad is None for p in attacker.parameters())
     # same seed, same output; and chunking does not change it
     torch.testing.assert_close(atk(model, x, y), out)
-    chunked = attacks.create("learned", threat=threat, attacker=attacker, random_start=True, steps=2, seed=3, batch_size=3)
+    chunked = attacks.create(
+        "learned", threat=threat, attacker=attacker, random_start=True, steps=2, seed=3, batch_size=3
+    )
     torch.testing.assert_close(chunked(model, x, y), out)
 
 

@@ -75,8 +75,14 @@ def test_defense_step_honours_the_contract(name: str, options: dict[str, Any]) -
 
 @pytest.mark.parametrize(
     ("name", "options", "expected"),
-    [("l2l", {}, 2.0), ("l2l", {"steps": 3}, 4.0), ("mat", {"steps": 2}, 3.0), ("metaat", {}, 4.0),
-     ("metaat", {"consistency": 0}, 3.0), ("metaat", {"pgd_every": 0, "consistency": 0}, 2.0)],
+    [
+        ("l2l", {}, 2.0),
+        ("l2l", {"steps": 3}, 4.0),
+        ("mat", {"steps": 2}, 3.0),
+        ("metaat", {}, 4.0),
+        ("metaat", {"consistency": 0}, 3.0),
+        ("metaat", {"pgd_every": 0, "consistency": 0}, 2.0),
+    ],
 )
 def test_passes_per_example(name: str, options: dict[str, Any], expected: float) -> None:
     """Counted by the training loop's meter: every forward and backward through the target."""
@@ -125,9 +131,19 @@ def _fit(defense: str, out: Path, epochs: int, options: dict[str, Any] | None = 
     x, y = data.load("synthetic", "train", n=kw.pop("n", 1500))
     xt, yt = data.load("synthetic", "test", n=200)
     cfg = TrainConfig(
-        data="synthetic", model="cnn-small", defense=defense, options=options or {}, threats=THREATS,
-        epochs=epochs, batch_size=64, schedule="constant", lr=1e-3, eval_n=kw.pop("eval_n", 200), threads=1,
-        device="cpu", **kw,
+        data="synthetic",
+        model="cnn-small",
+        defense=defense,
+        options=options or {},
+        threats=THREATS,
+        epochs=epochs,
+        batch_size=64,
+        schedule="constant",
+        lr=1e-3,
+        eval_n=kw.pop("eval_n", 200),
+        threads=1,
+        device="cpu",
+        **kw,
     )
     from metaat.models import create
 
@@ -162,7 +178,9 @@ def test_resume_is_exact(tmp_path: Path, name: str) -> None:
     from metaat.models import create
 
     model = create("cnn-small", 10, 1, 12)
-    resumed = fit(model, defenses.create(name, list(THREATS), **options), x, y, cfg, tmp_path / "b", resume=True, quiet=True)
+    resumed = fit(
+        model, defenses.create(name, list(THREATS), **options), x, y, cfg, tmp_path / "b", resume=True, quiet=True
+    )
     assert straight.global_step == resumed.global_step
     a, b = read_checkpoint(tmp_path / "a"), read_checkpoint(tmp_path / "b")
     for key, value in a.model_state.items():

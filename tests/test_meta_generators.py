@@ -123,7 +123,11 @@ def test_save_load_roundtrip(tmp_path: object, kind: str) -> None:
 
     folder = Path(str(tmp_path)) / "gen"
     torch.manual_seed(0)
-    gen = LearnedAttacker(in_channels=1, hidden=8) if kind == "attacker" else NoiseGenerator(in_channels=1, source="noise")
+    gen = (
+        LearnedAttacker(in_channels=1, hidden=8)
+        if kind == "attacker"
+        else NoiseGenerator(in_channels=1, source="noise")
+    )
     save_generator(gen, folder, metadata={"note": "test"})
     meta = json.loads((folder / "generator.json").read_text())
     assert meta["kind"] == kind and meta["metadata"] == {"note": "test"}

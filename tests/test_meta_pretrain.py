@@ -80,9 +80,34 @@ def test_meta_pretrain_command(tmp_path: Path) -> None:
     runner = CliRunner()
     out = tmp_path / "attacker"
     args = [
-        "meta-pretrain", "--data", "synthetic", "--out", str(out), "--n", "300", "--model", "mlp",
-        "--threat", "linf:0.2", "--threat", "l2:1", "--stages", "5", "--iters", "3", "--inner-steps", "1",
-        "--batch-size", "32", "--hidden", "8", "--threads", "1", "--device", "cpu", "--json",
+        "meta-pretrain",
+        "--data",
+        "synthetic",
+        "--out",
+        str(out),
+        "--n",
+        "300",
+        "--model",
+        "mlp",
+        "--threat",
+        "linf:0.2",
+        "--threat",
+        "l2:1",
+        "--stages",
+        "5",
+        "--iters",
+        "3",
+        "--inner-steps",
+        "1",
+        "--batch-size",
+        "32",
+        "--hidden",
+        "8",
+        "--threads",
+        "1",
+        "--device",
+        "cpu",
+        "--json",
     ]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output

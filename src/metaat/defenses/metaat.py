@@ -238,7 +238,7 @@ class MetaAT(Defense):
             passes += cfg.attacker_steps - 1
         if cfg.lookahead:
             metrics["meta_loss"] = self._lookahead_step(model, x, y, x_adv, delta0, threat, ctx)
-            passes += cfg.attacker_steps + 3.0
+            passes += cfg.attacker_steps + 2.5
         return x_adv, passes
 
     def _distill_step(

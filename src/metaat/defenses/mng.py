@@ -18,10 +18,10 @@ Options: ``generator`` — ``input`` (paper: the generator sees ``x`` and noise)
 ``generator_lr`` (Adam); ``steps`` / ``step_size`` (PGD); ``meta_every`` (meta-update on every
 m-th batch only, to save cost).
 
-Cost per example and batch: ``steps`` (PGD) + 3 (look-ahead: inner forward+backward, outer
-forward+backward, and the second-order backward through the inner gradient; divided by
-``meta_every``) + 3 (clean, adversarial and augmented forward+backward) target passes; reported
-as ``passes_est`` in the metrics.
+Cost per example and batch: ``steps`` (PGD) + 2.5 (look-ahead: inner forward+backward, outer
+forward+backward and the second-order backward through the inner gradient, as the training
+loop's meter counts them; divided by ``meta_every``) + 3 (clean, adversarial and augmented
+forward+backward) target passes — 15.5 at the defaults; reported as ``passes_est``.
 """
 
 from __future__ import annotations
@@ -69,9 +69,7 @@ class MNGConfig(DefenseConfig):
             raise ValueError(f"mng: beta must be >= 0, got {self.beta}")
 
 
-@DEFENSES.register(
-    "mng", help="MNG-AC: PGD + meta-learned noise + JS consistency (Madaan et al. 2021; about K+6 passes)"
-)
+@DEFENSES.register("mng", help="MNG-AC: PGD + meta-learned noise + JS consistency (Madaan et al. 2021; K+5.5 passes)")
 class MNG(Defense):
     """MNG-AC (Madaan et al. 2021): PGD + meta-learned noise + adversarial consistency."""
 
@@ -169,6 +167,6 @@ class MNG(Defense):
             acc=accuracy(adv, y),
             adv_ce=float(adv_ce.detach()),
             js=float(js.detach()),
-            passes_est=cfg.steps + (3.0 if meta_step else 0.0) + 3.0,
+            passes_est=cfg.steps + (2.5 if meta_step else 0.0) + 3.0,
         )
         return loss, metrics
