@@ -112,7 +112,8 @@ def describe(records: list[dict[str, Any]]) -> str:
         f"torch {r0['environment']['torch']}, metaat {r0['metaat_version']}; "
         f"seconds per epoch (of the images trained on) are "
         f"attack + update time measured while other jobs shared the machine (compare passes per example "
-        f"for cost; `benchmarks/train_speed.py` times methods side by side). Command: `{r0['command']}`."
+        f"for cost; `benchmarks/train_speed.py` times methods side by side). Every record in the JSON keeps the "
+        f"command that produced it, e.g. `{r0['command']}`."
     )
 
 
