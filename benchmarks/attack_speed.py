@@ -10,8 +10,9 @@ says so) and the benchmark CNN ``cnn-small``, L∞ 0.1, 10 steps of 0.025, rando
   the speed no PGD on this model and machine can beat;
 * ``torchattacks`` — ``torchattacks.PGD(eps, alpha, steps=10)`` on the same call, when importable.
 
-Each measurement is repeated (3 times by default) after a warm-up; best and median images/s are
-reported. Targets: metaat (auto) >= 90 % of the best-chunk raw limit and >= 2x torchattacks.
+The raw limit's chunk size is picked first; then the contenders run in rotating order, one call
+each per round (3 rounds by default), so a drift of the machine hits all of them alike; best and
+median images/s are reported. Targets: metaat (auto) >= 90 % of the best-chunk raw limit and >= 2x torchattacks.
 Writes ``benchmarks/results/attack_speed.json`` (with the command, hardware, threads and versions).
 
     python benchmarks/attack_speed.py                # the full run (a few minutes on 2 cores)
@@ -89,6 +90,25 @@ def raw_passes(model: nn.Module, x: torch.Tensor, y: torch.Tensor, chunk: int) -
             delta = grad.detach()  # keep the data dependence; the value does not matter here
 
 
+def interleaved(fns: dict[str, Callable[[], Any]], repeats: int) -> dict[str, dict[str, Any]]:
+    """Time every function once per round, ``repeats`` rounds, in rotating order.
+
+    Interleaving spreads slow drifts of the machine (frequency, a neighbour's load) over all
+    contenders instead of charging them to whichever was measured first or last.
+    """
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    names = list(fns)
+    for r in range(repeats):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            start = time.perf_counter()
+            fns[name]()
+            times[name].append(time.perf_counter() - start)
+    return {
+        name: {"seconds": [round(t, 4) for t in ts], "best_s": min(ts), "median_s": statistics.median(ts)}
+        for name, ts in times.items()
+    }
+
+
 def run(n: int, threads: int, repeats: int, chunk_sizes: list[int]) -> dict[str, Any]:
     set_threads(threads)
     x, y, source = load_images(n)
@@ -99,32 +119,45 @@ def run(n: int, threads: int, repeats: int, chunk_sizes: list[int]) -> dict[str,
     pgd_auto = attacks.create("pgd", threat=f"linf:{EPS}", steps=STEPS)
     pgd_one = attacks.create("pgd", threat=f"linf:{EPS}", steps=STEPS, batch_size=n)
     pgd_auto(model, x[: min(n, 64)], y[: min(n, 64)])  # warm-up: allocator, thread pool, kernels
-    results["metaat_auto"] = with_rate(timed(lambda: pgd_auto(model, x, y), repeats), n)
-    results["metaat_auto"]["chunk"] = pgd_auto.chunk_size(x)
-    results["metaat_one_chunk"] = with_rate(timed(lambda: pgd_one(model, x, y), repeats), n)
-    results["metaat_one_chunk"]["chunk"] = n
 
-    flags = [p.requires_grad for p in model.parameters()]
-    for p in model.parameters():
-        p.requires_grad_(False)
-    try:
-        per_chunk = {}
-        for chunk in sorted({min(c, n) for c in chunk_sizes}):
-            per_chunk[str(chunk)] = with_rate(timed(functools.partial(raw_passes, model, x, y, chunk), repeats), n)
-    finally:
-        for p, flag in zip(model.parameters(), flags, strict=True):
-            p.requires_grad_(flag)
-    best_chunk = max(per_chunk, key=lambda c: per_chunk[c]["best_img_per_s"])
-    results["raw_limit"] = {"best_chunk": int(best_chunk), **per_chunk[best_chunk], "per_chunk": per_chunk}
+    def frozen(fn: Callable[[], Any]) -> Callable[[], Any]:
+        def call() -> Any:
+            flags = [p.requires_grad for p in model.parameters()]
+            for p in model.parameters():
+                p.requires_grad_(False)
+            try:
+                return fn()
+            finally:
+                for p, flag in zip(model.parameters(), flags, strict=True):
+                    p.requires_grad_(flag)
 
+        return call
+
+    # 1. the raw limit's best chunk size
+    per_chunk = {}
+    for chunk in sorted({min(c, n) for c in chunk_sizes}):
+        per_chunk[str(chunk)] = with_rate(timed(frozen(functools.partial(raw_passes, model, x, y, chunk)), repeats), n)
+    best_chunk = int(max(per_chunk, key=lambda c: per_chunk[c]["best_img_per_s"]))
+
+    # 2. the contenders side by side, interleaved round by round
+    contenders: dict[str, Callable[[], Any]] = {
+        "metaat_auto": lambda: pgd_auto(model, x, y),
+        "raw_limit": frozen(functools.partial(raw_passes, model, x, y, best_chunk)),
+        "metaat_one_chunk": lambda: pgd_one(model, x, y),
+    }
     try:
         import torchattacks
 
         ta = torchattacks.PGD(model, eps=EPS, alpha=ALPHA, steps=STEPS, random_start=True)
-        results["torchattacks"] = with_rate(timed(lambda: ta(x, y), repeats), n)
-        results["torchattacks"]["version"] = getattr(torchattacks, "__version__", "unknown")
+        contenders["torchattacks"] = lambda: ta(x, y)
+        results["torchattacks"] = {"version": getattr(torchattacks, "__version__", "unknown")}
     except ImportError as err:
         results["torchattacks"] = {"skipped": f"torchattacks not importable: {err}"}
+    for name, timing in interleaved(contenders, repeats).items():
+        results[name] = {**results.get(name, {}), **with_rate(timing, n)}
+    results["metaat_auto"]["chunk"] = pgd_auto.chunk_size(x)
+    results["metaat_one_chunk"]["chunk"] = n
+    results["raw_limit"].update(best_chunk=best_chunk, per_chunk=per_chunk)
 
     metaat_rate = results["metaat_auto"]["best_img_per_s"]
     raw_rate = results["raw_limit"]["best_img_per_s"]
