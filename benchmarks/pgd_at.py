@@ -68,7 +68,9 @@ def main(argv: list[str] | None = None) -> int:
     pgd_seconds = time.perf_counter() - t0
     nr = min(args.n_reference, args.n)
     t0 = time.perf_counter()
-    aa = attacks.create("autoattack", threat="linf:0.1", version="custom", attacks=("apgd-ce", "apgd-t"), seed=args.seed)
+    aa = attacks.create(
+        "autoattack", threat="linf:0.1", version="custom", attacks=("apgd-ce", "apgd-t"), seed=args.seed
+    )
     x_ref = aa(model, x[:nr], y[:nr])
     with torch.no_grad():
         ref = (model(x_ref).argmax(1) == y[:nr]).float()

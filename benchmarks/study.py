@@ -54,12 +54,15 @@ METHODS: dict[str, tuple[str, tuple[str, ...], dict[str, Any]]] = {
     "metaat-no-distill": ("metaat", ALL, {"distill": 0.0}),
     "metaat-plain": ("metaat", ALL, {"distill": 0.0, "consistency": 0.0}),
     "metaat+lookahead": ("metaat", ALL, {"lookahead": True}),
+    # recipe candidates (issue 4 tuning): more PGD batches; a learned warm start refined by PGD
+    "metaat-pgd2": ("metaat", ALL, {"pgd_every": 2}),
+    "metaat-refine2": ("metaat", ALL, {"refine_steps": 2}),
 }
 QUICK_METHODS = ("standard", "pgd-linf", "sat", "metaat")
 
 
 def atomic_write_json(path: Path, data: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp = path.with_suffix(f"{path.suffix}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     os.replace(tmp, path)
 
@@ -111,8 +114,16 @@ def run_one(method: str, seed: int, args: argparse.Namespace, study: str) -> dic
     model = resolve_model(run_dir)
     x, y = data.load("fashion-mnist", "test", n=args.n)
     result = evaluate(
-        model, x, y, list(ALL), suite=args.suite, union_only=args.union_only, seed=seed,
-        state_path=run_dir / f"eval-{args.suite}-{args.n}.state.json", unseen=False, checks=False,
+        model,
+        x,
+        y,
+        list(ALL),
+        suite=args.suite,
+        union_only=args.union_only,
+        seed=seed,
+        state_path=run_dir / f"eval-{args.suite}-{args.n}.state.json",
+        unseen=False,
+        checks=False,
     )
     robust = {t.split(":")[0]: result.robust.get(t) for t in ALL}
     robust["union"] = result.union

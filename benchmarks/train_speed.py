@@ -44,8 +44,16 @@ def main(argv: list[str] | None = None) -> int:
     for method in methods:
         defense, threats, options = METHODS[method]
         cfg = TrainConfig(
-            defense=defense, options=dict(options), threats=threats, epochs=1, batch_size=128,
-            train_subset=args.images, eval_n=0, seed=0, threads=args.threads, device="cpu",
+            defense=defense,
+            options=dict(options),
+            threats=threats,
+            epochs=1,
+            batch_size=128,
+            train_subset=args.images,
+            eval_n=0,
+            seed=0,
+            threads=args.threads,
+            device="cpu",
         )
         with tempfile.TemporaryDirectory() as tmp:
             t0 = time.perf_counter()
@@ -68,8 +76,8 @@ def main(argv: list[str] | None = None) -> int:
         }
         rows.append(row)
         print(
-            f"{method:22s} passes {row['passes_per_example']:6.2f}  "
-            f"s/60k-epoch {row['seconds_per_60k_epoch']:8.1f}", flush=True,
+            f"{method:22s} passes {row['passes_per_example']:6.2f}  s/60k-epoch {row['seconds_per_60k_epoch']:8.1f}",
+            flush=True,
         )
         out = {
             "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),

@@ -52,13 +52,28 @@ def demo_cmd(
             f"{epochs} epoch(s)"
         )
         train_cmd(
-            data="fashion-mnist", model="cnn-small", defense=defense, threat=list(DEMO_THREATS), epochs=epochs,
-            train_subset=train_subset or None, seed=seed, threads=threads, device=device, out=out,
+            data="fashion-mnist",
+            model="cnn-small",
+            defense=defense,
+            threat=list(DEMO_THREATS),
+            epochs=epochs,
+            train_subset=train_subset or None,
+            seed=seed,
+            threads=threads,
+            device=device,
+            out=out,
         )
     console.print(f"[demo] step 2/2: robustness report on {n} test points (suite {suite})")
     eval_cmd(
-        str(out), data="fashion-mnist", threat=list(DEMO_THREATS), n=n, suite=suite, unseen=unseen,
-        seed=seed, threads=threads, device=device,
+        str(out),
+        data="fashion-mnist",
+        threat=list(DEMO_THREATS),
+        n=n,
+        suite=suite,
+        unseen=unseen,
+        seed=seed,
+        threads=threads,
+        device=device,
     )
 
 

@@ -54,9 +54,7 @@ class Registry(Generic[T]):
         """The factory registered under ``name``; unknown names list the valid ones."""
         key = name.strip().lower().replace("_", "-")
         if key not in self._factories:
-            raise UnknownNameError(
-                f"unknown {self.kind} {name!r}; valid {self.plural}: {', '.join(self.available())}"
-            )
+            raise UnknownNameError(f"unknown {self.kind} {name!r}; valid {self.plural}: {', '.join(self.available())}")
         return self._factories[key]
 
     def create(self, name: str, *args: Any, **kwargs: Any) -> T:

@@ -77,9 +77,9 @@ class ThreatModel:
         return {"linf": "Linf", "l2": "L2", "l1": "L1"}[self.norm]
 
 
-def parse_threats(items: str | ThreatModel | list[str | ThreatModel] | tuple[str | ThreatModel, ...]) -> tuple[
-    ThreatModel, ...
-]:
+def parse_threats(
+    items: str | ThreatModel | list[str | ThreatModel] | tuple[str | ThreatModel, ...],
+) -> tuple[ThreatModel, ...]:
     """Parse one threat or a sequence of them; duplicates are an error."""
     seq = [items] if isinstance(items, str | ThreatModel) else list(items)
     if not seq:

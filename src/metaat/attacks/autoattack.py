@@ -65,8 +65,13 @@ def build_reference(model: nn.Module, cfg: AutoAttackConfig, device: torch.devic
     threat = cfg.threat
     if cfg.version == "custom":
         aa = ReferenceAutoAttack(
-            model, norm=threat.autoattack_norm, eps=threat.eps, version="custom",  # type: ignore[arg-type]
-            attacks=list(cfg.attacks), seed=cfg.seed, device=device,  # type: ignore[arg-type]
+            model,
+            norm=threat.autoattack_norm,
+            eps=threat.eps,
+            version="custom",  # type: ignore[arg-type]
+            attacks=list(cfg.attacks),
+            seed=cfg.seed,
+            device=device,  # type: ignore[arg-type]
         )
         # Mirror what version='standard' sets for each sub-attack.
         if threat.norm == "l1":
@@ -83,8 +88,12 @@ def build_reference(model: nn.Module, cfg: AutoAttackConfig, device: torch.devic
         aa.square.n_queries = 5000
     else:
         aa = ReferenceAutoAttack(
-            model, norm=threat.autoattack_norm, eps=threat.eps,  # type: ignore[arg-type]
-            version=cfg.version, seed=cfg.seed, device=device,  # type: ignore[arg-type]
+            model,
+            norm=threat.autoattack_norm,
+            eps=threat.eps,  # type: ignore[arg-type]
+            version=cfg.version,
+            seed=cfg.seed,
+            device=device,  # type: ignore[arg-type]
         )
     aa.verbose = False
     return aa

@@ -105,9 +105,7 @@ class PGD(Attack):
     config_class = PGDConfig
     config: PGDConfig
 
-    def _one_restart(
-        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, delta0: torch.Tensor
-    ) -> torch.Tensor:
+    def _one_restart(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, delta0: torch.Tensor) -> torch.Tensor:
         cfg = self.config
         step = cfg.step_size if cfg.step_size is not None else default_step_size(cfg.threat, cfg.steps)
         out = torch.empty_like(x)

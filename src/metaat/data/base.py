@@ -60,9 +60,7 @@ class Dataset(ABC):
         x, y = self.arrays(split, Path(data_dir).expanduser() if data_dir is not None else None)
         if n is not None:
             if n > len(y):
-                raise ValueError(
-                    f"asked for n={n} examples but the {self.info.name} {split} split holds only {len(y)}"
-                )
+                raise ValueError(f"asked for n={n} examples but the {self.info.name} {split} split holds only {len(y)}")
             x, y = x[:n], y[:n]
         if x.dtype == np.uint8:
             xt = torch.from_numpy(_UINT8_TO_UNIT[x])

@@ -88,9 +88,7 @@ def read_batch(path: Path, num_classes: int = 10) -> tuple[np.ndarray, np.ndarra
     if len(labels) != len(data):
         raise DataError(f"{path}: {len(data)} images but {len(labels)} labels")
     if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
-        raise DataError(
-            f"{path}: labels must lie in [0, {num_classes}); got min {labels.min()} max {labels.max()}"
-        )
+        raise DataError(f"{path}: labels must lie in [0, {num_classes}); got min {labels.min()} max {labels.max()}")
     return data.reshape(-1, 3, 32, 32), labels
 
 

@@ -56,9 +56,7 @@ def parse_idx(path: Path, magic: int) -> np.ndarray:
     declared = int(np.prod(dims, dtype=np.int64))
     payload = len(data) - header
     if payload != declared:
-        raise DataError(
-            f"{path}: header declares {declared} bytes of data (shape {dims}) but the file holds {payload}"
-        )
+        raise DataError(f"{path}: header declares {declared} bytes of data (shape {dims}) but the file holds {payload}")
     return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(dims)
 
 
@@ -102,9 +100,7 @@ def _find_pair(folder: Path, split: str) -> tuple[Path, Path] | None:
 def debian_dir() -> Path | None:
     """The folder where Debian's ``dataset-fashion-mnist`` package put its files, via ``dpkg -L``."""
     try:
-        out = subprocess.run(
-            ["dpkg", "-L", DEBIAN_PACKAGE], capture_output=True, text=True, timeout=20, check=False
-        )
+        out = subprocess.run(["dpkg", "-L", DEBIAN_PACKAGE], capture_output=True, text=True, timeout=20, check=False)
     except (OSError, subprocess.SubprocessError):
         return None
     if out.returncode != 0:
@@ -138,8 +134,7 @@ class IdxDataset(Dataset):
         wanted = " and ".join(f"{stem}[.gz]" for stem in FILES[split])
         looked = ", ".join(str(c) for c in candidates) or f"nowhere ({ENV_VAR} is unset)"
         raise FileNotFoundError(
-            f"{name} {split} files ({wanted}) not found; looked in: {looked}. "
-            f"To install: {self._install_hint()}"
+            f"{name} {split} files ({wanted}) not found; looked in: {looked}. To install: {self._install_hint()}"
         )
 
     def arrays(self, split: str, data_dir: Path | None) -> tuple[np.ndarray, np.ndarray]:

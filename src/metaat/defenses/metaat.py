@@ -71,11 +71,19 @@ class MetaATConfig(DefenseConfig):
     consistency: float = 1.0
     lookahead: bool = False
     lookahead_lr: float = 0.01
+    refine_steps: int = 0
+    refine_step_size: float = 0.5
 
     def __post_init__(self) -> None:
         for name in ("attacker_steps", "pgd_steps", "hidden"):
             if getattr(self, name) < 1:
                 raise ValueError(f"metaat: {name} must be >= 1, got {getattr(self, name)}")
+        if self.refine_steps < 0:
+            raise ValueError(f"metaat: refine_steps must be >= 0 (0 = off), got {self.refine_steps}")
+        if not 0 < self.refine_step_size <= 1:
+            raise ValueError(
+                f"metaat: refine_step_size must lie in (0, 1] (a fraction of eps), got {self.refine_step_size}"
+            )
         if self.pgd_every < 0:
             raise ValueError(f"metaat: pgd_every must be >= 0 (0 = never), got {self.pgd_every}")
         for name in ("attacker_lr", "lookahead_lr", "adaptive_floor"):
@@ -176,9 +184,13 @@ class MetaAT(Defense):
                 passes += extra
             else:
                 delta = attacker_rollout(attacker, model, x, y, threat, delta0=delta0, steps=cfg.attacker_steps)
-                # The classifier's backward also trains the attacker (gradient ascent, no extra pass).
-                x_adv = x + route_ascent(delta, opt, sync=ctx.sync_gradients)
                 passes += cfg.attacker_steps
+                if cfg.refine_steps > 0:
+                    x_adv = self._refine(model, x, y, delta, threat, ctx, metrics)
+                    passes += cfg.refine_steps
+                else:
+                    # The classifier's backward also trains the attacker (gradient ascent, no extra pass).
+                    x_adv = x + route_ascent(delta, opt, sync=ctx.sync_gradients)
 
         b = x.shape[0]
         if cfg.consistency > 0:
@@ -198,6 +210,51 @@ class MetaAT(Defense):
         metrics.update(loss=float(loss.detach()), acc=acc, passes_est=passes)
         metrics.update({f"p/{threat_i}": p for threat_i, p in zip(self.threats, probs, strict=True)})
         return loss, metrics
+
+    def _refine(
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        delta: torch.Tensor,
+        threat: ThreatModel,
+        ctx: TrainContext,
+        metrics: dict[str, float],
+    ) -> torch.Tensor:
+        """``refine_steps`` PGD steps of ``refine_step_size · eps`` from the attacker's output (a learned
+        warm start); the attacker is then taught to land where the refinement ended (no extra pass)."""
+        cfg = self.config
+        with attack_mode(model):
+            x_adv = pgd_steps(
+                model,
+                x,
+                y,
+                delta.detach(),
+                threat=threat,
+                steps=cfg.refine_steps,
+                step_size=cfg.refine_step_size * threat.eps,
+                loss_fn=ce,
+                return_best=False,
+                l1_sparsity=cfg.l1_sparsity,
+            ).detach()
+        metrics["refine_distill"] = self._imitate(delta, x, x_adv, 1.0, ctx)
+        return x_adv
+
+    def _imitate(
+        self, delta: torch.Tensor, x: torch.Tensor, x_adv: torch.Tensor, weight: float, ctx: TrainContext
+    ) -> float:
+        """One attacker step on ``weight · ||δ_φ − δ_target||² / ||δ_target||²``; returns the loss."""
+        attacker, opt = self.attacker, self.optimizer
+        assert attacker is not None and opt is not None
+        target = (x_adv - x).flatten(1)
+        error = (delta.flatten(1) - target).pow(2).sum(1) / target.pow(2).sum(1).clamp_min(1e-12)
+        loss = error.mean()
+        opt.zero_grad(set_to_none=True)
+        (weight * loss).backward()
+        ctx.sync_gradients(list(attacker.parameters()))
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return float(loss.detach())
 
     def _pgd_batch(
         self,
@@ -261,16 +318,7 @@ class MetaAT(Defense):
         delta = attacker(x, delta0, grad0, threat)
         if cfg.attacker_steps > 1:
             delta = attacker_rollout(attacker, model, x, y, threat, delta0=delta, steps=cfg.attacker_steps - 1)
-        target = (x_adv - x).flatten(1)
-        error = (delta.flatten(1) - target).pow(2).sum(1) / target.pow(2).sum(1).clamp_min(1e-12)
-        loss = error.mean()
-        opt.zero_grad(set_to_none=True)
-        (cfg.distill * loss).backward()
-        params = list(attacker.parameters())
-        ctx.sync_gradients(params)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        return float(loss.detach())
+        return self._imitate(delta, x, x_adv, cfg.distill, ctx)
 
     def _lookahead_step(
         self,

@@ -233,8 +233,17 @@ def square_flags(
     from pyautoattack.square import SquareAttack
 
     square = SquareAttack(
-        model, norm=threat.autoattack_norm, n_queries=queries, eps=threat.eps, p_init=0.8, n_restarts=1,
-        seed=seed, verbose=False, device=x.device, resc_schedule=True, loss="margin",
+        model,
+        norm=threat.autoattack_norm,
+        n_queries=queries,
+        eps=threat.eps,
+        p_init=0.8,
+        n_restarts=1,
+        seed=seed,
+        verbose=False,
+        device=x.device,
+        resc_schedule=True,
+        loss="margin",
     )
     devices = [x.device.index or 0] if x.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices), torch.no_grad():
@@ -262,40 +271,54 @@ def threat_checks(
     fgsm = attacks.create("fgsm", threat=threat)(model, x, y)
     acc_fgsm = fraction(_robust(model, x, y, fgsm))
     base = _pgd_flags(model, x, y, threat, seed, QuickSuite(steps=cfg.steps, losses=("ce",)))
-    strong = _pgd_flags(model, x, y, threat, point_seed(seed, "strong"),
-                        QuickSuite(steps=2 * cfg.steps, restarts=2, losses=("ce",)))
+    strong = _pgd_flags(
+        model, x, y, threat, point_seed(seed, "strong"), QuickSuite(steps=2 * cfg.steps, restarts=2, losses=("ce",))
+    )
     acc_base, acc_strong = fraction(base), fraction(strong)
     out = [
         _result(
-            "iterative-vs-single-step", (acc_base - acc_fgsm) * m > allowed,
+            "iterative-vs-single-step",
+            (acc_base - acc_fgsm) * m > allowed,
             f"PGD-{cfg.steps} ({100 * acc_base:.1f} %) is at least as strong as FGSM ({100 * acc_fgsm:.1f} %)",
             f"PGD-{cfg.steps} leaves {100 * acc_base:.1f} % accuracy but single-step FGSM only "
             f"{100 * acc_fgsm:.1f} %: iterative attacks are failing, a sign of gradient masking",
-            t, fgsm_accuracy=acc_fgsm, pgd_accuracy=acc_base,
+            t,
+            fgsm_accuracy=acc_fgsm,
+            pgd_accuracy=acc_base,
         ),
         _result(
-            "more-steps", (acc_base - acc_strong) * m > allowed,
+            "more-steps",
+            (acc_base - acc_strong) * m > allowed,
             f"doubling steps and restarts changes accuracy by {100 * (acc_base - acc_strong):.1f} points",
             f"doubling PGD's steps and restarts lowers accuracy from {100 * acc_base:.1f} % to "
             f"{100 * acc_strong:.1f} %: a fixed-budget attack has not converged here; trust only the "
             "adaptive reference suites (apgd, standard) or more iterations",
-            t, accuracy=acc_base, accuracy_doubled=acc_strong,
+            t,
+            accuracy=acc_base,
+            accuracy_doubled=acc_strong,
         ),
     ]
     big = ThreatModel(threat.norm, min(threat.eps * cfg.eps_factor, box_diameter(threat, x[0].numel())))
-    acc_big = fraction(_pgd_flags(model, x, y, big, point_seed(seed, "large"),
-                                  QuickSuite(steps=cfg.steps, losses=("ce", "margin"))))
-    out.append(_result(
-        "large-eps", acc_big > cfg.large_eps_accuracy,
-        f"at eps {big.eps:g} accuracy falls to {100 * acc_big:.1f} %",
-        f"at eps {big.eps:g} ({cfg.eps_factor:g}x) the model still keeps {100 * acc_big:.1f} % accuracy: "
-        "unbounded attacks should reach ~0 %, so the attacks are being blocked (gradient masking)",
-        t, eps=big.eps, accuracy=acc_big,
-    ))
+    acc_big = fraction(
+        _pgd_flags(model, x, y, big, point_seed(seed, "large"), QuickSuite(steps=cfg.steps, losses=("ce", "margin")))
+    )
+    out.append(
+        _result(
+            "large-eps",
+            acc_big > cfg.large_eps_accuracy,
+            f"at eps {big.eps:g} accuracy falls to {100 * acc_big:.1f} %",
+            f"at eps {big.eps:g} ({cfg.eps_factor:g}x) the model still keeps {100 * acc_big:.1f} % accuracy: "
+            "unbounded attacks should reach ~0 %, so the attacks are being blocked (gradient masking)",
+            t,
+            eps=big.eps,
+            accuracy=acc_big,
+        )
+    )
     # The white-box side is every white-box attack run: PGD with CE (two budgets), PGD with the
     # margin loss, and the evaluation's own suite when its flags are given.
-    margin_pgd = _pgd_flags(model, x, y, threat, point_seed(seed, "margin"),
-                            QuickSuite(steps=cfg.steps, losses=("margin",)))
+    margin_pgd = _pgd_flags(
+        model, x, y, threat, point_seed(seed, "margin"), QuickSuite(steps=cfg.steps, losses=("margin",))
+    )
     white = base & strong & margin_pgd
     if reported is not None:
         white &= reported.to(white.device)
@@ -303,21 +326,31 @@ def threat_checks(
         black = square_flags(model, x, y, threat, cfg.square_queries, point_seed(seed, "square") % (2**31))
     except (RuntimeError, IndexError, AssertionError) as err:
         reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        out.append(CheckResult("white-box-vs-black-box", "skipped",
-                               f"the reference Square attack failed on inputs of shape {tuple(x.shape[1:])}: {reason}",
-                               t))
+        out.append(
+            CheckResult(
+                "white-box-vs-black-box",
+                "skipped",
+                f"the reference Square attack failed on inputs of shape {tuple(x.shape[1:])}: {reason}",
+                t,
+            )
+        )
         return out
     only_black = fraction(white & ~black)
-    out.append(_result(
-        "white-box-vs-black-box", only_black * m > allowed,
-        f"Square ({cfg.square_queries} queries) breaks {100 * only_black:.1f} % of the points that survive the "
-        "white-box attacks (within noise)",
-        f"Square ({cfg.square_queries} queries) breaks {100 * only_black:.1f} % of the points that survive "
-        "every white-box attack (the evaluation's suite and PGD with CE and margin losses): the white-box "
-        "attacks are misled (gradient masking) and the reported accuracy is too high",
-        t, black_box_only=only_black, black_box_accuracy=fraction(black),
-        white_box_accuracy=fraction(white),
-    ))
+    out.append(
+        _result(
+            "white-box-vs-black-box",
+            only_black * m > allowed,
+            f"Square ({cfg.square_queries} queries) breaks {100 * only_black:.1f} % of the points that survive the "
+            "white-box attacks (within noise)",
+            f"Square ({cfg.square_queries} queries) breaks {100 * only_black:.1f} % of the points that survive "
+            "every white-box attack (the evaluation's suite and PGD with CE and margin losses): the white-box "
+            "attacks are misled (gradient masking) and the reported accuracy is too high",
+            t,
+            black_box_only=only_black,
+            black_box_accuracy=fraction(black),
+            white_box_accuracy=fraction(white),
+        )
+    )
     return out
 
 
@@ -328,7 +361,8 @@ def reference_warnings_check(messages: list[str] | None) -> CheckResult:
     return CheckResult(
         "reference-warnings",
         "flagged" if messages else "passed",
-        "the reference package warned: " + " | ".join(messages) if messages
+        "the reference package warned: " + " | ".join(messages)
+        if messages
         else "the reference package raised no warning",
         None,
         {"warnings": float(len(messages))},

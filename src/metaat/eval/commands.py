@@ -72,8 +72,10 @@ def check_data_fits(spec: dict[str, Any] | None, data: str, info: Any) -> None:
 def summary_table(report: dict[str, Any]) -> Table:
     from metaat.eval.report import headline_rows
 
-    table = Table(title=f"{report['model']['name']} on {report['dataset']['name']} (n = {report['dataset']['n']}, "
-                        f"suite {report['protocol']['suite']})")
+    table = Table(
+        title=f"{report['model']['name']} on {report['dataset']['name']} (n = {report['dataset']['n']}, "
+        f"suite {report['protocol']['suite']})"
+    )
     table.add_column("metric")
     table.add_column("accuracy (%)", justify="right")
     for row in headline_rows(report):
@@ -85,12 +87,18 @@ def eval_cmd(
     target: Annotated[str, typer.Argument(help="run folder, checkpoint folder or model .safetensors")],
     data: Annotated[str | None, typer.Option(help="dataset (default: the run's, else fashion-mnist)")] = None,
     data_dir: Annotated[Path | None, typer.Option(help="folder holding the dataset files")] = None,
-    threat: Annotated[list[str] | None, typer.Option("--threat", help="threat, repeatable (default: linf:0.1 "
-                                                     "l2:1.5 l1:10)")] = None,
+    threat: Annotated[
+        list[str] | None, typer.Option("--threat", help="threat, repeatable (default: linf:0.1 l2:1.5 l1:10)")
+    ] = None,
     n: Annotated[int, typer.Option(help="number of test points")] = 1000,
     suite: Annotated[str, typer.Option(help="quick | apgd | standard")] = "apgd",
-    union_only: Annotated[bool, typer.Option("--union-only", help="attack each threat only on points still "
-                                             "robust (same union, upper-bound per-threat numbers)")] = False,
+    union_only: Annotated[
+        bool,
+        typer.Option(
+            "--union-only",
+            help="attack each threat only on points still robust (same union, upper-bound per-threat numbers)",
+        ),
+    ] = False,
     unseen: Annotated[bool, typer.Option("--unseen/--no-unseen", help="run the unseen attacks")] = True,
     checks: Annotated[bool, typer.Option("--checks/--no-checks", help="run the gradient-masking checks")] = True,
     out: Annotated[Path | None, typer.Option(help="report folder (default: the run folder)")] = None,
@@ -151,8 +159,19 @@ def eval_cmd(
                 bar.update(tasks[stage], completed=done, total=total)
 
             return evaluate(
-                model, x, y, threats, suite=suite, union_only=union_only, seed=seed, state_path=state_path,
-                unseen=unseen, checks=checks, batch_size=batch_size, holdout=holdout, progress=progress,
+                model,
+                x,
+                y,
+                threats,
+                suite=suite,
+                union_only=union_only,
+                seed=seed,
+                state_path=state_path,
+                unseen=unseen,
+                checks=checks,
+                batch_size=batch_size,
+                holdout=holdout,
+                progress=progress,
             )
 
     try:
@@ -163,8 +182,9 @@ def eval_cmd(
                 raise
             state_path.unlink(missing_ok=True)  # a stale default state from another evaluation
             result = run_evaluation()
-        report = build_report(result, model=_model_card(model, path), dataset={"name": name, "split": "test"},
-                              run_dir=run)
+        report = build_report(
+            result, model=_model_card(model, path), dataset={"name": name, "split": "test"}, run_dir=run
+        )
         paths = write_reports(report, out_dir)
         if state is None:
             state_path.unlink(missing_ok=True)

@@ -59,26 +59,29 @@ def leaderboard(paths: Sequence[str | os.PathLike[str]]) -> dict[str, Any]:
                 threats.append(t)
         cost = report.get("cost") or {}
         name = Path(report.get("run") or find_report(p).parent).name
-        rows.append({
-            "run": name,
-            "path": str(find_report(p)),
-            "model": report["model"].get("name"),
-            "defense": (report.get("training") or {}).get("defense"),
-            "dataset": report["dataset"]["name"],
-            "n": report["dataset"]["n"],
-            "suite": report["protocol"].get("suite"),
-            "clean": report["clean"],
-            "robust": report["robust"],
-            "upper_bound": report.get("robust_upper_bound", {}),
-            "union": report["union"],
-            "flagged": len(report.get("flagged", [])),
-            "passes_per_example": cost.get("passes_per_example"),
-            "seconds_per_epoch": cost.get("seconds_per_epoch"),
-            "threats": report["threats"],
-        })
+        rows.append(
+            {
+                "run": name,
+                "path": str(find_report(p)),
+                "model": report["model"].get("name"),
+                "defense": (report.get("training") or {}).get("defense"),
+                "dataset": report["dataset"]["name"],
+                "n": report["dataset"]["n"],
+                "suite": report["protocol"].get("suite"),
+                "clean": report["clean"],
+                "robust": report["robust"],
+                "upper_bound": report.get("robust_upper_bound", {}),
+                "union": report["union"],
+                "flagged": len(report.get("flagged", [])),
+                "passes_per_example": cost.get("passes_per_example"),
+                "seconds_per_epoch": cost.get("seconds_per_epoch"),
+                "threats": report["threats"],
+            }
+        )
     if not rows:
-        raise FileNotFoundError(skipped[0] if len(skipped) == 1 else "no report.json in any of the given paths; "
-                                "run `metaat eval RUN` first")
+        raise FileNotFoundError(
+            skipped[0] if len(skipped) == 1 else "no report.json in any of the given paths; run `metaat eval RUN` first"
+        )
     rows.sort(key=lambda r: (-r["union"], -r["clean"], r["run"]))
     warnings = []
     for field, what in (("dataset", "datasets"), ("suite", "attack suites"), ("n", "numbers of points")):
@@ -92,16 +95,40 @@ def leaderboard(paths: Sequence[str | os.PathLike[str]]) -> dict[str, Any]:
 
 def render_leaderboard_markdown(board: dict[str, Any]) -> str:
     threats = board["threats"]
-    header = ["#", "run", "model", "defense", "data", "n", "suite", "clean (%)", *[f"{t} (%)" for t in threats],
-              "union (%)", "flags", "passes/example", "s/epoch"]
+    header = [
+        "#",
+        "run",
+        "model",
+        "defense",
+        "data",
+        "n",
+        "suite",
+        "clean (%)",
+        *[f"{t} (%)" for t in threats],
+        "union (%)",
+        "flags",
+        "passes/example",
+        "s/epoch",
+    ]
     rows = []
     for rank, r in enumerate(board["rows"], 1):
-        rows.append([str(rank), r["run"], str(r["model"]), str(r["defense"] or "—"), str(r["dataset"]), str(r["n"]),
-                     str(r["suite"]),
-                     fmt_pct(r["clean"]),
-                     *[fmt_pct(r["robust"].get(t), bool(r["upper_bound"].get(t))) for t in threats],
-                     fmt_pct(r["union"]), str(r["flagged"]),
-                     _fmt(r["passes_per_example"]), _fmt(r["seconds_per_epoch"])])
+        rows.append(
+            [
+                str(rank),
+                r["run"],
+                str(r["model"]),
+                str(r["defense"] or "—"),
+                str(r["dataset"]),
+                str(r["n"]),
+                str(r["suite"]),
+                fmt_pct(r["clean"]),
+                *[fmt_pct(r["robust"].get(t), bool(r["upper_bound"].get(t))) for t in threats],
+                fmt_pct(r["union"]),
+                str(r["flagged"]),
+                _fmt(r["passes_per_example"]),
+                _fmt(r["seconds_per_epoch"]),
+            ]
+        )
     lines = ["# Leaderboard — union robust accuracy", ""]
     lines += [f"> {w}" for w in board["warnings"]]
     if board["warnings"]:

@@ -134,8 +134,15 @@ def _select(x: torch.Tensor, y: torch.Tensor, n: int | None) -> tuple[torch.Tens
 
 
 def _examples(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, outcomes: dict[str, torch.Tensor],
-    clean: torch.Tensor, threats: tuple[ThreatModel, ...], suite: Suite, seed: int, k: int,
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    outcomes: dict[str, torch.Tensor],
+    clean: torch.Tensor,
+    threats: tuple[ThreatModel, ...],
+    suite: Suite,
+    seed: int,
+    k: int,
 ) -> list[dict[str, Any]]:
     """Up to ``k`` adversarial examples per threat (broken points first), re-attacked for display."""
     from metaat.eval.plots import image_png_base64
@@ -157,18 +164,20 @@ def _examples(
         norms = lp_norm(delta, threat.norm)
         for i in range(ids.numel()):
             scale = float(delta[i].abs().max()) or 1.0
-            out.append({
-                "threat": str(threat),
-                "index": int(ids[i]),
-                "label": int(ys[i]),
-                "clean_prediction": int(pred_clean[i]),
-                "adversarial_prediction": int(pred_adv[i]),
-                "perturbation_norm": float(norms[i]),
-                "perturbation_scale": scale,
-                "clean_png": image_png_base64(xs[i]),
-                "adversarial_png": image_png_base64(x_adv[i]),
-                "perturbation_png": image_png_base64(0.5 + delta[i] / (2 * scale)),
-            })
+            out.append(
+                {
+                    "threat": str(threat),
+                    "index": int(ids[i]),
+                    "label": int(ys[i]),
+                    "clean_prediction": int(pred_clean[i]),
+                    "adversarial_prediction": int(pred_adv[i]),
+                    "perturbation_norm": float(norms[i]),
+                    "perturbation_scale": scale,
+                    "clean_png": image_png_base64(xs[i]),
+                    "adversarial_png": image_png_base64(x_adv[i]),
+                    "perturbation_png": image_png_base64(0.5 + delta[i] / (2 * scale)),
+                }
+            )
     return out
 
 
@@ -240,7 +249,16 @@ def evaluate(
         progress("clean", x.shape[0], x.shape[0])
 
     outcomes, union = worst_case_ensemble(
-        model, x, y, clean, parsed, the_suite, union_only=union_only, chunk=chunk, seed=seed, state=state,
+        model,
+        x,
+        y,
+        clean,
+        parsed,
+        the_suite,
+        union_only=union_only,
+        chunk=chunk,
+        seed=seed,
+        state=state,
         progress=progress,
     )
     timings["threats"] = {o.threat: round(o.seconds, 3) for o in outcomes}
@@ -264,17 +282,32 @@ def evaluate(
         )
     check_out: tuple[CheckResult, ...] = ()
     if check_cfg is not None:
-        raw = section("checks", lambda: [
-            c.to_dict() for c in run_checks(
-                model, x.to(device), y.to(device), parsed, check_cfg, seed=seed, given_training=given_training,
-                reference_warnings=warnings,
-                reported={o.threat: o.flags for o in outcomes if not o.upper_bound},
-            )
-        ])
+        raw = section(
+            "checks",
+            lambda: [
+                c.to_dict()
+                for c in run_checks(
+                    model,
+                    x.to(device),
+                    y.to(device),
+                    parsed,
+                    check_cfg,
+                    seed=seed,
+                    given_training=given_training,
+                    reference_warnings=warnings,
+                    reported={o.threat: o.flags for o in outcomes if not o.upper_bound},
+                )
+            ],
+        )
         check_out = tuple(CheckResult.from_dict(c) for c in raw)
     timings["total"] = round(time.perf_counter() - t_start, 3)
-    protocol = {**protocol, "union_only": union_only, "chunk": chunk, "seed": seed,
-                "reference_warnings": warnings or []}
+    protocol = {
+        **protocol,
+        "union_only": union_only,
+        "chunk": chunk,
+        "seed": seed,
+        "reference_warnings": warnings or [],
+    }
     return EvalResult(
         n=int(x.shape[0]),
         threats=tuple(str(t) for t in parsed),

@@ -42,8 +42,8 @@ def _num(key: str, value: float | None, upper: bool = False) -> str:
 
 def _page(title: str, body: list[str]) -> str:
     return (
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-        f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><title>{escape(title)}</title>"
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f'<meta name="viewport" content="width=device-width, initial-scale=1"><title>{escape(title)}</title>'
         f"<style>{CSS}</style></head><body><main>\n" + "\n".join(body) + "\n</main></body></html>\n"
     )
 
@@ -57,9 +57,11 @@ def _figure(svg: str | None, caption: str) -> list[str]:
 def _examples(report: dict[str, Any]) -> list[str]:
     if not report.get("examples"):
         return []
-    out = ["<h2>Adversarial examples</h2>",
-           '<p class="meta">clean · adversarial · perturbation (rescaled to its own maximum, grey = 0)</p>',
-           '<div class="examples">']
+    out = [
+        "<h2>Adversarial examples</h2>",
+        '<p class="meta">clean · adversarial · perturbation (rescaled to its own maximum, grey = 0)</p>',
+        '<div class="examples">',
+    ]
     for e in report["examples"]:
         verdict = "fooled" if e["adversarial_prediction"] != e["label"] else "robust"
         out.append(
@@ -67,8 +69,8 @@ def _examples(report: dict[str, Any]) -> list[str]:
             f'<img alt="clean" src="data:image/png;base64,{e["clean_png"]}">'
             f'<img alt="adversarial" src="data:image/png;base64,{e["adversarial_png"]}">'
             f'<img alt="perturbation" src="data:image/png;base64,{e["perturbation_png"]}">'
-            f'<div>prediction {e["clean_prediction"]} → {e["adversarial_prediction"]} ({verdict}), '
-            f'norm {e["perturbation_norm"]:.3g}</div></div>'
+            f"<div>prediction {e['clean_prediction']} → {e['adversarial_prediction']} ({verdict}), "
+            f"norm {e['perturbation_norm']:.3g}</div></div>"
         )
     out.append("</div>")
     return out
@@ -77,62 +79,87 @@ def _examples(report: dict[str, Any]) -> list[str]:
 def render_html(report: dict[str, Any]) -> str:
     """``report.html`` from the report dict."""
     m, d = report["model"], report["dataset"]
-    body = [f"<h1>Robustness report — {escape(str(m.get('name', 'model')))}</h1>",
-            f'<div class="meta">{escape(d["name"])} {escape(str(d.get("split", "test")))}, n = {d["n"]} points · '
-            f'{escape(protocol_text(report))} · model {escape(str(m.get("source")))}, '
-            f'{escape(str(m.get("parameters", "?")))} parameters · training: {escape(training_text(report))}</div>']
+    body = [
+        f"<h1>Robustness report — {escape(str(m.get('name', 'model')))}</h1>",
+        f'<div class="meta">{escape(d["name"])} {escape(str(d.get("split", "test")))}, n = {d["n"]} points · '
+        f"{escape(protocol_text(report))} · model {escape(str(m.get('source')))}, "
+        f"{escape(str(m.get('parameters', '?')))} parameters · training: {escape(training_text(report))}</div>",
+    ]
     css = "bad" if report["flagged"] else "ok"
     body.append(f'<div class="banner {css}" id="checks-banner">{escape(checks_summary(report))}</div>')
     if report["flagged"]:
-        body.append("<ul>" + "".join(
-            f"<li><b>{escape(c['name'])}{' (' + escape(c['threat']) + ')' if c.get('threat') else ''}</b>: "
-            f"{escape(c['explanation'])}</li>" for c in report["flagged"]) + "</ul>")
-    body += ["<h2>Robust accuracy</h2>", "<table id=\"headline\"><tr><th>metric</th><th>accuracy (%)</th>"
-             "<th>points attacked</th></tr>"]
+        body.append(
+            "<ul>"
+            + "".join(
+                f"<li><b>{escape(c['name'])}{' (' + escape(c['threat']) + ')' if c.get('threat') else ''}</b>: "
+                f"{escape(c['explanation'])}</li>"
+                for c in report["flagged"]
+            )
+            + "</ul>"
+        )
+    body += [
+        "<h2>Robust accuracy</h2>",
+        '<table id="headline"><tr><th>metric</th><th>accuracy (%)</th><th>points attacked</th></tr>',
+    ]
     for r in headline_rows(report):
         attacked = "—" if r["attacked"] is None else str(r["attacked"])
-        body.append(f"<tr><td>{escape(r['label'])}</td>{_num(r['key'], r['value'], r['upper'])}"
-                    f'<td class="num">{attacked}</td></tr>')
+        body.append(
+            f"<tr><td>{escape(r['label'])}</td>{_num(r['key'], r['value'], r['upper'])}"
+            f'<td class="num">{attacked}</td></tr>'
+        )
     body.append("</table>")
     body += _figure(plots.threat_bars(report), "clean, per-threat and union accuracy (grey: upper bound)")
     body += _figure(plots.accuracy_vs_eps(report), "robust accuracy against eps, per norm")
     attacks = report["protocol"].get("attacks", {})
-    body.append("<h3>Attacks per threat</h3><ul>" + "".join(
-        f"<li>{escape(t)}: {escape('; '.join(names))}</li>" for t, names in attacks.items()
-    ) + "</ul>")
+    body.append(
+        "<h3>Attacks per threat</h3><ul>"
+        + "".join(f"<li>{escape(t)}: {escape('; '.join(names))}</li>" for t, names in attacks.items())
+        + "</ul>"
+    )
     urows = unseen_rows(report)
     if urows:
-        body += ["<h2>Unseen attacks</h2>", '<table id="unseen"><tr><th>attack</th><th>setting</th>'
-                 "<th>accuracy (%)</th></tr>"]
-        body += [f"<tr><td>{escape(r['section'])}</td><td>{escape(r['label'])}</td>{_num(r['key'], r['value'])}</tr>"
-                 for r in urows]
+        body += [
+            "<h2>Unseen attacks</h2>",
+            '<table id="unseen"><tr><th>attack</th><th>setting</th><th>accuracy (%)</th></tr>',
+        ]
+        body += [
+            f"<tr><td>{escape(r['section'])}</td><td>{escape(r['label'])}</td>{_num(r['key'], r['value'])}</tr>"
+            for r in urows
+        ]
         body.append("</table>")
     body += _examples(report)
     body.append("<h2>Gradient-masking checks</h2>")
     if report["checks"]:
         body.append('<table id="checks"><tr><th>check</th><th>threat</th><th>status</th><th>explanation</th></tr>')
         for c in report["checks"]:
-            body.append(f"<tr><td>{escape(c['name'])}</td><td>{escape(c.get('threat') or '—')}</td>"
-                        f'<td class="status-{c["status"]}">{escape(c["status"])}</td>'
-                        f"<td>{escape(c['explanation'])}</td></tr>")
+            body.append(
+                f"<tr><td>{escape(c['name'])}</td><td>{escape(c.get('threat') or '—')}</td>"
+                f'<td class="status-{c["status"]}">{escape(c["status"])}</td>'
+                f"<td>{escape(c['explanation'])}</td></tr>"
+            )
         body.append("</table>")
     else:
         body.append("<p>Not run.</p>")
     body.append("<h2>Cost</h2>")
     cost = report.get("cost")
     if cost:
-        body.append('<table id="cost">' + "".join(
-            f'<tr><th>{escape(k)}</th><td class="num">{escape(_value(v))}</td></tr>' for k, v in cost.items()
-        ) + "</table>")
+        body.append(
+            '<table id="cost">'
+            + "".join(f'<tr><th>{escape(k)}</th><td class="num">{escape(_value(v))}</td></tr>' for k, v in cost.items())
+            + "</table>"
+        )
     else:
         body.append("<p>No training cost recorded.</p>")
     hw = report["hardware"]
-    body += ["<h2>Reproducibility</h2>", "<ul>",
-             f"<li>seeds: evaluation {report['seeds']['evaluation']}, training {report['seeds']['training']}</li>",
-             f"<li>hardware: {escape(str(hw.get('hardware')))}; torch {escape(str(hw.get('torch')))}, "
-             f"pyautoattack {escape(str(hw.get('pyautoattack')))}, metaat {escape(str(hw.get('metaat')))}</li>",
-             f"<li>timings (s): {escape(', '.join(f'{k} {v}' for k, v in _flat(report['timings']).items()))}</li>",
-             f"<li>created {escape(report['created'])}</li></ul>"]
+    body += [
+        "<h2>Reproducibility</h2>",
+        "<ul>",
+        f"<li>seeds: evaluation {report['seeds']['evaluation']}, training {report['seeds']['training']}</li>",
+        f"<li>hardware: {escape(str(hw.get('hardware')))}; torch {escape(str(hw.get('torch')))}, "
+        f"pyautoattack {escape(str(hw.get('pyautoattack')))}, metaat {escape(str(hw.get('metaat')))}</li>",
+        f"<li>timings (s): {escape(', '.join(f'{k} {v}' for k, v in _flat(report['timings']).items()))}</li>",
+        f"<li>created {escape(report['created'])}</li></ul>",
+    ]
     return _page(f"metaat report — {m.get('name', 'model')}", body)
 
 
@@ -146,23 +173,46 @@ def _flat(timings: dict[str, Any]) -> dict[str, Any]:
 def render_leaderboard_html(board: dict[str, Any]) -> str:
     """The comparison page: leaderboard table plus cost against union robustness."""
     threats = board["threats"]
-    head = ["#", "run", "model", "defense", "data", "n", "suite", "clean", *threats, "union", "flags",
-            "passes/example", "s/epoch"]
-    body = ["<h1>Leaderboard — union robust accuracy</h1>",
-            f'<div class="meta">{len(board["rows"])} runs, sorted by union robust accuracy</div>']
+    head = [
+        "#",
+        "run",
+        "model",
+        "defense",
+        "data",
+        "n",
+        "suite",
+        "clean",
+        *threats,
+        "union",
+        "flags",
+        "passes/example",
+        "s/epoch",
+    ]
+    body = [
+        "<h1>Leaderboard — union robust accuracy</h1>",
+        f'<div class="meta">{len(board["rows"])} runs, sorted by union robust accuracy</div>',
+    ]
     if board.get("warnings"):
         body.append('<div class="banner bad">' + escape(" ".join(board["warnings"])) + "</div>")
     body.append('<table id="leaderboard"><tr>' + "".join(f"<th>{escape(h)}</th>" for h in head) + "</tr>")
     for rank, r in enumerate(board["rows"], 1):
-        cells = [f'<td class="num">{rank}</td>', f"<td>{escape(r['run'])}</td>", f"<td>{escape(str(r['model']))}</td>",
-                 f"<td>{escape(str(r.get('defense') or '—'))}</td>",
-                 f"<td>{escape(str(r['dataset']))}</td>", f'<td class="num">{r["n"]}</td>',
-                 f"<td>{escape(str(r['suite']))}</td>", _num(f"{r['run']}/clean", r["clean"])]
+        cells = [
+            f'<td class="num">{rank}</td>',
+            f"<td>{escape(r['run'])}</td>",
+            f"<td>{escape(str(r['model']))}</td>",
+            f"<td>{escape(str(r.get('defense') or '—'))}</td>",
+            f"<td>{escape(str(r['dataset']))}</td>",
+            f'<td class="num">{r["n"]}</td>',
+            f"<td>{escape(str(r['suite']))}</td>",
+            _num(f"{r['run']}/clean", r["clean"]),
+        ]
         cells += [_num(f"{r['run']}/{t}", r["robust"].get(t), bool(r["upper_bound"].get(t))) for t in threats]
-        cells += [_num(f"{r['run']}/union", r["union"]),
-                  f'<td class="num">{r["flagged"]}</td>',
-                  f'<td class="num">{_cost(r.get("passes_per_example"))}</td>',
-                  f'<td class="num">{_cost(r.get("seconds_per_epoch"))}</td>']
+        cells += [
+            _num(f"{r['run']}/union", r["union"]),
+            f'<td class="num">{r["flagged"]}</td>',
+            f'<td class="num">{_cost(r.get("passes_per_example"))}</td>',
+            f'<td class="num">{_cost(r.get("seconds_per_epoch"))}</td>',
+        ]
         body.append("<tr>" + "".join(cells) + "</tr>")
     body.append("</table>")
     body += _figure(plots.cost_vs_union(board["rows"]), "training cost against union robust accuracy")

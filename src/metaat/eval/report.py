@@ -143,14 +143,22 @@ def build_report(
 
 def headline_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
     """Rows of the main table (shared by markdown and HTML): key, label, value, upper, attacked."""
-    rows = [{"key": "clean", "label": "clean", "value": report["clean"], "upper": False,
-             "attacked": report["dataset"]["n"]}]
+    rows = [
+        {"key": "clean", "label": "clean", "value": report["clean"], "upper": False, "attacked": report["dataset"]["n"]}
+    ]
     for threat, value in report["robust"].items():
-        rows.append({"key": f"robust/{threat}", "label": threat, "value": value,
-                     "upper": bool(report["robust_upper_bound"].get(threat)),
-                     "attacked": report["attacked"].get(threat)})
-    rows.append({"key": "union", "label": "union (all threats)", "value": report["union"], "upper": False,
-                 "attacked": None})
+        rows.append(
+            {
+                "key": f"robust/{threat}",
+                "label": threat,
+                "value": value,
+                "upper": bool(report["robust_upper_bound"].get(threat)),
+                "attacked": report["attacked"].get(threat),
+            }
+        )
+    rows.append(
+        {"key": "union", "label": "union (all threats)", "value": report["union"], "upper": False, "attacked": None}
+    )
     return rows
 
 
@@ -161,29 +169,63 @@ def unseen_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
     for norm, points in (unseen.get("eps_sweep") or {}).get("curves", {}).items():
         for p in points:
             tag = " (evaluated)" if p.get("evaluated") else ""
-            rows.append({"section": "eps sweep", "key": f"sweep/{norm}:{p['eps']:g}",
-                         "label": f"{norm}:{p['eps']:g}{tag}", "value": p["accuracy"]})
+            rows.append(
+                {
+                    "section": "eps sweep",
+                    "key": f"sweep/{norm}:{p['eps']:g}",
+                    "label": f"{norm}:{p['eps']:g}{tag}",
+                    "value": p["accuracy"],
+                }
+            )
     if "spatial" in unseen:
         s = unseen["spatial"]
-        rows.append({"section": "spatial", "key": "spatial",
-                     "label": f"rotation ±{s['max_rotation']:g}°, translation ±{s['max_translation']:g} px "
-                              f"({s['rotations']}×{s['translations']}×{s['translations']} grid)",
-                     "value": s["accuracy"]})
+        rows.append(
+            {
+                "section": "spatial",
+                "key": "spatial",
+                "label": f"rotation ±{s['max_rotation']:g}°, translation ±{s['max_translation']:g} px "
+                f"({s['rotations']}×{s['translations']}×{s['translations']} grid)",
+                "value": s["accuracy"],
+            }
+        )
     if "corruptions" in unseen:
         for name, per in unseen["corruptions"]["accuracy"].items():
             for severity, value in per.items():
-                rows.append({"section": "corruptions", "key": f"corruption/{name}/{severity}",
-                             "label": f"{name}, severity {severity}", "value": value})
-        rows.append({"section": "corruptions", "key": "corruption/mean", "label": "mean over corruptions",
-                     "value": unseen["corruptions"]["mean"]})
+                rows.append(
+                    {
+                        "section": "corruptions",
+                        "key": f"corruption/{name}/{severity}",
+                        "label": f"{name}, severity {severity}",
+                        "value": value,
+                    }
+                )
+        rows.append(
+            {
+                "section": "corruptions",
+                "key": "corruption/mean",
+                "label": "mean over corruptions",
+                "value": unseen["corruptions"]["mean"],
+            }
+        )
     if "universal" in unseen:
         u = unseen["universal"]
         for threat, value in u["perturbation"].items():
-            rows.append({"section": "universal", "key": f"universal/{threat}",
-                         "label": f"universal perturbation {threat}", "value": value})
-        rows.append({"section": "universal", "key": "universal/patch",
-                     "label": f"universal patch {u['patch']['size']}×{u['patch']['size']} px",
-                     "value": u["patch"]["accuracy"]})
+            rows.append(
+                {
+                    "section": "universal",
+                    "key": f"universal/{threat}",
+                    "label": f"universal perturbation {threat}",
+                    "value": value,
+                }
+            )
+        rows.append(
+            {
+                "section": "universal",
+                "key": "universal/patch",
+                "label": f"universal patch {u['patch']['size']}×{u['patch']['size']} px",
+                "value": u["patch"]["accuracy"],
+            }
+        )
     return rows
 
 
@@ -223,10 +265,15 @@ def render_markdown(report: dict[str, Any]) -> str:
     lines = [f"# Robustness report — {m.get('name', 'model')}", ""]
     if report.get("run"):
         lines.append(f"Run: `{report['run']}`  ")
-    lines += [f"Model source: `{m.get('source')}`, {m.get('parameters', '?')} parameters  ",
-              f"Data: {d['name']} {d.get('split', 'test')}, n = {d['n']} points  ",
-              f"Training: {training_text(report)}  ",
-              f"Protocol: {protocol_text(report)}", "", f"**{checks_summary(report)}**", ""]
+    lines += [
+        f"Model source: `{m.get('source')}`, {m.get('parameters', '?')} parameters  ",
+        f"Data: {d['name']} {d.get('split', 'test')}, n = {d['n']} points  ",
+        f"Training: {training_text(report)}  ",
+        f"Protocol: {protocol_text(report)}",
+        "",
+        f"**{checks_summary(report)}**",
+        "",
+    ]
     for c in report["flagged"]:
         where = f" ({c['threat']})" if c.get("threat") else ""
         lines.append(f"- **{c['name']}{where}**: {c['explanation']}")
@@ -235,8 +282,10 @@ def render_markdown(report: dict[str, Any]) -> str:
     lines += ["## Robust accuracy", ""]
     lines += md_table(
         ["metric", "accuracy (%)", "points attacked"],
-        [[r["label"], fmt_pct(r["value"], r["upper"]), "—" if r["attacked"] is None else str(r["attacked"])]
-         for r in headline_rows(report)],
+        [
+            [r["label"], fmt_pct(r["value"], r["upper"]), "—" if r["attacked"] is None else str(r["attacked"])]
+            for r in headline_rows(report)
+        ],
         "lrr",
     )
     lines += ["", "Attacks per threat:", ""]
@@ -245,14 +294,24 @@ def render_markdown(report: dict[str, Any]) -> str:
     urows = unseen_rows(report)
     if urows:
         lines += ["", "## Unseen attacks", ""]
-        lines += md_table(["attack", "setting", "accuracy (%)"],
-                           [[r["section"], r["label"], fmt_pct(r["value"])] for r in urows], "llr")
+        lines += md_table(
+            ["attack", "setting", "accuracy (%)"],
+            [[r["section"], r["label"], fmt_pct(r["value"])] for r in urows],
+            "llr",
+        )
     lines += ["", "## Gradient-masking checks", ""]
     if report["checks"]:
         lines += md_table(
             ["check", "threat", "status", "explanation"],
-            [[c["name"], c.get("threat") or "—", c["status"].upper() if c["status"] == "flagged" else c["status"],
-              c["explanation"]] for c in report["checks"]],
+            [
+                [
+                    c["name"],
+                    c.get("threat") or "—",
+                    c["status"].upper() if c["status"] == "flagged" else c["status"],
+                    c["explanation"],
+                ]
+                for c in report["checks"]
+            ],
             "llll",
         )
     else:
@@ -260,17 +319,23 @@ def render_markdown(report: dict[str, Any]) -> str:
     lines += ["", "## Cost", ""]
     cost = report.get("cost")
     if cost:
-        lines += md_table(["quantity", "value"], [[k, f"{v:g}" if isinstance(v, float) else str(v)]
-                                                   for k, v in cost.items()], "lr")
+        lines += md_table(
+            ["quantity", "value"], [[k, f"{v:g}" if isinstance(v, float) else str(v)] for k, v in cost.items()], "lr"
+        )
     else:
         lines.append("No training cost recorded (no run summary or metrics with cost fields).")
     hw = report["hardware"]
-    lines += ["", "## Reproducibility", "",
-              f"- seeds: evaluation {report['seeds']['evaluation']}, training {report['seeds']['training']}",
-              f"- hardware: {hw.get('hardware')}; torch {hw.get('torch')}, python {hw.get('python')}, "
-              f"metaat {hw.get('metaat')}, pyautoattack {hw.get('pyautoattack')}",
-              "- timings (s): " + ", ".join(f"{k} {v}" for k, v in _flat_timings(report["timings"]).items()),
-              f"- created {report['created']}", ""]
+    lines += [
+        "",
+        "## Reproducibility",
+        "",
+        f"- seeds: evaluation {report['seeds']['evaluation']}, training {report['seeds']['training']}",
+        f"- hardware: {hw.get('hardware')}; torch {hw.get('torch')}, python {hw.get('python')}, "
+        f"metaat {hw.get('metaat')}, pyautoattack {hw.get('pyautoattack')}",
+        "- timings (s): " + ", ".join(f"{k} {v}" for k, v in _flat_timings(report["timings"]).items()),
+        f"- created {report['created']}",
+        "",
+    ]
     return "\n".join(lines)
 
 

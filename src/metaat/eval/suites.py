@@ -127,8 +127,14 @@ class QuickSuite(Suite):
                 xs, ys = x[idx], y[idx]
                 delta0 = per_point_starts(xs, ids[idx.cpu()], threat, seed, tag) if self.random_start else None
                 cand = pgd_steps(
-                    model, xs, ys, delta0 if delta0 is not None else torch.zeros_like(xs),
-                    threat=threat, steps=self.steps, step_size=step, loss_fn=get_loss(loss),
+                    model,
+                    xs,
+                    ys,
+                    delta0 if delta0 is not None else torch.zeros_like(xs),
+                    threat=threat,
+                    steps=self.steps,
+                    step_size=step,
+                    loss_fn=get_loss(loss),
                 )
                 with torch.no_grad():
                     broken = model(cand).argmax(dim=1) != ys

@@ -88,8 +88,14 @@ def _accuracy(flags: torch.Tensor) -> float:
 
 
 def eps_sweep(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, clean: torch.Tensor,
-    threats: tuple[ThreatModel, ...], cfg: UnseenConfig, seed: int, chunk: int,
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    clean: torch.Tensor,
+    threats: tuple[ThreatModel, ...],
+    cfg: UnseenConfig,
+    seed: int,
+    chunk: int,
 ) -> dict[str, Any]:
     """Robust accuracy per (norm, eps); monotonicity is reported, not enforced."""
     suite = _sweep_suite(model, x, cfg)
@@ -121,11 +127,10 @@ def _classes(model: nn.Module, x: torch.Tensor) -> int:
         return int(model(x[:1]).shape[1])
 
 
-def spatial(model: nn.Module, x: torch.Tensor, y: torch.Tensor, clean: torch.Tensor, cfg: UnseenConfig,
-            chunk: int) -> dict[str, Any]:
-    attack = Spatial(
-        "linf:0.1", max_rotation=cfg.max_rotation, max_translation=cfg.max_translation, batch_size=chunk
-    )
+def spatial(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, clean: torch.Tensor, cfg: UnseenConfig, chunk: int
+) -> dict[str, Any]:
+    attack = Spatial("linf:0.1", max_rotation=cfg.max_rotation, max_translation=cfg.max_translation, batch_size=chunk)
     x_adv = attack(model, x, y)
     flags = (predict(model, x_adv, chunk) == y) & clean
     return {
@@ -137,8 +142,9 @@ def spatial(model: nn.Module, x: torch.Tensor, y: torch.Tensor, clean: torch.Ten
     }
 
 
-def corruptions(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: UnseenConfig, seed: int,
-                chunk: int) -> dict[str, Any]:
+def corruptions(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: UnseenConfig, seed: int, chunk: int
+) -> dict[str, Any]:
     table: dict[str, dict[str, float]] = {}
     values = []
     for name in cfg.corruptions:
@@ -163,8 +169,14 @@ def _folds(n: int, holdout: bool) -> list[tuple[torch.Tensor, torch.Tensor]]:
 
 
 def universal(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, clean: torch.Tensor,
-    threats: tuple[ThreatModel, ...], cfg: UnseenConfig, seed: int, chunk: int,
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    clean: torch.Tensor,
+    threats: tuple[ThreatModel, ...],
+    cfg: UnseenConfig,
+    seed: int,
+    chunk: int,
     holdout: tuple[torch.Tensor, torch.Tensor] | None,
 ) -> dict[str, Any]:
     perturbation: dict[str, float] = {}
@@ -220,8 +232,10 @@ def run_unseen(
             ("eps_sweep", lambda: eps_sweep(model, x, y, clean, threats, cfg, seed, chunk)),
             ("spatial", lambda: spatial(model, x, y, clean.to(device), cfg, chunk) if cfg.spatial else None),
             ("corruptions", lambda: corruptions(model, x, y, cfg, seed, chunk) if cfg.corruptions else None),
-            ("universal", lambda: universal(model, x, y, clean, threats, cfg, seed, chunk, holdout)
-             if cfg.universal else None),
+            (
+                "universal",
+                lambda: universal(model, x, y, clean, threats, cfg, seed, chunk, holdout) if cfg.universal else None,
+            ),
         ]
         for name, fn in parts:
             t0 = time.perf_counter()

@@ -64,9 +64,7 @@ def create(
             raise ValueError(f"normalize must be a (mean, std) pair; got {normalize!r}") from exc
         norm_spec = [[float(m) for m in mean], [float(s) for s in std]]
         if len(norm_spec[0]) not in (1, in_channels):
-            raise ValueError(
-                f"normalize needs 1 or {in_channels} value(s) per statistic; got {len(norm_spec[0])}"
-            )
+            raise ValueError(f"normalize needs 1 or {in_channels} value(s) per statistic; got {len(norm_spec[0])}")
     net = MODELS.create(key, num_classes, in_channels, image_size, **kwargs)
     model: nn.Module = net
     if norm_spec is not None:

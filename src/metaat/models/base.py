@@ -31,8 +31,7 @@ class Normalize(nn.Module):
         std_t = torch.as_tensor([float(s) for s in std], dtype=torch.float32)
         if mean_t.numel() == 0 or mean_t.numel() != std_t.numel():
             raise ValueError(
-                "mean and std must be non-empty and of equal length; "
-                f"got {mean_t.numel()} and {std_t.numel()}"
+                f"mean and std must be non-empty and of equal length; got {mean_t.numel()} and {std_t.numel()}"
             )
         if not bool(torch.isfinite(mean_t).all()) or not bool((std_t > 0).all()):
             raise ValueError(f"mean must be finite and std positive; got mean {mean}, std {std}")

@@ -91,9 +91,7 @@ def save_model(model: nn.Module, path: str | os.PathLike[str]) -> Path:
     weights, sidecar = checkpoint_paths(path)
     weights.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in inner.state_dict().items()}
-    atomic_write(
-        weights, lambda tmp: save_file(state, tmp, metadata={"format": "pt", "metaat_spec": spec_json})
-    )
+    atomic_write(weights, lambda tmp: save_file(state, tmp, metadata={"format": "pt", "metaat_spec": spec_json}))
     meta = {
         "format": FORMAT,
         "version": FORMAT_VERSION,
@@ -124,9 +122,7 @@ def _keys(keys: list[str], limit: int = 6) -> str:
     return f"{shown}, ... ({len(keys)} in all)" if len(keys) > limit else shown
 
 
-def check_state_dict(
-    state: dict[str, torch.Tensor], model: nn.Module, spec: dict[str, Any], source: str
-) -> None:
+def check_state_dict(state: dict[str, torch.Tensor], model: nn.Module, spec: dict[str, Any], source: str) -> None:
     """Raise :class:`CheckpointError` naming the differing keys when ``state`` does not fit ``model``."""
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
@@ -144,9 +140,7 @@ def check_state_dict(
     if shapes:
         problems.append(f"shape mismatches: {_keys(shapes, 4)}")
     if problems:
-        raise CheckpointError(
-            f"{source} does not match architecture {_describe(spec)}: " + "; ".join(problems)
-        )
+        raise CheckpointError(f"{source} does not match architecture {_describe(spec)}: " + "; ".join(problems))
 
 
 def load_model(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> nn.Module:
@@ -161,9 +155,7 @@ def load_model(path: str | os.PathLike[str], device: str | torch.device = "cpu")
     weights, sidecar = checkpoint_paths(path)
     for file, what in ((weights, "model weights"), (sidecar, "model spec")):
         if not file.is_file():
-            hint = (
-                f" (a checkpoint folder holds {WEIGHTS_NAME} and {SPEC_NAME})" if file.parent.is_dir() else ""
-            )
+            hint = f" (a checkpoint folder holds {WEIGHTS_NAME} and {SPEC_NAME})" if file.parent.is_dir() else ""
             raise FileNotFoundError(f"no {what} at {file}{hint}")
     try:
         meta = json.loads(sidecar.read_text(encoding="utf-8"))
@@ -185,9 +177,7 @@ def load_model(path: str | os.PathLike[str], device: str | torch.device = "cpu")
     try:
         state = load_file(str(weights), device="cpu")
     except Exception as exc:  # safetensors raises its own error types for corrupt files
-        raise CheckpointError(
-            f"{weights}: not a readable safetensors file (corrupt or truncated?): {exc}"
-        ) from exc
+        raise CheckpointError(f"{weights}: not a readable safetensors file (corrupt or truncated?): {exc}") from exc
     check_state_dict(state, model, spec, str(weights))
     model.load_state_dict(state, strict=True)
     return model.to(device).eval()

@@ -40,9 +40,7 @@ class PreActResNet(nn.Module):
     Works on any image size >= 8 and any number of input channels.
     """
 
-    def __init__(
-        self, num_blocks: tuple[int, int, int, int], num_classes: int = 10, in_channels: int = 3
-    ) -> None:
+    def __init__(self, num_blocks: tuple[int, int, int, int], num_classes: int = 10, in_channels: int = 3) -> None:
         super().__init__()
         self.in_planes = 64
         self.conv1 = nn.Conv2d(in_channels, 64, 3, stride=1, padding=1, bias=False)

@@ -48,9 +48,7 @@ class WideResNet(nn.Module):
     ) -> None:
         super().__init__()
         if depth < 10 or (depth - 4) % 6 != 0:
-            raise ValueError(
-                f"WideResNet depth must be 6n + 4 with n >= 1 (10, 16, 22, 28, ...); got {depth}"
-            )
+            raise ValueError(f"WideResNet depth must be 6n + 4 with n >= 1 (10, 16, 22, 28, ...); got {depth}")
         if widen_factor < 1:
             raise ValueError(f"widen_factor must be >= 1; got {widen_factor}")
         n = (depth - 4) // 6
@@ -94,9 +92,7 @@ def wrn_28_10(
     """WideResNet-28-10 by default (36,479,194 parameters for 3 input channels and 10 classes);
     ``depth`` (6n + 4) and ``widen_factor`` select other members of the family."""
     if kwargs:
-        raise TypeError(
-            f"model 'wrn-28-10' takes depth, widen_factor, dropout; got {', '.join(sorted(kwargs))}"
-        )
+        raise TypeError(f"model 'wrn-28-10' takes depth, widen_factor, dropout; got {', '.join(sorted(kwargs))}")
     if image_size < 4:
         raise ValueError(f"wrn needs images of at least 4x4; got {image_size}")
     return WideResNet(depth, widen_factor, num_classes, in_channels, dropout)
