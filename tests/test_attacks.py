@@ -535,3 +535,20 @@ def test_any_user_module_works(name: str, norm: str | None, synthetic) -> None:
     threat = threat_for(name, norm)
     check_output(make(name, threat)(model, x, y), x, threat if norm is not None else None)
     assert model.training  # restored
+
+
+def test_reference_sub_attacks_are_timed_silently(
+    trained: nn.Module, synthetic, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from metaat.attacks.autoattack import SUB_ATTACK_SECONDS
+
+    _, _, x, y = synthetic
+    before = dict(SUB_ATTACK_SECONDS)
+    attacks.create("autoattack", threat="linf:0.05", version="custom", attacks=("apgd-ce", "apgd-t"))(
+        trained, x[:8], y[:8]
+    )
+    spent = {k: v - before.get(k, 0.0) for k, v in SUB_ATTACK_SECONDS.items()}
+    assert spent.get("linf:0.05 apgd-ce", 0.0) > 0
+    assert set(spent) <= {"linf:0.05 apgd-ce", "linf:0.05 apgd-t"} | set(before)
+    captured = capsys.readouterr()
+    assert "running" not in captured.out + captured.err

@@ -121,7 +121,7 @@ def test_checkpoint_of_another_architecture_is_refused(app: typer.Typer, tmp_pat
     assert code == 2 and "does not match architecture" in " ".join(err.split())
 
     code, _, err = invoke(app, "eval", str(tmp_path / "nowhere"), *FAST)
-    assert code == 2 and "no run, checkpoint or model file" in " ".join(err.split())
+    assert code == 2 and "no model at" in " ".join(err.split())
 
 
 def test_the_installed_command_has_eval_and_compare(run_dir: Path) -> None:

@@ -32,6 +32,7 @@ CASES: list[tuple[str, dict[str, Any]]] = [
     ("metaat", {"pgd_every": 2, "consistency": 1.0, "lookahead": True, "attacker_steps": 2}),
     ("metaat", {"pgd_every": 0, "adaptive": False, "random_start": False, "consistency": 0}),
     ("metaat", {"pgd_every": 1, "distill": 1.0, "pgd_steps": 1}),
+    ("metaat", {"refine_steps": 2, "pgd_every": 2}),
 ]
 
 
@@ -82,6 +83,8 @@ def test_defense_step_honours_the_contract(name: str, options: dict[str, Any]) -
         ("metaat", {}, 4.0),
         ("metaat", {"consistency": 0}, 3.0),
         ("metaat", {"pgd_every": 0, "consistency": 0}, 2.0),
+        # refine: 3/4 · (1 learned + 2 PGD + 1 + 1) + 1/4 · (5 + 1 + 1)
+        ("metaat", {"refine_steps": 2}, 5.5),
     ],
 )
 def test_passes_per_example(name: str, options: dict[str, Any], expected: float) -> None:
@@ -116,6 +119,8 @@ def test_threat_sampling_adapts_to_the_weakest_threat() -> None:
     [
         ("metaat", {"pgd_every": -1}, "pgd_every"),
         ("metaat", {"lookahead": True, "pgd_every": 0}, "lookahead needs"),
+        ("metaat", {"refine_steps": -1}, "refine_steps"),
+        ("metaat", {"refine_step_size": 1.5}, "refine_step_size"),
         ("mng", {"generator": "both"}, "source"),
         ("mat", {"meta_lr": 2.0}, "meta_lr"),
         ("l2l", {"steps": 0}, "steps"),

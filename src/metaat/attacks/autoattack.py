@@ -18,8 +18,10 @@ caller's random state is left as it was.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import logging
+import time
 from pathlib import Path
 
 import torch
@@ -29,6 +31,34 @@ from metaat.attacks.base import ATTACKS, Attack, AttackConfig
 
 AA_ATTACKS = ("apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "square")
 AA_VERSIONS = ("standard", "plus", "rand", "custom")
+
+
+SUB_ATTACK_SECONDS: collections.defaultdict[str, float] = collections.defaultdict(float)
+"""Seconds spent in each reference sub-attack in this process, keyed ``"<threat> <attack>"`` (e.g.
+``"l2:1.5 apgd-t"``), timed between the package's own ``running <attack>`` log lines. For cost
+benchmarks."""
+
+
+class _SubAttackTimer(logging.Handler):
+    """Charges the time between the package's ``running <attack>`` lines to each sub-attack."""
+
+    def __init__(self, threat: str) -> None:
+        super().__init__(logging.DEBUG)
+        self.threat = threat
+        self.current: tuple[str, float] | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if message.startswith("running ") or message.startswith("no robust datapoints left"):
+            self.stop()
+            if message.startswith("running "):
+                self.current = (message.split()[1].lower(), time.perf_counter())
+
+    def stop(self) -> None:
+        if self.current is not None:
+            name, start = self.current
+            SUB_ATTACK_SECONDS[f"{self.threat} {name}"] += time.perf_counter() - start
+            self.current = None
 
 
 def reference_version() -> str:
@@ -116,13 +146,26 @@ class AutoAttack(Attack):
 
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         aa = build_reference(model, self.config, x.device)
-        logging.getLogger("auto-attack").setLevel(logging.WARNING)
+        # The package's log lines go to a timer only (nothing is printed): its debug lines carry
+        # each sub-attack's cumulative time.
+        logger = logging.getLogger("auto-attack")
+        saved = (logger.level, logger.propagate)
+        timer = _SubAttackTimer(str(self.config.threat))
+        logger.setLevel(logging.DEBUG)
+        logger.propagate = False
+        logger.addHandler(timer)
         state = Path(self.config.state_path) if self.config.state_path else None
         devices = [x.device.index or 0] if x.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
-            # The reference uses .view() on tensors shaped like x: a non-contiguous x (a transposed or
-            # channels-last batch) would crash it.
-            x_adv, _ = aa.run_standard_evaluation(  # type: ignore[attr-defined]
-                x.contiguous(), y.contiguous(), batch_size=self.chunk_size(x), state_path=state
-            )
+        try:
+            with torch.random.fork_rng(devices=devices):
+                # The reference uses .view() on tensors shaped like x: a non-contiguous x (a transposed
+                # or channels-last batch) would crash it.
+                x_adv, _ = aa.run_standard_evaluation(  # type: ignore[attr-defined]
+                    x.contiguous(), y.contiguous(), batch_size=self.chunk_size(x), state_path=state
+                )
+        finally:
+            timer.stop()
+            logger.removeHandler(timer)
+            logger.setLevel(saved[0])
+            logger.propagate = saved[1]
         return x_adv.detach().clamp(0, 1)

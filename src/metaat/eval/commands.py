@@ -17,31 +17,12 @@ DEFAULT_STATE = ".eval-state.json"
 HOLDOUT_POINTS = 500
 
 
-def locate(target: str | os.PathLike[str]) -> tuple[Path, Path | None]:
-    """``(model path, run folder or None)`` for a run folder, a checkpoint folder or a weights file."""
-    p = Path(target).expanduser()
-    if not p.exists():
-        raise FileNotFoundError(f"no run, checkpoint or model file at {p}")
-    if p.is_dir() and not (p / "model.json").is_file():
-        for sub in ("final", "checkpoint"):
-            if (p / sub / "model.json").is_file():
-                return p / sub, p
-        raise FileNotFoundError(
-            f"{p} holds no model (expected model.json + model.safetensors, or a final/ or checkpoint/ folder)"
-        )
-    folder = p if p.is_dir() else p.parent
-    run = folder.parent if any((folder.parent / f).is_file() for f in ("config.yaml", "metrics.jsonl")) else None
-    return p, run
-
-
 def load_target(target: str | os.PathLike[str]) -> tuple[Any, Path, Path | None]:
     """The model (CPU, eval mode), its file/folder and its run folder."""
     import metaat.models as models
 
-    path, run = locate(target)
-    resolver = getattr(models, "resolve_model", None)
-    model = resolver(path) if resolver is not None else models.load_model(path)
-    return model, path, run
+    path, run = models.locate_model(target)
+    return models.load_model(path), path, run
 
 
 def _model_card(model: Any, path: Path) -> dict[str, Any]:

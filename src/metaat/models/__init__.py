@@ -99,20 +99,30 @@ def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
 
-def resolve_model(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> nn.Module:
-    """Load a model from a run folder, a checkpoint folder or a ``.safetensors`` file.
+def locate_model(path: str | os.PathLike[str]) -> tuple[Path, Path | None]:
+    """``(model path, run folder or None)`` for a run folder, a checkpoint folder or a weights file.
 
     A run folder (``runs/NAME``) resolves to its ``final/`` model when training finished, else to
-    its latest ``checkpoint/``.
+    its latest ``checkpoint/``; the run folder is the one holding ``config.yaml`` or ``metrics.jsonl``.
     """
-    p = Path(path)
+    p = Path(path).expanduser()
     if not p.exists():
-        raise FileNotFoundError(f"no model at {p} (expected a run, checkpoint or .safetensors path)")
+        raise FileNotFoundError(f"no model at {p} (expected a run folder, a checkpoint folder or a .safetensors file)")
     if p.is_dir() and not (p / "model.json").is_file():
         for sub in ("final", "checkpoint"):
             if (p / sub / "model.json").is_file():
-                return load_model(p / sub, device=device)
-    return load_model(p, device=device)
+                return p / sub, p
+        raise FileNotFoundError(
+            f"{p} holds no model (expected model.json + model.safetensors, or a final/ or checkpoint/ folder)"
+        )
+    folder = p if p.is_dir() else p.parent
+    run = folder.parent if any((folder.parent / f).is_file() for f in ("config.yaml", "metrics.jsonl")) else None
+    return p, run
+
+
+def resolve_model(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> nn.Module:
+    """Load a model from a run folder, a checkpoint folder or a ``.safetensors`` file (see :func:`locate_model`)."""
+    return load_model(locate_model(path)[0], device=device)
 
 
 def available() -> list[str]:
@@ -130,6 +140,7 @@ __all__ = [
     "create_from_spec",
     "get_spec",
     "load_model",
+    "locate_model",
     "resolve_model",
     "save_model",
 ]
