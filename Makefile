@@ -10,7 +10,7 @@ TORCH_SPEC ?= torch==2.13.0
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 THREADS ?= 2
 
-.PHONY: setup data test-deps test lint demo bench-deps bench-quick bench bench-speed clean
+.PHONY: setup data test-deps test lint demo bench-deps bench-quick bench bench-speed bench-pgd bench-eval-cost clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,16 +27,18 @@ setup: $(VENV)/.installed
 # the test that opens report.html in a real headless browser uses (it skips, saying why, without it).
 APT_INSTALL = $(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq
 
+HAVE_DATA = { [ -n "$$METAAT_DATA" ] || dpkg -s dataset-fashion-mnist >/dev/null 2>&1; }
+
 data:
-	@if [ -n "$$METAAT_DATA" ] || dpkg -s dataset-fashion-mnist >/dev/null 2>&1; then \
+	@if $(HAVE_DATA); then \
 		echo "Fashion-MNIST: present"; \
 	else $(APT_INSTALL) dataset-fashion-mnist; fi
 
 test-deps:
 	@need=""; \
-	{ [ -n "$$METAAT_DATA" ] || dpkg -s dataset-fashion-mnist >/dev/null 2>&1; } || need="dataset-fashion-mnist"; \
+	$(HAVE_DATA) || need="dataset-fashion-mnist"; \
 	command -v chromium >/dev/null 2>&1 || need="$$need chromium"; \
-	if [ -n "$$need" ]; then $(APT_INSTALL) $$need || $(APT_INSTALL) dataset-fashion-mnist; fi
+	if [ -n "$$need" ]; then { $(APT_INSTALL) $$need; } || { $(APT_INSTALL) dataset-fashion-mnist; }; fi
 
 lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks
@@ -60,6 +62,12 @@ bench-quick: setup data
 
 bench: setup data
 	$(PY) benchmarks/study.py --threads $(THREADS)
+
+bench-pgd: setup data
+	$(PY) benchmarks/pgd_at.py --threads $(THREADS)
+
+bench-eval-cost: bench-pgd
+	$(PY) benchmarks/eval_cost.py --threads $(THREADS)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache
