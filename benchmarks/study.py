@@ -57,6 +57,7 @@ METHODS: dict[str, tuple[str, tuple[str, ...], dict[str, Any]]] = {
     # recipe candidates (issue 4 tuning): more PGD batches; a learned warm start refined by PGD
     "metaat-pgd2": ("metaat", ALL, {"pgd_every": 2}),
     "metaat-refine2": ("metaat", ALL, {"refine_steps": 2}),
+    "metaat-refine3": ("metaat", ALL, {"refine_steps": 3}),
 }
 QUICK_METHODS = ("standard", "pgd-linf", "sat", "metaat")
 
