@@ -40,9 +40,18 @@ pytestmark = [
     pytest.mark.skipif(CHROMIUM is None, reason="no Chromium found; install it with: apt-get install -y chromium"),
 ]
 FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--disable-dev-shm-usage", "--enable-logging=stderr", "--v=0", "--remote-debugging-pipe",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+    "--enable-logging=stderr",
+    "--v=0",
+    "--remote-debugging-pipe",
 ]
 TIMEOUT = 60.0
 
@@ -65,8 +74,11 @@ class Chromium:
         self._log = log.open("wb")
         self.proc = subprocess.Popen(
             [binary, *FLAGS, f"--user-data-dir={profile}", "about:blank"],
-            stdin=subprocess.DEVNULL, stdout=self._log, stderr=self._log,
-            preexec_fn=onto_3_and_4, pass_fds=(3, 4),  # noqa: PLW1509 (single-threaded test process)
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=self._log,
+            preexec_fn=onto_3_and_4,
+            pass_fds=(3, 4),  # noqa: PLW1509 (single-threaded test process)
         )
         os.close(child_r)
         os.close(child_w)
@@ -126,8 +138,10 @@ class Chromium:
     def open(self, url: str, width: int = 1200, height: int = 900) -> None:
         for domain in ("Page", "Runtime", "Log"):
             self.page(f"{domain}.enable")
-        self.page("Emulation.setDeviceMetricsOverride",
-                  {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False})
+        self.page(
+            "Emulation.setDeviceMetricsOverride",
+            {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False},
+        )
         self.page("Page.navigate", {"url": url})
         self.wait_for("Page.loadEventFired")
         self.evaluate("new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))")
@@ -193,12 +207,23 @@ def report_html(tmp_path_factory: pytest.TempPathFactory) -> Path:
             opt.step()
         xt, yt = datasets.load("synthetic", "test", n=24, noise=0.5, image_size=16)
         unseen = UnseenConfig(n=24, sweep_factors=(0.5, 1.0, 2.0), sweep_steps=3, universal_steps=2, severities=(1, 5))
-        result = evaluate(net.eval(), xt, yt, ["linf:0.08", "l2:0.8"], suite="quick", unseen=unseen,
-                          checks=CheckConfig(n=24, steps=5, square_queries=50), examples=2)
+        result = evaluate(
+            net.eval(),
+            xt,
+            yt,
+            ["linf:0.08", "l2:0.8"],
+            suite="quick",
+            unseen=unseen,
+            checks=CheckConfig(n=24, steps=5, square_queries=50),
+            examples=2,
+        )
     finally:
         torch.set_num_threads(before)
-    report = build_report(result, model={"name": "mlp", "source": "memory", "parameters": 0},
-                          dataset={"name": "synthetic", "split": "test"})
+    report = build_report(
+        result,
+        model={"name": "mlp", "source": "memory", "parameters": 0},
+        dataset={"name": "synthetic", "split": "test"},
+    )
     out = tmp_path_factory.mktemp("report")
     return write_reports(report, out)["html"]
 
@@ -240,8 +265,10 @@ def test_leaderboard_renders_with_its_plot(browser: Chromium, report_html: Path,
     browser.open(page.resolve().as_uri())
     assert browser.problems() == []
     assert browser.evaluate("[...document.querySelectorAll('#leaderboard tr')].length") == 3
-    box = browser.evaluate("(() => { const r = document.querySelector('svg.figure').getBoundingClientRect();"
-                           " return [r.left + scrollX, r.top + scrollY, r.width, r.height]; })()")
+    box = browser.evaluate(
+        "(() => { const r = document.querySelector('svg.figure').getBoundingClientRect();"
+        " return [r.left + scrollX, r.top + scrollY, r.width, r.height]; })()"
+    )
     pixels = browser.screenshot(*box)[..., :3]
     assert float(pixels.std()) > 0.05
 
@@ -249,8 +276,10 @@ def test_leaderboard_renders_with_its_plot(browser: Chromium, report_html: Path,
 def test_the_error_detector_itself_works(browser: Chromium, tmp_path: Path) -> None:
     """Control: a page with a console error, an exception and a missing image must be caught."""
     bad = tmp_path / "bad.html"
-    bad.write_text('<!DOCTYPE html><html><body><img src="missing.png">'
-                   '<script>console.error("boom"); undefined_function();</script></body></html>')
+    bad.write_text(
+        '<!DOCTYPE html><html><body><img src="missing.png">'
+        '<script>console.error("boom"); undefined_function();</script></body></html>'
+    )
     browser.events.clear()
     browser.open(bad.resolve().as_uri())
     time.sleep(0.2)

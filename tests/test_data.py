@@ -96,9 +96,7 @@ def test_bad_split_lists_valid_ones() -> None:
 # --------------------------------------------------------------------------- real Fashion-MNIST
 
 
-@pytest.mark.skipif(
-    not HAVE_FMNIST, reason=f"Debian package dataset-fashion-mnist not installed ({FMNIST_DIR})"
-)
+@pytest.mark.skipif(not HAVE_FMNIST, reason=f"Debian package dataset-fashion-mnist not installed ({FMNIST_DIR})")
 def test_real_fashion_mnist() -> None:
     for split, size in (("train", 60000), ("test", 10000)):
         x, y = data.load("fashion-mnist", split)
@@ -109,9 +107,7 @@ def test_real_fashion_mnist() -> None:
         validate_batch(x[:512], y[:512], num_classes=10, in_channels=1)
 
 
-@pytest.mark.skipif(
-    not HAVE_FMNIST, reason=f"Debian package dataset-fashion-mnist not installed ({FMNIST_DIR})"
-)
+@pytest.mark.skipif(not HAVE_FMNIST, reason=f"Debian package dataset-fashion-mnist not installed ({FMNIST_DIR})")
 def test_real_fashion_mnist_subset_and_too_many() -> None:
     x, y = data.load("fashion-mnist", "test", n=100)
     assert x.shape == (100, 1, 28, 28) and y.shape == (100,)
@@ -337,9 +333,7 @@ def test_synthetic_is_learnable() -> None:
     torch.manual_seed(0)
     x, y = data.load("synthetic", "train", n=2000)
     xt, yt = data.load("synthetic", "test", n=500)
-    model = torch.nn.Sequential(
-        torch.nn.Flatten(), torch.nn.Linear(144, 64), torch.nn.ReLU(), torch.nn.Linear(64, 10)
-    )
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(144, 64), torch.nn.ReLU(), torch.nn.Linear(64, 10))
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     for _ in range(5):
         for i in range(0, len(x), 100):
@@ -381,9 +375,7 @@ def test_validate_batch_accepts_good_batch() -> None:
         (torch.rand(2, 1, 4, 4), torch.tensor([-1, 2]), {"num_classes": 10}, "got min -1"),
     ],
 )
-def test_validate_batch_errors(
-    x: torch.Tensor, y: torch.Tensor | None, kwargs: dict[str, int], message: str
-) -> None:
+def test_validate_batch_errors(x: torch.Tensor, y: torch.Tensor | None, kwargs: dict[str, int], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         validate_batch(x, y, **kwargs)
 

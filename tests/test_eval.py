@@ -188,11 +188,10 @@ def test_standard_suite_is_at_least_as_strong_as_apgd(model: nn.Module, data: Da
 
 def test_custom_quick_suite_options(model: nn.Module, data: Data) -> None:
     x, y = data
-    r = evaluate(model, x[:16], y[:16], ["linf:0.08"], suite=QuickSuite(steps=5, losses=("ce",)), checks=False,
-                 examples=0)
-    assert r.protocol["attacks"]["linf:0.08"] == [
-        "metaat pgd-ce (5 steps, step 0.04, 1 restart(s), random start)"
-    ]
+    r = evaluate(
+        model, x[:16], y[:16], ["linf:0.08"], suite=QuickSuite(steps=5, losses=("ce",)), checks=False, examples=0
+    )
+    assert r.protocol["attacks"]["linf:0.08"] == ["metaat pgd-ce (5 steps, step 0.04, 1 restart(s), random start)"]
 
 
 @pytest.mark.parametrize(

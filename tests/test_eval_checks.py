@@ -97,12 +97,23 @@ def test_all_checks_pass_on_a_pgd_trained_model(pgd_model: nn.Module, data: Data
     results = run_checks(pgd_model, *data, THREATS, CONFIG)
     assert flagged(results) == set(), statuses(results)
     names = {r.name for r in results}
-    assert names == {"logits", "deterministic", "eval-mode", "gradients", "iterative-vs-single-step", "more-steps",
-                     "large-eps", "white-box-vs-black-box", "reference-warnings"}
+    assert names == {
+        "logits",
+        "deterministic",
+        "eval-mode",
+        "gradients",
+        "iterative-vs-single-step",
+        "more-steps",
+        "large-eps",
+        "white-box-vs-black-box",
+        "reference-warnings",
+    }
     by = {r.label: r for r in results}
     assert by["large-eps (linf:0.1)"].values["accuracy"] <= 0.05
-    assert by["iterative-vs-single-step (linf:0.1)"].values["pgd_accuracy"] <= by[
-        "iterative-vs-single-step (linf:0.1)"].values["fgsm_accuracy"] + 0.01
+    assert (
+        by["iterative-vs-single-step (linf:0.1)"].values["pgd_accuracy"]
+        <= by["iterative-vs-single-step (linf:0.1)"].values["fgsm_accuracy"] + 0.01
+    )
     assert by["reference-warnings"].status == "skipped"
     for r in results:
         assert r.explanation and "\n" not in r.explanation
@@ -126,8 +137,15 @@ def test_checks_fire_on_probability_outputs(pgd_model: nn.Module, data: Data) ->
 
 def test_reference_package_warnings_become_a_flag(pgd_model: nn.Module, data: Data) -> None:
     x, y = data
-    r = evaluate(Probabilities(pgd_model), x[:10], y[:10], ["linf:0.1"], suite="apgd",
-                 checks=CheckConfig(n=10, threats=()), examples=0)
+    r = evaluate(
+        Probabilities(pgd_model),
+        x[:10],
+        y[:10],
+        ["linf:0.1"],
+        suite="apgd",
+        checks=CheckConfig(n=10, threats=()),
+        examples=0,
+    )
     names = {c.name for c in r.flagged}
     assert {"logits", "reference-warnings"} <= names
     warning = next(c for c in r.flagged if c.name == "reference-warnings")

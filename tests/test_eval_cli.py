@@ -74,8 +74,17 @@ def test_eval_writes_the_three_reports(app: typer.Typer, run_dir: Path) -> None:
     assert f"HTML report: {run_dir / 'report.html'}" in out.replace("\n", "")
     assert f"{100 * report['union']:.2f}" in out
 
-    code, out, _ = invoke(app, "eval", str(run_dir / "checkpoint"), *FAST, "--threat", "linf:0.1", "--json",
-                          "--out", str(run_dir / "again"))
+    code, out, _ = invoke(
+        app,
+        "eval",
+        str(run_dir / "checkpoint"),
+        *FAST,
+        "--threat",
+        "linf:0.1",
+        "--json",
+        "--out",
+        str(run_dir / "again"),
+    )
     assert code == 0
     printed = json.loads(out)
     assert printed["threats"] == ["linf:0.1"] and (run_dir / "again" / "report.html").is_file()
@@ -126,10 +135,16 @@ def test_checkpoint_of_another_architecture_is_refused(app: typer.Typer, tmp_pat
 
 def test_the_installed_command_has_eval_and_compare(run_dir: Path) -> None:
     env = {**os.environ, "COLUMNS": "200"}
-    proc = subprocess.run([sys.executable, "-m", "metaat.cli", "eval", "--help"], capture_output=True, text=True,
-                          env=env, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "metaat.cli", "eval", "--help"], capture_output=True, text=True, env=env, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr
     assert "--union-only" in proc.stdout and "--unseen" in proc.stdout and "--suite" in proc.stdout
-    proc = subprocess.run([sys.executable, "-m", "metaat.cli", "compare", str(run_dir / "missing")],
-                          capture_output=True, text=True, env=env, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "metaat.cli", "compare", str(run_dir / "missing")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert proc.returncode == 2 and "no report.json in" in proc.stderr

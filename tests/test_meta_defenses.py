@@ -85,6 +85,7 @@ def test_defense_step_honours_the_contract(name: str, options: dict[str, Any]) -
         ("metaat", {"pgd_every": 0, "consistency": 0}, 2.0),
         # refine: 3/4 · (1 learned + 2 PGD + 1 + 1) + 1/4 · (5 + 1 + 1)
         ("metaat", {"refine_steps": 2}, 5.5),
+        ("metaat", {"refine_steps": 2, "learned_start": False}, 5.5),
     ],
 )
 def test_passes_per_example(name: str, options: dict[str, Any], expected: float) -> None:

@@ -21,9 +21,7 @@ SHAPES = [(1, 28), (3, 32)]
 
 def build(name: str, in_channels: int = 1, image_size: int = 28, **kwargs: Any) -> nn.Module:
     torch.manual_seed(0)
-    return create(
-        name, in_channels=in_channels, image_size=image_size, **SMALL_KWARGS.get(name, {}), **kwargs
-    )
+    return create(name, in_channels=in_channels, image_size=image_size, **SMALL_KWARGS.get(name, {}), **kwargs)
 
 
 def test_registry_has_the_models() -> None:
@@ -195,9 +193,7 @@ def test_mismatched_checkpoint_names_architecture_and_keys(tmp_path: Path) -> No
     assert "cnn-small" in msg and "shape mismatches" in msg and "model.safetensors" in msg
     # a different num_classes in the spec: shapes of the head differ
     meta["spec"]["num_classes"] = 5
-    (tmp_path / "b" / "model.json").write_text(
-        json.dumps({**meta, "spec": {**meta["spec"], "name": "lenet"}})
-    )
+    (tmp_path / "b" / "model.json").write_text(json.dumps({**meta, "spec": {**meta["spec"], "name": "lenet"}}))
     with pytest.raises(CheckpointError, match=r"lenet.*num_classes=5.*11\.weight"):
         load_model(tmp_path / "b")
 

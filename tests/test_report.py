@@ -65,8 +65,9 @@ def make_run(root: Path, name: str, passes: float, seconds: list[float]) -> Path
     cost = {"passes_per_example": passes, "attack_seconds": 3.0, "update_seconds": 1.0, "forward_examples": 10}
     lines = [json.dumps({"epoch": i + 1, "cost": cost, "epoch_seconds": s}) for i, s in enumerate(seconds)]
     (run / "metrics.jsonl").write_text("\n".join(lines) + "\n")
-    (run / "summary.json").write_text(json.dumps({"status": "finished", "epochs_completed": len(seconds),
-                                                  "cost": cost}))
+    (run / "summary.json").write_text(
+        json.dumps({"status": "finished", "epochs_completed": len(seconds), "cost": cost})
+    )
     return run
 
 
@@ -77,10 +78,15 @@ def report_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     run = make_run(root, "masked", passes=1.0, seconds=[10.0, 12.0])
     model = Quantised(trained_mlp())
     x, y = datasets.load("synthetic", "test", n=24, noise=0.5, image_size=16)
-    result = evaluate(model, x, y, THREATS, suite="quick", union_only=True, unseen=SMALL_UNSEEN,
-                      checks=SMALL_CHECKS, examples=2)
-    report = build_report(result, model={"name": "mlp", "source": str(run / "checkpoint"), "parameters": 9546},
-                          dataset={"name": "synthetic", "split": "test"}, run_dir=run)
+    result = evaluate(
+        model, x, y, THREATS, suite="quick", union_only=True, unseen=SMALL_UNSEEN, checks=SMALL_CHECKS, examples=2
+    )
+    report = build_report(
+        result,
+        model={"name": "mlp", "source": str(run / "checkpoint"), "parameters": 9546},
+        dataset={"name": "synthetic", "split": "test"},
+        run_dir=run,
+    )
     write_reports(report, run)
     return run
 
@@ -157,8 +163,22 @@ def test_json_markdown_and_html_show_the_same_numbers(report_dir: Path) -> None:
 
 def test_report_is_a_model_card(report_dir: Path) -> None:
     report = load_report(report_dir)
-    for key in ("model", "dataset", "threats", "clean", "robust", "union", "unseen", "checks", "protocol",
-                "cost", "seeds", "hardware", "timings", "training"):
+    for key in (
+        "model",
+        "dataset",
+        "threats",
+        "clean",
+        "robust",
+        "union",
+        "unseen",
+        "checks",
+        "protocol",
+        "cost",
+        "seeds",
+        "hardware",
+        "timings",
+        "training",
+    ):
         assert key in report, key
     assert report["dataset"] == {"name": "synthetic", "split": "test", "n": 24}
     assert report["seeds"] == {"evaluation": 0, "training": 7}
@@ -195,8 +215,9 @@ def test_html_is_self_contained_with_figures(report_dir: Path) -> None:
 
 def test_read_cost_handles_missing_and_partial_runs(tmp_path: Path) -> None:
     assert read_cost(None) is None and read_cost(tmp_path) is None
-    (tmp_path / "metrics.jsonl").write_text('{"epoch": 1, "epoch_seconds": 4.0, "cost": {"passes_per_example": 2}}\n'
-                                            "not json\n")
+    (tmp_path / "metrics.jsonl").write_text(
+        '{"epoch": 1, "epoch_seconds": 4.0, "cost": {"passes_per_example": 2}}\nnot json\n'
+    )
     cost = read_cost(tmp_path)
     assert cost == {"passes_per_example": 2, "seconds_per_epoch": 4.0, "train_seconds": 4.0, "epochs": 1}
 
@@ -206,8 +227,7 @@ def test_leaderboard_sorts_by_union_and_keeps_cost(report_dir: Path, tmp_path: P
     paths = []
     for name, union, passes in (("weak", 0.1, 1.0), ("strong", 0.6, 6.0), ("middle", 0.4, 2.0)):
         run = make_run(tmp_path, name, passes=passes, seconds=[5.0])
-        (run / "report.json").write_text(json.dumps({**base, "run": str(run), "union": union,
-                                                     "cost": read_cost(run)}))
+        (run / "report.json").write_text(json.dumps({**base, "run": str(run), "union": union, "cost": read_cost(run)}))
         paths.append(run)
     board = leaderboard(paths)
     assert [r["run"] for r in board["rows"]] == ["strong", "middle", "weak"]

@@ -178,8 +178,7 @@ def test_patch_changes_only_its_square(model: nn.Module, data: Data) -> None:
 
 
 # --- the unseen section of an evaluation --------------------------------------------------------
-SMALL = UnseenConfig(n=40, sweep_factors=(0.5, 1.0, 4.0), sweep_steps=5, universal_steps=3,
-                     severities=(1, 5))
+SMALL = UnseenConfig(n=40, sweep_factors=(0.5, 1.0, 4.0), sweep_steps=5, universal_steps=3, severities=(1, 5))
 
 
 def test_run_unseen_reports_every_part(model: nn.Module, data: Data) -> None:
@@ -205,8 +204,15 @@ def test_run_unseen_reports_every_part(model: nn.Module, data: Data) -> None:
 def test_unseen_inside_evaluate_and_with_a_holdout(model: nn.Module, data: Data) -> None:
     x, y = data
     holdout = datasets.load("synthetic", "train", n=30, noise=0.5)
-    cfg = UnseenConfig(n=20, sweep_factors=(1.0,), sweep_steps=3, universal_steps=2, spatial=False,
-                       corruptions=("contrast",), severities=(3,))
+    cfg = UnseenConfig(
+        n=20,
+        sweep_factors=(1.0,),
+        sweep_steps=3,
+        universal_steps=2,
+        spatial=False,
+        corruptions=("contrast",),
+        severities=(3,),
+    )
     r = evaluate(model, x, y, ["linf:0.1"], suite="quick", unseen=cfg, checks=False, examples=0, holdout=holdout)
     assert r.unseen is not None and r.unseen["universal"]["fit"] == "held-out set"
     assert "spatial" not in r.unseen

@@ -73,6 +73,7 @@ class MetaATConfig(DefenseConfig):
     lookahead_lr: float = 0.01
     refine_steps: int = 0
     refine_step_size: float = 0.5
+    learned_start: bool = True
 
     def __post_init__(self) -> None:
         for name in ("attacker_steps", "pgd_steps", "hidden"):
@@ -182,6 +183,11 @@ class MetaAT(Defense):
             if use_pgd:
                 x_adv, extra = self._pgd_batch(model, x, y, delta0, threat, ctx, metrics)
                 passes += extra
+            elif not cfg.learned_start:
+                # Ablation: the learned steps replaced by plain PGD steps, at the same cost.
+                steps = cfg.attacker_steps + cfg.refine_steps
+                x_adv = self._pgd_from(model, x, y, delta0, threat, steps)
+                passes += steps
             else:
                 delta = attacker_rollout(attacker, model, x, y, threat, delta0=delta0, steps=cfg.attacker_steps)
                 passes += cfg.attacker_steps
@@ -223,22 +229,28 @@ class MetaAT(Defense):
     ) -> torch.Tensor:
         """``refine_steps`` PGD steps of ``refine_step_size · eps`` from the attacker's output (a learned
         warm start); the attacker is then taught to land where the refinement ended (no extra pass)."""
+        x_adv = self._pgd_from(model, x, y, delta.detach(), threat, self.config.refine_steps)
+        metrics["refine_distill"] = self._imitate(delta, x, x_adv, 1.0, ctx)
+        return x_adv
+
+    def _pgd_from(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, delta: torch.Tensor, threat: ThreatModel, steps: int
+    ) -> torch.Tensor:
+        """``steps`` PGD steps of ``refine_step_size · eps`` from ``delta`` (final iterate, detached)."""
         cfg = self.config
         with attack_mode(model):
-            x_adv = pgd_steps(
+            return pgd_steps(
                 model,
                 x,
                 y,
-                delta.detach(),
+                delta,
                 threat=threat,
-                steps=cfg.refine_steps,
+                steps=steps,
                 step_size=cfg.refine_step_size * threat.eps,
                 loss_fn=ce,
                 return_best=False,
                 l1_sparsity=cfg.l1_sparsity,
             ).detach()
-        metrics["refine_distill"] = self._imitate(delta, x, x_adv, 1.0, ctx)
-        return x_adv
 
     def _imitate(
         self, delta: torch.Tensor, x: torch.Tensor, x_adv: torch.Tensor, weight: float, ctx: TrainContext
