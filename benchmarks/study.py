@@ -58,6 +58,7 @@ METHODS: dict[str, tuple[str, tuple[str, ...], dict[str, Any]]] = {
     "metaat-pgd2": ("metaat", ALL, {"pgd_every": 2}),
     "metaat-refine2": ("metaat", ALL, {"refine_steps": 2}),
     "metaat-refine3": ("metaat", ALL, {"refine_steps": 3}),
+    "metaat-refine3-pgd-start": ("metaat", ALL, {"refine_steps": 3, "learned_start": False}),
 }
 QUICK_METHODS = ("standard", "pgd-linf", "sat", "metaat")
 
