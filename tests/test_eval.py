@@ -163,8 +163,12 @@ def test_state_of_another_evaluation_is_refused(model: nn.Module, data: Data, tm
 
 
 def test_reference_apgd_suite_records_its_protocol(model: nn.Module, data: Data) -> None:
+    from metaat.attacks.autoattack import SUB_ATTACK_SECONDS
+
     x, y = data
+    before = SUB_ATTACK_SECONDS.get("linf:0.1 apgd-ce", 0.0)
     r = evaluate(model, x[:12], y[:12], ["linf:0.1"], suite="apgd", checks=False, examples=1)
+    assert SUB_ATTACK_SECONDS["linf:0.1 apgd-ce"] > before, "each reference sub-attack is timed"
     assert r.protocol["suite"] == "apgd"
     assert r.protocol["reference_package"] == "pyautoattack"
     assert r.protocol["reference_version"] == "0.2.0"

@@ -19,15 +19,18 @@ caller's random state is left as it was.
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import logging
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from metaat.attacks.base import ATTACKS, Attack, AttackConfig
+from metaat.threats import ThreatModel
 
 AA_ATTACKS = ("apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "square")
 AA_VERSIONS = ("standard", "plus", "rand", "custom")
@@ -59,6 +62,39 @@ class _SubAttackTimer(logging.Handler):
             name, start = self.current
             SUB_ATTACK_SECONDS[f"{self.threat} {name}"] += time.perf_counter() - start
             self.current = None
+
+
+class _WarningSink(logging.Handler):
+    def __init__(self, sink: list[str]) -> None:
+        super().__init__(logging.WARNING)
+        self.sink = sink
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if message not in self.sink:
+            self.sink.append(message)
+
+
+@contextlib.contextmanager
+def reference_logging(threat: ThreatModel, warnings: list[str] | None = None) -> Iterator[None]:
+    """Route the reference package's log to metaat instead of stderr: each sub-attack's time goes to
+    :data:`SUB_ATTACK_SECONDS`, its warnings (when ``warnings`` is given) into that list."""
+    logger = logging.getLogger("auto-attack")
+    saved = (logger.level, logger.propagate)
+    timer = _SubAttackTimer(str(threat))
+    handlers: list[logging.Handler] = [timer] + ([_WarningSink(warnings)] if warnings is not None else [])
+    logger.setLevel(logging.DEBUG)
+    logger.propagate = False
+    for h in handlers:
+        logger.addHandler(h)
+    try:
+        yield
+    finally:
+        timer.stop()
+        for h in handlers:
+            logger.removeHandler(h)
+        logger.setLevel(saved[0])
+        logger.propagate = saved[1]
 
 
 def reference_version() -> str:
@@ -146,26 +182,12 @@ class AutoAttack(Attack):
 
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         aa = build_reference(model, self.config, x.device)
-        # The package's log lines go to a timer only (nothing is printed): its debug lines carry
-        # each sub-attack's cumulative time.
-        logger = logging.getLogger("auto-attack")
-        saved = (logger.level, logger.propagate)
-        timer = _SubAttackTimer(str(self.config.threat))
-        logger.setLevel(logging.DEBUG)
-        logger.propagate = False
-        logger.addHandler(timer)
         state = Path(self.config.state_path) if self.config.state_path else None
         devices = [x.device.index or 0] if x.device.type == "cuda" else []
-        try:
-            with torch.random.fork_rng(devices=devices):
-                # The reference uses .view() on tensors shaped like x: a non-contiguous x (a transposed
-                # or channels-last batch) would crash it.
-                x_adv, _ = aa.run_standard_evaluation(  # type: ignore[attr-defined]
-                    x.contiguous(), y.contiguous(), batch_size=self.chunk_size(x), state_path=state
-                )
-        finally:
-            timer.stop()
-            logger.removeHandler(timer)
-            logger.setLevel(saved[0])
-            logger.propagate = saved[1]
+        with torch.random.fork_rng(devices=devices), reference_logging(self.config.threat):
+            # The reference uses .view() on tensors shaped like x: a non-contiguous x (a transposed or
+            # channels-last batch) would crash it.
+            x_adv, _ = aa.run_standard_evaluation(  # type: ignore[attr-defined]
+                x.contiguous(), y.contiguous(), batch_size=self.chunk_size(x), state_path=state
+            )
         return x_adv.detach().clamp(0, 1)

@@ -22,16 +22,13 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import logging
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
-from metaat.attacks.autoattack import AutoAttackConfig, build_reference, reference_version
+from metaat.attacks.autoattack import AutoAttackConfig, build_reference, reference_logging, reference_version
 from metaat.attacks.pgd import pgd_steps
 from metaat.losses import get_loss
 from metaat.registry import Registry
@@ -143,30 +140,6 @@ class QuickSuite(Suite):
         return x_adv
 
 
-@contextmanager
-def _collect_reference_warnings(sink: list[str]) -> Iterator[None]:
-    """Capture the reference package's logger warnings into ``sink`` instead of stderr."""
-
-    class _Sink(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            message = record.getMessage()
-            if message not in sink:
-                sink.append(message)
-
-    logger = logging.getLogger("auto-attack")
-    handler = _Sink(level=logging.WARNING)
-    old_level, old_propagate = logger.level, logger.propagate
-    logger.addHandler(handler)
-    logger.setLevel(logging.WARNING)
-    logger.propagate = False
-    try:
-        yield
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(old_level)
-        logger.propagate = old_propagate
-
-
 @dataclasses.dataclass
 class ReferenceSuite(Suite):
     """The reference AutoAttack (``pyautoattack``), ``version`` standard or custom ``attacks``."""
@@ -225,7 +198,7 @@ class ReferenceSuite(Suite):
         aa.apgd_targeted.n_target_classes = min(aa.apgd_targeted.n_target_classes, targets)
         aa.fab.n_target_classes = targets
         devices = [x.device.index or 0] if x.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices), _collect_reference_warnings(self._warnings):
+        with torch.random.fork_rng(devices=devices), reference_logging(threat, self._warnings):
             x_adv, _ = aa.run_standard_evaluation(x, y, batch_size=max(1, x.shape[0]))
         return x_adv.detach().clamp(0, 1)
 
