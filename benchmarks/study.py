@@ -48,17 +48,18 @@ METHODS: dict[str, tuple[str, tuple[str, ...], dict[str, Any]]] = {
     "mat": ("mat", ALL, {}),
     "metaat": ("metaat", ALL, {}),
     # ablations of metaat's recipe: each switches one part off, or one optional part on
+    "metaat-pgd-start": ("metaat", ALL, {"learned_start": False}),
+    "metaat-no-refine": ("metaat", ALL, {"refine_steps": 0}),
+    "metaat-refine2": ("metaat", ALL, {"refine_steps": 2}),
     "metaat-no-pgd": ("metaat", ALL, {"pgd_every": 0}),
     "metaat-no-adaptive": ("metaat", ALL, {"adaptive": False}),
     "metaat-no-consistency": ("metaat", ALL, {"consistency": 0.0}),
     "metaat-no-distill": ("metaat", ALL, {"distill": 0.0}),
-    "metaat-plain": ("metaat", ALL, {"distill": 0.0, "consistency": 0.0}),
     "metaat+lookahead": ("metaat", ALL, {"lookahead": True}),
-    # recipe candidates (issue 4 tuning): more PGD batches; a learned warm start refined by PGD
-    "metaat-pgd2": ("metaat", ALL, {"pgd_every": 2}),
-    "metaat-refine2": ("metaat", ALL, {"refine_steps": 2}),
-    "metaat-refine3": ("metaat", ALL, {"refine_steps": 3}),
-    "metaat-refine3-pgd-start": ("metaat", ALL, {"refine_steps": 3, "learned_start": False}),
+    # the earlier recipe (no refinement) and its variants
+    "metaat-no-refine-no-pgd": ("metaat", ALL, {"refine_steps": 0, "pgd_every": 0}),
+    "metaat-no-refine-plain": ("metaat", ALL, {"refine_steps": 0, "distill": 0.0, "consistency": 0.0}),
+    "metaat-no-refine-pgd2": ("metaat", ALL, {"refine_steps": 0, "pgd_every": 2}),
 }
 QUICK_METHODS = ("standard", "pgd-linf", "sat", "metaat")
 

@@ -29,8 +29,8 @@ CASES: list[tuple[str, dict[str, Any]]] = [
     ("mat", {}),
     ("mat", {"universal": False, "steps": 1}),
     ("metaat", {}),
-    ("metaat", {"pgd_every": 2, "consistency": 1.0, "lookahead": True, "attacker_steps": 2}),
-    ("metaat", {"pgd_every": 0, "adaptive": False, "random_start": False, "consistency": 0}),
+    ("metaat", {"pgd_every": 2, "consistency": 1.0, "lookahead": True, "attacker_steps": 2, "refine_steps": 0}),
+    ("metaat", {"pgd_every": 0, "adaptive": False, "random_start": False, "consistency": 0, "refine_steps": 0}),
     ("metaat", {"pgd_every": 1, "distill": 1.0, "pgd_steps": 1}),
     ("metaat", {"refine_steps": 2, "pgd_every": 2}),
 ]
@@ -80,10 +80,12 @@ def test_defense_step_honours_the_contract(name: str, options: dict[str, Any]) -
         ("l2l", {}, 2.0),
         ("l2l", {"steps": 3}, 4.0),
         ("mat", {"steps": 2}, 3.0),
-        ("metaat", {}, 4.0),
-        ("metaat", {"consistency": 0}, 3.0),
-        ("metaat", {"pgd_every": 0, "consistency": 0}, 2.0),
-        # refine: 3/4 · (1 learned + 2 PGD + 1 + 1) + 1/4 · (5 + 1 + 1)
+        # default: 3/4 · (1 learned + 3 refinement + 1 update + 1 consistency) + 1/4 · (5 + 1 + 1)
+        ("metaat", {}, 6.25),
+        ("metaat", {"consistency": 0}, 5.25),
+        ("metaat", {"refine_steps": 0}, 4.0),
+        ("metaat", {"refine_steps": 0, "consistency": 0}, 3.0),
+        ("metaat", {"pgd_every": 0, "consistency": 0, "refine_steps": 0}, 2.0),
         ("metaat", {"refine_steps": 2}, 5.5),
         ("metaat", {"refine_steps": 2, "learned_start": False}, 5.5),
     ],
@@ -165,7 +167,7 @@ def test_short_metaat_run_beats_standard_on_every_threat(tmp_path: Path) -> None
     for threat in THREATS:
         key = f"robust/{threat}"
         assert meta.metrics["eval"][key] > standard.metrics["eval"][key] + 0.05, (key, meta.metrics, standard.metrics)
-    assert meta.cost["passes_per_example"] < 4.5
+    assert meta.cost["passes_per_example"] < 6.5
     # the run's attacker is an attack
     atk = attacks.create("learned", threat=THREATS[0], path=str(tmp_path / "metaat"))
     assert isinstance(atk.attacker, LearnedAttacker)  # type: ignore[attr-defined]
