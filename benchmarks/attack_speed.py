@@ -40,6 +40,7 @@ import metaat
 import metaat.attacks as attacks
 import metaat.data as data
 import metaat.models as models
+from metaat.attacks.base import attack_mode
 from metaat.runtime import hardware_summary, set_threads
 
 EPS = 0.1
@@ -121,15 +122,11 @@ def run(n: int, threads: int, repeats: int, chunk_sizes: list[int]) -> dict[str,
     pgd_auto(model, x[: min(n, 64)], y[: min(n, 64)])  # warm-up: allocator, thread pool, kernels
 
     def frozen(fn: Callable[[], Any]) -> Callable[[], Any]:
+        """``fn`` with the model in attack mode (eval, parameters frozen), as every metaat attack runs it."""
+
         def call() -> Any:
-            flags = [p.requires_grad for p in model.parameters()]
-            for p in model.parameters():
-                p.requires_grad_(False)
-            try:
+            with attack_mode(model):
                 return fn()
-            finally:
-                for p, flag in zip(model.parameters(), flags, strict=True):
-                    p.requires_grad_(flag)
 
         return call
 

@@ -37,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import metaat.attacks as attacks
     import metaat.data as data
+    from metaat.eval.union import predict
     from metaat.models import resolve_model
     from metaat.runtime import environment, set_threads
     from metaat.train.checkpoint import has_checkpoint
@@ -47,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     start = time.perf_counter()
     if (out / "final").exists():
-        pass
+        pass  # trained already: only evaluate
     elif has_checkpoint(out):
         resume_run(out, quiet=True, threads=args.threads)
     else:
@@ -58,8 +59,7 @@ def main(argv: list[str] | None = None) -> int:
 
     model = resolve_model(out).eval()
     x, y = data.load("fashion-mnist", "test", n=args.n)
-    with torch.no_grad():
-        clean = (torch.cat([model(x[i : i + 500]).argmax(1) for i in range(0, len(x), 500)]) == y).float()
+    clean = (predict(model, x, 500) == y).float()
     t0 = time.perf_counter()
     pgd = attacks.create("pgd", threat="linf:0.1", steps=20, seed=args.seed)
     x_adv = pgd(model, x, y)

@@ -93,23 +93,19 @@ def leaderboard(paths: Sequence[str | os.PathLike[str]]) -> dict[str, Any]:
     return {"threats": threats, "rows": rows, "warnings": warnings, "skipped": skipped}
 
 
-def render_leaderboard_markdown(board: dict[str, Any]) -> str:
-    threats = board["threats"]
-    header = [
-        "#",
-        "run",
-        "model",
-        "defense",
-        "data",
-        "n",
-        "suite",
-        "clean (%)",
-        *[f"{t} (%)" for t in threats],
-        "union (%)",
+def leaderboard_columns(threats: list[str], percent: str = "") -> list[str]:
+    """Column titles of the leaderboard (markdown and HTML); ``percent`` is appended to accuracy columns."""
+    accuracy = ["clean", *threats, "union"]
+    return ["#", "run", "model", "defense", "data", "n", "suite", *[a + percent for a in accuracy]] + [
         "flags",
         "passes/example",
         "s/epoch",
     ]
+
+
+def render_leaderboard_markdown(board: dict[str, Any]) -> str:
+    threats = board["threats"]
+    header = leaderboard_columns(threats, " (%)")
     rows = []
     for rank, r in enumerate(board["rows"], 1):
         rows.append(

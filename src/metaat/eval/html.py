@@ -11,6 +11,7 @@ from html import escape
 from typing import Any
 
 from metaat.eval import plots
+from metaat.eval.compare import leaderboard_columns
 from metaat.eval.report import checks_summary, fmt_pct, headline_rows, protocol_text, training_text, unseen_rows
 
 CSS = """
@@ -173,21 +174,7 @@ def _flat(timings: dict[str, Any]) -> dict[str, Any]:
 def render_leaderboard_html(board: dict[str, Any]) -> str:
     """The comparison page: leaderboard table plus cost against union robustness."""
     threats = board["threats"]
-    head = [
-        "#",
-        "run",
-        "model",
-        "defense",
-        "data",
-        "n",
-        "suite",
-        "clean",
-        *threats,
-        "union",
-        "flags",
-        "passes/example",
-        "s/epoch",
-    ]
+    head = leaderboard_columns(threats)
     body = [
         "<h1>Leaderboard — union robust accuracy</h1>",
         f'<div class="meta">{len(board["rows"])} runs, sorted by union robust accuracy</div>',
