@@ -47,6 +47,7 @@ def aggregate(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "l2": [r["robust"]["l2"] for r in rs],
                 "l1": [r["robust"]["l1"] for r in rs],
                 "union": [r["robust"]["union"] for r in rs],
+                "unseen": [(r.get("unseen") or {}).get("mean") for r in rs],
                 "passes": [r["passes_per_example"] for r in rs],
                 "seconds": [r["seconds_per_epoch"] for r in rs],
                 "records": rs,
@@ -58,14 +59,15 @@ def aggregate(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def table(rows: list[dict[str, Any]]) -> str:
     head = (
-        "| method | clean | L∞ 0.1 | L2 1.5 | L1 10 | union | passes / example | s / epoch | seeds |\n"
-        "|---|---:|---:|---:|---:|---:|---:|---:|---|\n"
+        "| method | clean | L∞ 0.1 | L2 1.5 | L1 10 | union | unseen | passes / example | s / epoch | seeds |\n"
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|\n"
     )
     lines = []
     for row in rows:
         lines.append(
             f"| {row['method']} | {mean_std(row['clean'])} | {mean_std(row['linf'])} | {mean_std(row['l2'])} | "
-            f"{mean_std(row['l1'])} | **{mean_std(row['union'])}** | {mean_std(row['passes'], 1, 2)} | "
+            f"{mean_std(row['l1'])} | **{mean_std(row['union'])}** | {mean_std(row['unseen'])} | "
+            f"{mean_std(row['passes'], 1, 2)} | "
             f"{mean_std(row['seconds'], 1, 0)} | {', '.join(map(str, row['seeds']))} |"
         )
     return head + "\n".join(lines) + "\n"
@@ -92,6 +94,18 @@ def plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     plt.close(fig)
 
 
+def _train_threats(records: list[dict[str, Any]]) -> str:
+    """Which methods trained on which threats, grouped (every record keeps its own list)."""
+    groups: dict[str, list[str]] = defaultdict(list)
+    for r in records:
+        key = ", ".join(r.get("train_threats") or [])
+        if r["method"] not in groups[key]:
+            groups[key].append(r["method"])
+    common = max(groups, key=lambda k: len(groups[k]))
+    others = "; ".join(f"{', '.join(f'`{m}`' for m in ms)} on {k}" for k, ms in groups.items() if k != common)
+    return f"methods train on {common}" + (f", except {others}" if others else "")
+
+
 def describe(records: list[dict[str, Any]]) -> str:
     r0 = records[0]
     subset = r0.get("train_subset")
@@ -108,7 +122,11 @@ def describe(records: list[dict[str, Any]]) -> str:
     return (
         f"`cnn-small` on Fashion-MNIST, {data}, {', '.join(map(str, epochs))} epoch(s), batch 128, Adam one-cycle; "
         f"robust accuracy on the first {r0['n']:,} test points under {'; '.join(protocol[s] for s in suites)}; "
-        f"union = per-example AND over L∞ 0.1, L2 1.5, L1 10. Hardware: {r0['hardware']}, "
+        f"union = per-example AND over L∞ 0.1, L2 1.5, L1 10; {_train_threats(records)}. "
+        f"Unseen = mean of four attacks no method trained on "
+        f"(PGD-20 at twice each radius, rotation ±15° / translation ±2 px, common corruptions, a universal "
+        f"patch) on the first 200 test points (`benchmarks/unseen_summary.py`; metaat's own attacks, "
+        f"a secondary number). Hardware: {r0['hardware']}, "
         f"torch {r0['environment']['torch']}, metaat {r0['metaat_version']}; "
         f"seconds per epoch (of the images trained on) are "
         f"attack + update time measured while other jobs shared the machine (compare passes per example "

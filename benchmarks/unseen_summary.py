@@ -1,0 +1,116 @@
+"""The study's unseen-attack column: four attacks no method trained on, one number per model.
+
+    python benchmarks/unseen_summary.py --study fmnist_small --n 200 --threads 1
+
+For every record of ``benchmarks/results/<study>.json`` that has no summary yet (or one on another
+number of points), loads the run's final model from ``benchmarks/runs/<study>/<method>/seed<k>`` and
+scores it on the first ``--n`` test points with :func:`metaat.eval.run_unseen`:
+
+* ``eps2x`` — robust accuracy at twice each training radius (L∞ 0.2, L2 3, L1 20), metaat's PGD-20
+  with CE and margin losses, averaged over the three norms (a larger budget than any method saw);
+* ``spatial`` — worst case over rotations up to ±15° and translations up to ±2 px (at the
+  evaluation default of ±30° / ±3 px every model here scores about 0, which separates nothing);
+* ``corruptions`` — mean accuracy under Gaussian noise, blur and contrast at severities 1–5;
+* ``patch`` — a universal 5×5 patch learned on other points (two-fold);
+* ``mean`` — the mean of those four: the column ``make_tables.py`` prints.
+
+These are secondary numbers (metaat's own attacks, fewer points); the headline robust accuracies
+stay the reference package's. ``study.py`` calls :func:`summary` for every new record, so the full
+protocol fills the column by itself; this script fills it in for records made before.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+RUNS = ROOT / "benchmarks" / "runs"
+THREATS = ("linf:0.1", "l2:1.5", "l1:10")
+PARTS = ("eps2x", "spatial", "corruptions", "patch")
+
+
+def summary(model: Any, x: Any, y: Any, seed: int = 0) -> dict[str, Any]:
+    """The four unseen-attack accuracies of ``model`` on ``(x, y)`` and their mean."""
+    from metaat.eval import UnseenConfig, run_unseen
+    from metaat.threats import parse_threats
+
+    cfg = UnseenConfig(n=None, sweep_factors=(2.0,), max_rotation=15.0, max_translation=2.0)
+    threats = parse_threats(THREATS)
+    t0 = time.perf_counter()
+    out = run_unseen(model, x, y, threats, cfg, seed=seed)
+    sweep = [point["accuracy"] for curve in out["eps_sweep"]["curves"].values() for point in curve]
+    values = {
+        "eps2x": statistics.mean(sweep),
+        "spatial": out["spatial"]["accuracy"],
+        "corruptions": out["corruptions"]["mean"],
+        "patch": out["universal"]["patch"]["accuracy"],
+    }
+    return {
+        **values,
+        "mean": statistics.mean(values[p] for p in PARTS),
+        "n": int(out["n"]),
+        "seed": seed,
+        "attacks": "eps2x: metaat PGD-20 (CE, margin) at 2x each radius; spatial ±15°/±2 px grid; "
+        "corruptions: noise/blur/contrast, severities 1-5; patch: universal 5x5, two-fold",
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+
+
+def _write(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_suffix(f"{path.suffix}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--study", default="fmnist_study")
+    parser.add_argument("--n", type=int, default=200, help="first N test points")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--methods", default=None, help="comma-separated subset (default: every record)")
+    args = parser.parse_args(argv)
+
+    import metaat.data as data
+    from metaat.models import resolve_model
+    from metaat.runtime import set_threads
+
+    set_threads(args.threads)
+    path = RESULTS / f"{args.study}.json"
+    if not path.is_file():
+        raise SystemExit(f"no study results at {path}; run benchmarks/study.py first")
+    wanted = set(args.methods.split(",")) if args.methods else None
+    x, y = data.load("fashion-mnist", "test", n=args.n)
+    command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])])
+    todo = [
+        (r["method"], r["seed"])
+        for r in json.loads(path.read_text(encoding="utf-8"))["records"]
+        if (wanted is None or r["method"] in wanted) and (r.get("unseen") or {}).get("n") != args.n
+    ]
+    for method, seed in todo:
+        run = RUNS / args.study / method / f"seed{seed}"
+        if not (run / "final").is_dir():
+            print(f"[unseen] {method} seed {seed}: no final model in {run}; skipped", flush=True)
+            continue
+        result = summary(resolve_model(run).eval(), x, y, seed=seed)
+        result["command"] = command
+        # Reload before writing: a study process may have appended records meanwhile.
+        study = json.loads(path.read_text(encoding="utf-8"))
+        for r in study["records"]:
+            if r["method"] == method and r["seed"] == seed:
+                r["unseen"] = result
+        _write(path, study)
+        print(f"[unseen] {method} seed {seed}: mean {result['mean']:.3f} ({result['seconds']:.0f} s)", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,89 @@
+"""benchmarks/make_tables.py: mean ± std over seeds, the unseen column, and who trained on what."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "make_tables.py"
+ALL = ["linf:0.1", "l2:1.5", "l1:10"]
+
+
+def _module() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("make_tables", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _record(method: str, seed: int, union: float, unseen: float | None, threats: list[str]) -> dict[str, Any]:
+    r: dict[str, Any] = {
+        "method": method,
+        "seed": seed,
+        "clean": 0.8,
+        "robust": {"linf": 0.6, "l2": 0.55, "l1": union + 0.01, "union": union},
+        "passes_per_example": 6.25,
+        "seconds_per_epoch": 60.0,
+        "train_threats": threats,
+    }
+    if unseen is not None:
+        r["unseen"] = {"mean": unseen, "n": 200}
+    return r
+
+
+def test_rows_aggregate_seeds_and_sort_by_union() -> None:
+    mt = _module()
+    records = [
+        _record("a", 0, 0.40, 0.30, ALL),
+        _record("a", 1, 0.44, None, ALL),
+        _record("b", 0, 0.50, 0.35, ["linf:0.1", "l1:10"]),
+    ]
+    rows = mt.aggregate(records)
+    assert [r["method"] for r in rows] == ["b", "a"]
+    md = mt.table(rows).splitlines()
+    assert "| unseen |" in md[0]
+    assert md[2].startswith("| b | 80.0 | 60.0 | 55.0 | 51.0 | **50.0** | 35.0 | 6.25 |")
+    # two seeds: mean ± sample std; the seed without an unseen summary is left out of that column
+    assert "**42.0 ± 2.8**" in md[3] and "| 30.0 |" in md[3] and md[3].endswith("| 0, 1 |")
+
+
+def test_unseen_column_is_a_dash_without_summaries() -> None:
+    mt = _module()
+    rows = mt.aggregate([_record("a", 0, 0.4, None, ALL)])
+    assert "**40.0** | – |" in mt.table(rows)
+
+
+def test_train_threats_names_the_exceptions() -> None:
+    mt = _module()
+    records = [
+        _record("a", 0, 0.4, None, ALL),
+        _record("c", 0, 0.4, None, ALL),
+        _record("b", 0, 0.5, None, ["linf:0.1", "l1:10"]),
+    ]
+    text = mt._train_threats(records)
+    assert text == "methods train on linf:0.1, l2:1.5, l1:10, except `b` on linf:0.1, l1:10"
+    assert mt._train_threats(records[:2]) == "methods train on linf:0.1, l2:1.5, l1:10"
+
+
+def test_unseen_summary_on_a_tiny_model() -> None:
+    import torch
+
+    import metaat.models as models
+
+    spec = importlib.util.spec_from_file_location("unseen_summary", SCRIPT.parent / "unseen_summary.py")
+    assert spec is not None and spec.loader is not None
+    us = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(us)
+    torch.manual_seed(0)
+    model = models.create("mlp", num_classes=10, in_channels=1, image_size=28).eval()
+    x = torch.rand(12, 1, 28, 28)
+    with torch.no_grad():
+        y = model(x).argmax(1)  # every point clean-correct, so the robust parts can be non-zero
+    out = us.summary(model, x, y, seed=0)
+    assert set(us.PARTS) <= set(out) and out["n"] == 12
+    assert all(0.0 <= out[p] <= 1.0 for p in us.PARTS)
+    assert abs(out["mean"] - sum(out[p] for p in us.PARTS) / 4) < 1e-12
+    assert out["corruptions"] > 0  # mild corruptions leave an untrained model's argmax mostly intact
