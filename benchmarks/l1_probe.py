@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         apgd = APGDAttack(
             model, norm="L1", eps=args.eps, n_iter=n_iter, n_restarts=1, loss="ce", seed=args.seed, device=x.device
         )
-        row = {"attack": "pyautoattack apgd-ce L1", "steps": n_iter, "restarts": 1, "best_iterate": None}
+        row = {"attack": "pyautoattack apgd-ce L1", "steps": n_iter, "restarts": 1}
         row["best_iterate"] = accuracy(apgd.perturb(x, y))
         row["seconds"] = round(time.perf_counter() - t0, 2)
         rows.append(row)

@@ -106,6 +106,12 @@ def _train_threats(records: list[dict[str, Any]]) -> str:
     return f"methods train on {common}" + (f", except {others}" if others else "")
 
 
+def _unseen_points(records: list[dict[str, Any]]) -> str:
+    """The unseen summaries' point counts, as recorded (``–`` when none has one yet)."""
+    counts = sorted({r["unseen"]["n"] for r in records if r.get("unseen")})
+    return " / ".join(f"{n:,}" for n in counts) or "–"
+
+
 def describe(records: list[dict[str, Any]]) -> str:
     r0 = records[0]
     subset = r0.get("train_subset")
@@ -125,7 +131,8 @@ def describe(records: list[dict[str, Any]]) -> str:
         f"union = per-example AND over L∞ 0.1, L2 1.5, L1 10; {_train_threats(records)}. "
         f"Unseen = mean of four attacks no method trained on "
         f"(PGD-20 at twice each radius, rotation ±15° / translation ±2 px, common corruptions, a universal "
-        f"patch) on the first 200 test points (`benchmarks/unseen_summary.py`; metaat's own attacks, "
+        f"patch) on the first {_unseen_points(records)} test points (`benchmarks/unseen_summary.py`; "
+        f"metaat's own attacks, "
         f"a secondary number; mean over the seeds that have one). Rows with one seed ran seed 0 only: "
         f"compare rows on the same seeds. Hardware: {r0['hardware']}, "
         f"torch {r0['environment']['torch']}, metaat {r0['metaat_version']}; "

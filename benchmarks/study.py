@@ -136,7 +136,7 @@ def run_one(method: str, seed: int, args: argparse.Namespace, study: str) -> dic
     robust = {t.split(":")[0]: result.robust.get(t) for t in ALL}
     robust["union"] = result.union
     n_unseen = min(args.n, UNSEEN_N)
-    unseen = unseen_summary(model.eval(), x[:n_unseen], y[:n_unseen], seed=seed)
+    unseen = unseen_summary(model.eval(), x[:n_unseen], y[:n_unseen], ALL, seed=seed)
     epochs = int(summary.get("epochs_completed", args.epochs))
     seconds = float(cost.get("attack_seconds", 0.0)) + float(cost.get("update_seconds", 0.0))
     return {

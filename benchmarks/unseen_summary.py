@@ -23,30 +23,24 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shlex
 import statistics
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
-RUNS = ROOT / "benchmarks" / "runs"
-THREATS = ("linf:0.1", "l2:1.5", "l1:10")
 PARTS = ("eps2x", "spatial", "corruptions", "patch")
 
 
-def summary(model: Any, x: Any, y: Any, seed: int = 0) -> dict[str, Any]:
-    """The four unseen-attack accuracies of ``model`` on ``(x, y)`` and their mean."""
+def summary(model: Any, x: Any, y: Any, threats: tuple[str, ...], seed: int = 0) -> dict[str, Any]:
+    """The four unseen-attack accuracies of ``model`` on ``(x, y)`` and their mean; the sweep doubles
+    each of ``threats``' radii and the universal perturbations use them."""
     from metaat.eval import UnseenConfig, run_unseen
     from metaat.threats import parse_threats
 
     cfg = UnseenConfig(n=None, sweep_factors=(2.0,), max_rotation=15.0, max_translation=2.0)
-    threats = parse_threats(THREATS)
     t0 = time.perf_counter()
-    out = run_unseen(model, x, y, threats, cfg, seed=seed)
+    out = run_unseen(model, x, y, parse_threats(threats), cfg, seed=seed)
     sweep = [point["accuracy"] for curve in out["eps_sweep"]["curves"].values() for point in curve]
     values = {
         "eps2x": statistics.mean(sweep),
@@ -65,12 +59,6 @@ def summary(model: Any, x: Any, y: Any, seed: int = 0) -> dict[str, Any]:
     }
 
 
-def _write(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_suffix(f"{path.suffix}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--study", default="fmnist_study")
@@ -78,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--methods", default=None, help="comma-separated subset (default: every record)")
     args = parser.parse_args(argv)
+
+    from study import ALL, RESULTS, RUNS, atomic_write_json  # benchmarks/ is on the path as a script
 
     import metaat.data as data
     from metaat.models import resolve_model
@@ -100,14 +90,14 @@ def main(argv: list[str] | None = None) -> int:
         if not (run / "final").is_dir():
             print(f"[unseen] {method} seed {seed}: no final model in {run}; skipped", flush=True)
             continue
-        result = summary(resolve_model(run).eval(), x, y, seed=seed)
+        result = summary(resolve_model(run).eval(), x, y, ALL, seed=seed)
         result["command"] = command
         # Reload before writing: a study process may have appended records meanwhile.
         study = json.loads(path.read_text(encoding="utf-8"))
         for r in study["records"]:
             if r["method"] == method and r["seed"] == seed:
                 r["unseen"] = result
-        _write(path, study)
+        atomic_write_json(path, study)
         print(f"[unseen] {method} seed {seed}: mean {result['mean']:.3f} ({result['seconds']:.0f} s)", flush=True)
     return 0
 

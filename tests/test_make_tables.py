@@ -82,7 +82,7 @@ def test_unseen_summary_on_a_tiny_model() -> None:
     x = torch.rand(12, 1, 28, 28)
     with torch.no_grad():
         y = model(x).argmax(1)  # every point clean-correct, so the robust parts can be non-zero
-    out = us.summary(model, x, y, seed=0)
+    out = us.summary(model, x, y, ("linf:0.1", "l2:1.5", "l1:10"), seed=0)
     assert set(us.PARTS) <= set(out) and out["n"] == 12
     assert all(0.0 <= out[p] <= 1.0 for p in us.PARTS)
     assert abs(out["mean"] - sum(out[p] for p in us.PARTS) / 4) < 1e-12
