@@ -58,6 +58,8 @@ METHODS: dict[str, tuple[str, tuple[str, ...], dict[str, Any]]] = {
     "metaat-extreme": ("metaat", (LINF, L1), {}),  # E-AT's choice: train on L∞ and L1 only
     "metaat-no-pgd": ("metaat", ALL, {"pgd_every": 0}),
     "metaat-no-adaptive": ("metaat", ALL, {"adaptive": False}),
+    "metaat-l1x2": ("metaat", ALL, {"l1_weight": 2.0}),  # L1 drawn about twice as often
+    "metaat-pgd-start-l1x2": ("metaat", ALL, {"learned_start": False, "l1_weight": 2.0}),
     "metaat-no-consistency": ("metaat", ALL, {"consistency": 0.0}),
     "metaat-no-distill": ("metaat", ALL, {"distill": 0.0}),
     "metaat+lookahead": ("metaat", ALL, {"lookahead": True}),

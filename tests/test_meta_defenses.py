@@ -117,6 +117,17 @@ def test_threat_sampling_adapts_to_the_weakest_threat() -> None:
     assert uniform.threat_probabilities() == pytest.approx([1 / 3] * 3)  # type: ignore[attr-defined]
 
 
+def test_l1_weight_scales_the_l1_share_on_top_of_either_sampler() -> None:
+    l1 = [t.split(":")[0] for t in THREATS].index("l1")
+    uniform = defenses.create("metaat", list(THREATS), adaptive=False, l1_weight=2.0)
+    probs = uniform.threat_probabilities()  # type: ignore[attr-defined]
+    assert probs[l1] == pytest.approx(0.5) and sum(probs) == pytest.approx(1)
+    adaptive = defenses.create("metaat", list(THREATS), l1_weight=3.0)
+    adaptive.acc_pgd = [0.5, 0.5, 0.5]  # type: ignore[attr-defined]
+    probs = adaptive.threat_probabilities()  # type: ignore[attr-defined]
+    assert probs[l1] == pytest.approx(0.6) and sum(probs) == pytest.approx(1)
+
+
 @pytest.mark.parametrize(
     ("name", "options", "match"),
     [
@@ -124,6 +135,7 @@ def test_threat_sampling_adapts_to_the_weakest_threat() -> None:
         ("metaat", {"lookahead": True, "pgd_every": 0}, "lookahead needs"),
         ("metaat", {"refine_steps": -1}, "refine_steps"),
         ("metaat", {"refine_step_size": 1.5}, "refine_step_size"),
+        ("metaat", {"l1_weight": 0.0}, "l1_weight"),
         ("mng", {"generator": "both"}, "source"),
         ("mat", {"meta_lr": 2.0}, "meta_lr"),
         ("l2l", {"steps": 0}, "steps"),

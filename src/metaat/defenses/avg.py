@@ -16,7 +16,6 @@ import dataclasses
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from metaat.defenses.base import (
@@ -26,6 +25,7 @@ from metaat.defenses.base import (
     ThreatsArg,
     TrainContext,
     pgd_for_each_threat,
+    stacked_losses,
     step_sizes_for,
 )
 
@@ -52,11 +52,10 @@ class Avg(Defense):
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: TrainContext
     ) -> tuple[torch.Tensor, dict[str, float]]:
         x_adv = pgd_for_each_threat(model, x, y, self.threats, self.step_sizes, self.config, ctx)
-        t = len(self.threats)
-        logits = model(x_adv)  # (T * B, classes)
-        losses = F.cross_entropy(logits, y.repeat(t), reduction="none").reshape(t, -1)
+        losses, correct = stacked_losses(model, x_adv, y)  # (T, B) each
         loss = losses.mean()
-        correct = (logits.detach().argmax(dim=1) == y.repeat(t)).reshape(t, -1).float()
-        metrics = {"loss": float(loss.detach()), "acc": float(correct.mean())}
-        metrics.update({f"acc/{threat}": float(c.mean()) for threat, c in zip(self.threats, correct, strict=True)})
+        metrics = {"loss": float(loss.detach()), "acc": float(correct.float().mean())}
+        metrics.update(
+            {f"acc/{threat}": float(c.float().mean()) for threat, c in zip(self.threats, correct, strict=True)}
+        )
         return loss, metrics

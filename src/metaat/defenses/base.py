@@ -35,6 +35,7 @@ from contextlib import contextmanager
 from typing import Any, ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from metaat.attacks.base import attack_mode
@@ -293,6 +294,17 @@ def pgd_for_each_threat(
                 for threat, size in zip(threats, step_sizes, strict=True)
             ]
         )
+
+
+def stacked_losses(model: nn.Module, x_adv: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One forward of the threat-stacked batch ``(T * B, ...)``; returns the per-example
+    cross-entropies and the correctness mask, both shaped ``(T, B)``."""
+    t = x_adv.shape[0] // y.shape[0]
+    logits = model(x_adv)
+    target = y.repeat(t)
+    losses = F.cross_entropy(logits, target, reduction="none").reshape(t, -1)
+    correct = (logits.detach().argmax(dim=1) == target).reshape(t, -1)
+    return losses, correct
 
 
 def create(name: str, threats: Any, **options: Any) -> Defense:

@@ -17,7 +17,6 @@ import dataclasses
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from metaat.defenses.base import (
@@ -27,6 +26,7 @@ from metaat.defenses.base import (
     ThreatsArg,
     TrainContext,
     pgd_for_each_threat,
+    stacked_losses,
     step_sizes_for,
 )
 
@@ -53,12 +53,9 @@ class Max(Defense):
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: TrainContext
     ) -> tuple[torch.Tensor, dict[str, float]]:
         x_adv = pgd_for_each_threat(model, x, y, self.threats, self.step_sizes, self.config, ctx)
-        t = len(self.threats)
-        logits = model(x_adv)  # (T * B, classes)
-        losses = F.cross_entropy(logits, y.repeat(t), reduction="none").reshape(t, -1)
+        losses, correct = stacked_losses(model, x_adv, y)  # (T, B) each
         worst, which = losses.max(dim=0)
         loss = worst.mean()
-        correct = (logits.detach().argmax(dim=1) == y.repeat(t)).reshape(t, -1)
         metrics = {"loss": float(loss.detach()), "acc": float(correct.all(dim=0).float().mean())}
         metrics.update({f"worst/{threat}": float((which == i).float().mean()) for i, threat in enumerate(self.threats)})
         return loss, metrics

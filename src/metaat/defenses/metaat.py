@@ -18,6 +18,7 @@ Threat: several Lp threats (linf / l2 / l1), one per batch. Parts, each switchab
   also taught to land where PGD-K landed;
 * **adaptive threat sampling** (E-AT-style, Croce & Hein 2022; ``adaptive``): threats where the
   running robust accuracy (from PGD batches when there are any) is lowest are drawn more often;
+  ``l1_weight`` multiplies L1's share on top of either sampler (1 = no prior);
 * **consistency** (MNG-AC, Madaan et al. 2021; ``consistency`` = β): ``β·JS(p_clean, p_adv)``;
   costs one more forward+backward on the clean batch;
 * **look-ahead** (MNG-AC; ``lookahead``): on PGD batches the attacker is also meta-updated so that
@@ -57,7 +58,7 @@ from metaat.meta.generators import LearnedAttacker
 from metaat.meta.io import generator_record
 from metaat.meta.lookahead import lookahead_loss
 from metaat.meta.rollout import attacker_rollout, input_gradient, route_ascent
-from metaat.meta.sampling import adaptive_probabilities, ema, sample_index, uniform
+from metaat.meta.sampling import adaptive_probabilities, ema, reweight, sample_index, uniform
 from metaat.threats import ThreatModel, default_step_size, project, random_init, steepest_ascent
 
 
@@ -74,6 +75,7 @@ class MetaATConfig(DefenseConfig):
     l1_sparsity: float = 0.99
     adaptive: bool = True
     adaptive_floor: float = 0.1
+    l1_weight: float = 1.0
     ema_decay: float = 0.9
     distill: float = 1.0
     consistency: float = 1.0
@@ -95,7 +97,7 @@ class MetaATConfig(DefenseConfig):
             )
         if self.pgd_every < 0:
             raise ValueError(f"metaat: pgd_every must be >= 0 (0 = never), got {self.pgd_every}")
-        for name in ("attacker_lr", "lookahead_lr", "adaptive_floor"):
+        for name in ("attacker_lr", "lookahead_lr", "adaptive_floor", "l1_weight"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"metaat: {name} must be > 0, got {getattr(self, name)}")
         if not 0 <= self.ema_decay < 1:
@@ -166,9 +168,11 @@ class MetaAT(Defense):
         """Sampling distribution over the training threats for the next batch."""
         cfg = self.config
         if not cfg.adaptive:
-            return uniform(len(self.threats))
-        acc = self.acc_pgd if cfg.pgd_every > 0 else self.acc_learned
-        return adaptive_probabilities(acc, cfg.adaptive_floor)
+            probs = uniform(len(self.threats))
+        else:
+            acc = self.acc_pgd if cfg.pgd_every > 0 else self.acc_learned
+            probs = adaptive_probabilities(acc, cfg.adaptive_floor)
+        return reweight(probs, [cfg.l1_weight if t.norm == "l1" else 1.0 for t in self.threats])
 
     # -- one batch ----------------------------------------------------------------------------
     def __call__(

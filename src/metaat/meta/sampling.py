@@ -32,6 +32,17 @@ def adaptive_probabilities(accuracy: list[float | None], floor: float = 0.1) -> 
     return [w / total for w in weights]
 
 
+def reweight(probs: list[float], weights: list[float]) -> list[float]:
+    """``p_i · w_i``, renormalised: a fixed prior on top of the uniform or adaptive distribution."""
+    if len(probs) != len(weights):
+        raise ValueError(f"{len(weights)} weights for {len(probs)} threats")
+    if any(w <= 0 for w in weights):
+        raise ValueError(f"weights must be > 0, got {weights}")
+    scaled = [p * w for p, w in zip(probs, weights, strict=True)]
+    total = sum(scaled)
+    return [s / total for s in scaled]
+
+
 def ema(old: float | None, new: float, decay: float) -> float:
     """Exponential moving average; the first value is taken as is."""
     return new if old is None else decay * old + (1 - decay) * new
