@@ -60,6 +60,13 @@ METHODS: dict[str, tuple[str, tuple[str, ...], dict[str, Any]]] = {
     "metaat-no-adaptive": ("metaat", ALL, {"adaptive": False}),
     "metaat-l1x2": ("metaat", ALL, {"l1_weight": 2.0}),  # L1 drawn about twice as often
     "metaat-pgd-start-l1x2": ("metaat", ALL, {"learned_start": False, "l1_weight": 2.0}),
+    # refinement steps spent where the few-step attack is weakest: L∞ 1, L2 3, L1 6 (about 6.5 passes)
+    "metaat-l1focus": ("metaat", ALL, {"refine_by_norm": {"linf": 1, "l2": 3, "l1": 6}}),
+    "metaat-pgd-start-l1focus": (
+        "metaat",
+        ALL,
+        {"learned_start": False, "refine_by_norm": {"linf": 1, "l2": 3, "l1": 6}},
+    ),
     "metaat-no-consistency": ("metaat", ALL, {"consistency": 0.0}),
     "metaat-no-distill": ("metaat", ALL, {"distill": 0.0}),
     "metaat+lookahead": ("metaat", ALL, {"lookahead": True}),

@@ -88,6 +88,9 @@ def test_defense_step_honours_the_contract(name: str, options: dict[str, Any]) -
         ("metaat", {"pgd_every": 0, "consistency": 0, "refine_steps": 0}, 2.0),
         ("metaat", {"refine_steps": 2}, 5.5),
         ("metaat", {"refine_steps": 2, "learned_start": False}, 5.5),
+        # per-norm refinement overrides refine_steps: 3/4 · (1 + 1 + 1 + 1) + 1/4 · 7
+        ("metaat", {"refine_by_norm": {"linf": 1, "l2": 1, "l1": 1}}, 4.75),
+        ("metaat", {"refine_by_norm": {"linf": 1, "l2": 1, "l1": 1}, "learned_start": False}, 4.75),
     ],
 )
 def test_passes_per_example(name: str, options: dict[str, Any], expected: float) -> None:
@@ -117,6 +120,12 @@ def test_threat_sampling_adapts_to_the_weakest_threat() -> None:
     assert uniform.threat_probabilities() == pytest.approx([1 / 3] * 3)  # type: ignore[attr-defined]
 
 
+def test_refine_by_norm_overrides_the_step_count_for_its_norms_only() -> None:
+    defense = defenses.create("metaat", list(THREATS), refine_steps=3, refine_by_norm={"l1": 6, "linf": 1})
+    steps = {t.norm: defense.refine_steps_for(t) for t in defense.threats}  # type: ignore[attr-defined]
+    assert steps == {"linf": 1, "l2": 3, "l1": 6}
+
+
 def test_l1_weight_scales_the_l1_share_on_top_of_either_sampler() -> None:
     l1 = [t.split(":")[0] for t in THREATS].index("l1")
     uniform = defenses.create("metaat", list(THREATS), adaptive=False, l1_weight=2.0)
@@ -136,6 +145,8 @@ def test_l1_weight_scales_the_l1_share_on_top_of_either_sampler() -> None:
         ("metaat", {"refine_steps": -1}, "refine_steps"),
         ("metaat", {"refine_step_size": 1.5}, "refine_step_size"),
         ("metaat", {"l1_weight": 0.0}, "l1_weight"),
+        ("metaat", {"refine_by_norm": {"l3": 1}}, "unknown norm 'l3'; valid norms: linf, l2, l1"),
+        ("metaat", {"refine_by_norm": {"l1": -1}}, "refine_by_norm"),
         ("mng", {"generator": "both"}, "source"),
         ("mat", {"meta_lr": 2.0}, "meta_lr"),
         ("l2l", {"steps": 0}, "steps"),

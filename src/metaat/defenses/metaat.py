@@ -6,9 +6,10 @@ Threat: several Lp threats (linf / l2 / l1), one per batch. Parts, each switchab
 * **learned warm start** (L2L, Jiang et al. 2021, threat-conditioned as in :mod:`metaat.meta`):
   one attacker for every threat takes ``attacker_steps`` learned steps from a random start (Wong
   et al. 2020); may start from a meta-pretrained attacker (``attacker_path``);
-* **refinement** (``refine_steps``; 0 = off): that many PGD steps of ``refine_step_size · eps``
-  continue from the attacker's output, and the attacker is taught to land where they ended
-  (``||δ_φ − δ_refined||² / ||δ_refined||²``, no extra pass). With ``refine_steps=0`` the attacker's
+* **refinement** (``refine_steps``; 0 = off; ``refine_by_norm``, e.g. ``{linf: 1, l1: 6}``, sets
+  it per norm, to spend the steps where the few-step attack is weakest): that many PGD steps of
+  ``refine_step_size · eps`` continue from the attacker's output, and the attacker is taught to
+  land where they ended (``||δ_φ − δ_refined||² / ||δ_refined||²``, no extra pass). With ``refine_steps=0`` the attacker's
   output is trained on directly and the attacker learns by gradient ascent on the classifier's own
   loss at no extra pass (the pure L2L inner max); ``learned_start=False`` replaces the learned
   steps by plain PGD steps at the same cost (the ablation that asks whether learning helps);
@@ -59,7 +60,7 @@ from metaat.meta.io import generator_record
 from metaat.meta.lookahead import lookahead_loss
 from metaat.meta.rollout import attacker_rollout, input_gradient, route_ascent
 from metaat.meta.sampling import adaptive_probabilities, ema, reweight, sample_index, uniform
-from metaat.threats import ThreatModel, default_step_size, project, random_init, steepest_ascent
+from metaat.threats import NORMS, ThreatModel, default_step_size, project, random_init, steepest_ascent
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,6 +83,7 @@ class MetaATConfig(DefenseConfig):
     lookahead: bool = False
     lookahead_lr: float = 0.01
     refine_steps: int = 3
+    refine_by_norm: dict[str, int] | None = None
     refine_step_size: float = 0.5
     learned_start: bool = True
 
@@ -91,6 +93,11 @@ class MetaATConfig(DefenseConfig):
                 raise ValueError(f"metaat: {name} must be >= 1, got {getattr(self, name)}")
         if self.refine_steps < 0:
             raise ValueError(f"metaat: refine_steps must be >= 0 (0 = off), got {self.refine_steps}")
+        for norm, steps in (self.refine_by_norm or {}).items():
+            if norm not in NORMS:
+                raise ValueError(f"metaat: refine_by_norm has unknown norm {norm!r}; valid norms: {', '.join(NORMS)}")
+            if not isinstance(steps, int) or steps < 0:
+                raise ValueError(f"metaat: refine_by_norm[{norm!r}] must be an integer >= 0, got {steps!r}")
         if not 0 < self.refine_step_size <= 1:
             raise ValueError(
                 f"metaat: refine_step_size must lie in (0, 1] (a fraction of eps), got {self.refine_step_size}"
@@ -174,6 +181,11 @@ class MetaAT(Defense):
             probs = adaptive_probabilities(acc, cfg.adaptive_floor)
         return reweight(probs, [cfg.l1_weight if t.norm == "l1" else 1.0 for t in self.threats])
 
+    def refine_steps_for(self, threat: ThreatModel) -> int:
+        """Refinement steps for a batch of ``threat``: ``refine_by_norm[norm]`` if given, else ``refine_steps``."""
+        by_norm = self.config.refine_by_norm or {}
+        return int(by_norm.get(threat.norm, self.config.refine_steps))
+
     # -- one batch ----------------------------------------------------------------------------
     def __call__(
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: TrainContext
@@ -198,15 +210,16 @@ class MetaAT(Defense):
                 passes += extra
             elif not cfg.learned_start:
                 # Ablation: the learned steps replaced by plain PGD steps, at the same cost.
-                steps = cfg.attacker_steps + cfg.refine_steps
+                steps = cfg.attacker_steps + self.refine_steps_for(threat)
                 x_adv = self._pgd_from(model, x, y, delta0, threat, steps)
                 passes += steps
             else:
                 delta = attacker_rollout(attacker, model, x, y, threat, delta0=delta0, steps=cfg.attacker_steps)
                 passes += cfg.attacker_steps
-                if cfg.refine_steps > 0:
-                    x_adv = self._refine(model, x, y, delta, threat, ctx, metrics)
-                    passes += cfg.refine_steps
+                refine = self.refine_steps_for(threat)
+                if refine > 0:
+                    x_adv = self._refine(model, x, y, delta, threat, refine, ctx, metrics)
+                    passes += refine
                 else:
                     # The classifier's backward also trains the attacker (gradient ascent, no extra pass).
                     x_adv = x + route_ascent(delta, opt, sync=ctx.sync_gradients)
@@ -237,12 +250,13 @@ class MetaAT(Defense):
         y: torch.Tensor,
         delta: torch.Tensor,
         threat: ThreatModel,
+        steps: int,
         ctx: TrainContext,
         metrics: dict[str, float],
     ) -> torch.Tensor:
-        """``refine_steps`` PGD steps of ``refine_step_size · eps`` from the attacker's output (a learned
+        """``steps`` PGD steps of ``refine_step_size · eps`` from the attacker's output (a learned
         warm start); the attacker is then taught to land where the refinement ended (no extra pass)."""
-        x_adv = self._pgd_from(model, x, y, delta.detach(), threat, self.config.refine_steps)
+        x_adv = self._pgd_from(model, x, y, delta.detach(), threat, steps)
         metrics["refine_distill"] = self._imitate(delta, x, x_adv, 1.0, ctx)
         return x_adv
 
