@@ -87,3 +87,24 @@ def test_unseen_summary_on_a_tiny_model() -> None:
     assert all(0.0 <= out[p] <= 1.0 for p in us.PARTS)
     assert abs(out["mean"] - sum(out[p] for p in us.PARTS) / 4) < 1e-12
     assert out["corruptions"] > 0  # mild corruptions leave an untrained model's argmax mostly intact
+
+
+def test_paired_delta_compares_with_the_best_target_baseline_on_shared_seeds_only() -> None:
+    mt = _module()
+    records = [
+        _record("max", 0, 0.50, None, ALL),
+        _record("max", 1, 0.46, None, ALL),
+        _record("sat", 0, 0.47, None, ALL),
+        _record("metaat", 0, 0.51, None, ALL),
+        _record("metaat", 1, 0.45, None, ALL),
+        _record("metaat", 2, 0.30, None, ALL),  # no max on seed 2: left out of the difference
+        _record("other", 5, 0.60, None, ALL),
+    ]
+    rows = mt.aggregate(records)
+    assert mt.reference_row(rows)["method"] == "max"  # best mean union among sat / avg / max / msd
+    md = mt.table(rows).splitlines()
+    assert md[0].endswith("| seeds | Δ union vs max (same seeds) |")
+    by_method = {line.split(" | ")[0][2:]: line for line in md[2:]}
+    assert by_method["metaat"].endswith("| 0, 1, 2 | +0.0 ± 1.4 (2) |")
+    assert by_method["sat"].endswith("| -3.0 (1) |")
+    assert by_method["max"].endswith("| – |") and by_method["other"].endswith("| – |")
