@@ -33,6 +33,8 @@ LINF, L2, L1 = "linf:0.1", "l2:1.5", "l1:10"
 UNSEEN_N = 200  # test points for the unseen-attack column (unseen_summary.py)
 ALL = (LINF, L2, L1)
 
+# The previous metaat default (until 2026-11-26): a learned attacker takes the first step, no L1 prior.
+V1: dict[str, Any] = {"learned_start": True, "l1_weight": 1.0}
 # method -> (defense, training threats, defense options)
 METHODS: dict[str, tuple[str, tuple[str, ...], dict[str, Any]]] = {
     "standard": ("standard", (LINF,), {}),
@@ -50,30 +52,28 @@ METHODS: dict[str, tuple[str, tuple[str, ...], dict[str, Any]]] = {
     "l2l": ("l2l", ALL, {}),
     "mat": ("mat", ALL, {}),
     "metaat": ("metaat", ALL, {}),
-    # ablations of metaat's recipe: each switches one part off, or one optional part on
-    "metaat-pgd-start": ("metaat", ALL, {"learned_start": False}),
-    "metaat-no-refine": ("metaat", ALL, {"refine_steps": 0}),
-    "metaat-refine2": ("metaat", ALL, {"refine_steps": 2}),
-    "metaat-refine4": ("metaat", ALL, {"refine_steps": 4}),
-    "metaat-extreme": ("metaat", (LINF, L1), {}),  # E-AT's choice: train on L∞ and L1 only
-    "metaat-no-pgd": ("metaat", ALL, {"pgd_every": 0}),
+    # ablations of metaat's default recipe: each switches one part off, or one optional part on
+    "metaat-learned": ("metaat", ALL, {"learned_start": True}),  # a learned attacker takes the first step
+    "metaat-no-l1-prior": ("metaat", ALL, {"l1_weight": 1.0}),
     "metaat-no-adaptive": ("metaat", ALL, {"adaptive": False}),
-    "metaat-l1x2": ("metaat", ALL, {"l1_weight": 2.0}),  # L1 drawn about twice as often
-    "metaat-pgd-start-l1x2": ("metaat", ALL, {"learned_start": False, "l1_weight": 2.0}),
-    # refinement steps spent where the few-step attack is weakest: L∞ 1, L2 3, L1 6 (about 6.5 passes)
-    "metaat-l1focus": ("metaat", ALL, {"refine_by_norm": {"linf": 1, "l2": 3, "l1": 6}}),
-    "metaat-pgd-start-l1focus": (
-        "metaat",
-        ALL,
-        {"learned_start": False, "refine_by_norm": {"linf": 1, "l2": 3, "l1": 6}},
-    ),
     "metaat-no-consistency": ("metaat", ALL, {"consistency": 0.0}),
-    "metaat-no-distill": ("metaat", ALL, {"distill": 0.0}),
-    "metaat+lookahead": ("metaat", ALL, {"lookahead": True}),
-    # the earlier recipe (no refinement) and its variants
-    "metaat-no-refine-no-pgd": ("metaat", ALL, {"refine_steps": 0, "pgd_every": 0}),
-    "metaat-no-refine-plain": ("metaat", ALL, {"refine_steps": 0, "distill": 0.0, "consistency": 0.0}),
-    "metaat-no-refine-pgd2": ("metaat", ALL, {"refine_steps": 0, "pgd_every": 2}),
+    "metaat-no-pgd": ("metaat", ALL, {"pgd_every": 0}),
+    "metaat-learned-no-distill": ("metaat", ALL, {"learned_start": True, "distill": 0.0}),
+    "metaat-learned+lookahead": ("metaat", ALL, {"learned_start": True, "lookahead": True}),
+    # v1: the previous default (learned warm start, no L1 prior) and the ablations run on it
+    "metaat-v1": ("metaat", ALL, V1),
+    "metaat-v1-no-refine": ("metaat", ALL, {**V1, "refine_steps": 0}),
+    "metaat-v1-refine2": ("metaat", ALL, {**V1, "refine_steps": 2}),
+    "metaat-v1-refine4": ("metaat", ALL, {**V1, "refine_steps": 4}),
+    "metaat-v1-extreme": ("metaat", (LINF, L1), V1),  # E-AT's choice: train on L∞ and L1 only
+    "metaat-v1-no-pgd": ("metaat", ALL, {**V1, "pgd_every": 0}),
+    "metaat-v1-no-adaptive": ("metaat", ALL, {**V1, "adaptive": False}),
+    "metaat-v1-no-consistency": ("metaat", ALL, {**V1, "consistency": 0.0}),
+    # refinement steps spent where the few-step attack is weakest: L∞ 1, L2 3, L1 6 (about 6.5 passes)
+    "metaat-v1-l1focus": ("metaat", ALL, {**V1, "refine_by_norm": {"linf": 1, "l2": 3, "l1": 6}}),
+    "metaat-v1-no-refine-no-pgd": ("metaat", ALL, {**V1, "refine_steps": 0, "pgd_every": 0}),
+    "metaat-v1-no-refine-plain": ("metaat", ALL, {**V1, "refine_steps": 0, "distill": 0.0, "consistency": 0.0}),
+    "metaat-v1-no-refine-pgd2": ("metaat", ALL, {**V1, "refine_steps": 0, "pgd_every": 2}),
 }
 QUICK_METHODS = ("standard", "pgd-linf", "sat", "metaat")
 

@@ -94,17 +94,21 @@ def test_paired_delta_compares_with_the_best_target_baseline_on_shared_seeds_onl
     records = [
         _record("max", 0, 0.50, None, ALL),
         _record("max", 1, 0.46, None, ALL),
+        _record("max", 2, 0.40, None, ALL),
         _record("sat", 0, 0.47, None, ALL),
         _record("metaat", 0, 0.51, None, ALL),
         _record("metaat", 1, 0.45, None, ALL),
-        _record("metaat", 2, 0.30, None, ALL),  # no max on seed 2: left out of the difference
+        _record("metaat", 2, 0.30, None, ALL),
+        _record("metaat", 3, 0.30, None, ALL),  # no max on seed 3: left out of the difference
         _record("other", 5, 0.60, None, ALL),
+        _record("msd", 0, 0.49, None, ALL),  # above max's 3-seed mean, below max on seed 0 alone
     ]
     rows = mt.aggregate(records)
-    assert mt.reference_row(rows)["method"] == "max"  # best mean union among sat / avg / max / msd
+    # best union among sat / avg / max / msd on the seeds all of them ran (seed 0 here)
+    assert mt.reference_row(rows)["method"] == "max"
     md = mt.table(rows).splitlines()
     assert md[0].endswith("| seeds | Δ union vs max (same seeds) |")
     by_method = {line.split(" | ")[0][2:]: line for line in md[2:]}
-    assert by_method["metaat"].endswith("| 0, 1, 2 | +0.0 ± 1.4 (2) |")
+    assert by_method["metaat"].endswith("| 0, 1, 2, 3 | -3.3 ± 5.9 (3) |")
     assert by_method["sat"].endswith("| -3.0 (1) |")
     assert by_method["max"].endswith("| – |") and by_method["other"].endswith("| – |")

@@ -28,12 +28,34 @@ CASES: list[tuple[str, dict[str, Any]]] = [
     ("l2l", {"steps": 2, "random_start": True, "clean_weight": 0.5}),
     ("mat", {}),
     ("mat", {"universal": False, "steps": 1}),
-    ("metaat", {}),
-    ("metaat", {"pgd_every": 2, "consistency": 1.0, "lookahead": True, "attacker_steps": 2, "refine_steps": 0}),
-    ("metaat", {"pgd_every": 0, "adaptive": False, "random_start": False, "consistency": 0, "refine_steps": 0}),
-    ("metaat", {"pgd_every": 1, "distill": 1.0, "pgd_steps": 1}),
-    ("metaat", {"refine_steps": 2, "pgd_every": 2}),
+    # metaat with its learned attacker switched on (the default recipe uses plain PGD steps instead)
+    ("metaat", {"learned_start": True}),
+    ("metaat", {"learned_start": True, "pgd_every": 2, "lookahead": True, "attacker_steps": 2, "refine_steps": 0}),
+    ("metaat", {"learned_start": True, "pgd_every": 0, "adaptive": False, "random_start": False, "consistency": 0}),
+    ("metaat", {"learned_start": True, "pgd_every": 1, "distill": 1.0, "pgd_steps": 1}),
+    ("metaat", {"learned_start": True, "refine_steps": 2, "pgd_every": 2}),
 ]
+
+
+def test_default_metaat_trains_without_a_learned_attacker() -> None:
+    """The default recipe (plain PGD steps): no generator to build, train or checkpoint; the loss
+    still reaches every model parameter and the input is left untouched."""
+    torch.manual_seed(0)
+    model = _tiny_model().train()
+    defense = defenses.create("metaat", list(THREATS), pgd_every=2)
+    defense.setup(model, torch.device("cpu"), 10, (1, 12, 12))
+    assert defense.modules() == {} and defense.optimizers() == {}
+    x, y = data.load("synthetic", "train", n=32)
+    x_copy = x.clone()
+    ctx = _ctx()
+    for _ in range(2):  # a refinement batch, then a PGD batch
+        loss, metrics = defense(model, x, y, ctx)
+        assert bool(torch.isfinite(loss)) and "distill" not in metrics
+        model.zero_grad()
+        loss.backward()
+        assert all(p.grad is not None for p in model.parameters())
+    assert torch.equal(x, x_copy) and "attacker" not in defense.state_dict()
+    json.dumps(defense.state_dict())
 
 
 def _tiny_model() -> nn.Module:
@@ -116,7 +138,7 @@ def test_threat_sampling_adapts_to_the_weakest_threat() -> None:
     defense.acc_pgd = [0.8, 0.5, 0.1]  # type: ignore[attr-defined]
     probs = defense.threat_probabilities()  # type: ignore[attr-defined]
     assert probs[2] > probs[1] > probs[0] > 0 and sum(probs) == pytest.approx(1)
-    uniform = defenses.create("metaat", list(THREATS), adaptive=False)
+    uniform = defenses.create("metaat", list(THREATS), adaptive=False, l1_weight=1.0)
     assert uniform.threat_probabilities() == pytest.approx([1 / 3] * 3)  # type: ignore[attr-defined]
 
 
@@ -141,7 +163,8 @@ def test_l1_weight_scales_the_l1_share_on_top_of_either_sampler() -> None:
     ("name", "options", "match"),
     [
         ("metaat", {"pgd_every": -1}, "pgd_every"),
-        ("metaat", {"lookahead": True, "pgd_every": 0}, "lookahead needs"),
+        ("metaat", {"lookahead": True, "pgd_every": 0, "learned_start": True}, "lookahead needs"),
+        ("metaat", {"lookahead": True}, "needs learned_start=true"),
         ("metaat", {"refine_steps": -1}, "refine_steps"),
         ("metaat", {"refine_step_size": 1.5}, "refine_step_size"),
         ("metaat", {"l1_weight": 0.0}, "l1_weight"),
@@ -191,14 +214,17 @@ def test_short_metaat_run_beats_standard_on_every_threat(tmp_path: Path) -> None
         key = f"robust/{threat}"
         assert meta.metrics["eval"][key] > standard.metrics["eval"][key] + 0.05, (key, meta.metrics, standard.metrics)
     assert meta.cost["passes_per_example"] < 6.5
-    # the run's attacker is an attack
-    atk = attacks.create("learned", threat=THREATS[0], path=str(tmp_path / "metaat"))
-    assert isinstance(atk.attacker, LearnedAttacker)  # type: ignore[attr-defined]
+    # the default recipe trains no generator: asking its run for a learned attack is a clear error
+    with pytest.raises(ValueError, match="has no generator"):
+        attacks.create("learned", threat=THREATS[0], path=str(tmp_path / "metaat"))
 
 
-@pytest.mark.parametrize("name", ["metaat", "mng", "mat"])
-def test_resume_is_exact(tmp_path: Path, name: str) -> None:
-    options = {"steps": 1} if name == "mng" else {}
+@pytest.mark.parametrize(
+    ("name", "options"),
+    [("metaat", {}), ("metaat", {"learned_start": True}), ("mng", {"steps": 1}), ("mat", {})],
+    ids=["metaat", "metaat-learned", "mng", "mat"],
+)
+def test_resume_is_exact(tmp_path: Path, name: str, options: dict[str, Any]) -> None:
     straight = _fit(name, tmp_path / "a", epochs=2, options=options, n=256, eval_n=0)
     _fit(name, tmp_path / "b", epochs=1, options=options, n=256, eval_n=0)
     from metaat.train import resume_run  # noqa: F401  (API presence)
@@ -217,9 +243,12 @@ def test_resume_is_exact(tmp_path: Path, name: str) -> None:
     for key, value in a.model_state.items():
         assert torch.equal(value, b.model_state[key]), key
     defense_keys = [k for k in a.tensors if k.startswith(("defense.", "optim.defense."))]
-    assert defense_keys
+    assert bool(defense_keys) == (options != {} or name != "metaat")  # generators/banks are checkpointed
     for key in defense_keys:
         assert torch.equal(a.tensors[key], b.tensors[key]), key
+    if options.get("learned_start"):  # the run's attacker is an attack
+        atk = attacks.create("learned", threat=THREATS[0], path=str(tmp_path / "a"))
+        assert isinstance(atk.attacker, LearnedAttacker)  # type: ignore[attr-defined]
     assert a.state["defense"]["state"] == b.state["defense"]["state"]
 
 
