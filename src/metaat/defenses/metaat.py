@@ -47,6 +47,7 @@ a plain PGD step of the same cost on any seed but one, which is why it is off by
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 import torch
@@ -98,7 +99,7 @@ class MetaATConfig(DefenseConfig):
         for norm, steps in (self.refine_by_norm or {}).items():
             if norm not in NORMS:
                 raise ValueError(f"metaat: refine_by_norm has unknown norm {norm!r}; valid norms: {', '.join(NORMS)}")
-            if not isinstance(steps, int) or steps < 0:
+            if not isinstance(steps, int) or isinstance(steps, bool) or steps < 0:
                 raise ValueError(f"metaat: refine_by_norm[{norm!r}] must be an integer >= 0, got {steps!r}")
         if not 0 < self.refine_step_size <= 1:
             raise ValueError(
@@ -107,7 +108,7 @@ class MetaATConfig(DefenseConfig):
         if self.pgd_every < 0:
             raise ValueError(f"metaat: pgd_every must be >= 0 (0 = never), got {self.pgd_every}")
         for name in ("attacker_lr", "lookahead_lr", "adaptive_floor", "l1_weight"):
-            if getattr(self, name) <= 0:
+            if not 0 < getattr(self, name) < math.inf:  # NaN fails too
                 raise ValueError(f"metaat: {name} must be > 0, got {getattr(self, name)}")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"metaat: ema_decay must lie in [0, 1), got {self.ema_decay}")
