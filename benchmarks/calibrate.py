@@ -4,9 +4,10 @@
 
 Reads the study's ``standard``, ``pgd-linf``, ``pgd-l2`` and ``pgd-l1`` runs (whichever exist, seed
 0), attacks each with the reference package's APGD-CE at a grid of radii per norm on the first
-``--n`` test points, and writes ``benchmarks/results/calibration.json`` (with the command) and
-``benchmarks/results/calibration.svg``. The rule that fixed the radii, and its evidence, are in
-``benchmarks/README.md``. Resumable: finished (model, norm, eps) cells are kept.
+``--n`` test points, and writes ``benchmarks/results/calibration.json`` (with the command),
+``benchmarks/results/calibration.svg`` and ``benchmarks/results/calibration_table.md``. The rule
+that fixed the radii, and its evidence, are in ``benchmarks/README.md``. Resumable: finished
+(model, norm, eps) cells are kept.
 """
 
 from __future__ import annotations
@@ -75,7 +76,27 @@ def main(argv: list[str] | None = None) -> int:
                 }
                 atomic_write_json(args.output, out)
     plot(cells, args.output.with_suffix(".svg"))
+    md = table(cells)
+    args.output.with_name(args.output.stem + "_table.md").write_text(md, encoding="utf-8")
+    print(md)
     return 0
+
+
+def table(cells: dict[str, dict[str, float]]) -> str:
+    """Robust accuracy (%) per model (rows) and threat (columns), as Markdown; ``–`` where not run."""
+    threats = [(norm, eps) for norm, grid in GRID.items() for eps in grid]
+    symbol = {"linf": "L∞", "l2": "L2", "l1": "L1"}
+    head = "| model | clean | " + " | ".join(f"{symbol[n]} {e:g}" for n, e in threats) + " |\n"
+    head += "|---|" + "---:|" * (len(threats) + 1) + "\n"
+    lines = []
+    for name in MODELS:
+        mine = {(c["norm"], c["eps"]): c for c in cells.values() if c["model"] == name}
+        if not mine:
+            continue
+        clean = next(iter(mine.values()))["clean"]
+        vals = [f"{100 * mine[t]['robust']:.1f}" if t in mine else "–" for t in threats]
+        lines.append(f"| {name} | {100 * clean:.1f} | " + " | ".join(vals) + " |")
+    return head + "\n".join(lines) + "\n"
 
 
 def plot(cells: dict[str, dict[str, float]], path: Path) -> None:

@@ -1,9 +1,11 @@
 """Turn the study records into the README's benchmark table and the cost-vs-robustness plot.
 
     python benchmarks/make_tables.py [--study fmnist_study] [--no-readme]
+    python benchmarks/make_tables.py --study fmnist_study --title "Full protocol" --study fmnist_small --title "Reduced"
 
 Reads ``benchmarks/results/<study>.json`` (one record per method and seed, written by
-``study.py``), aggregates mean ± std over seeds, and writes ``benchmarks/results/<study>_table.md``,
+``study.py``), aggregates mean ± std over seeds (headline records, ``--suite standard``, get a table
+of their own and are never averaged with the per-threat rows), and writes ``benchmarks/results/<study>_table.md``,
 ``benchmarks/results/<study>_union_vs_cost.svg`` and the README section between the
 ``benchmark:start`` / ``benchmark:end`` markers. Nothing here is typed by hand: every number comes
 from the records.
@@ -31,6 +33,40 @@ def mean_std(values: list[float], scale: float = 100.0, digits: int = 1) -> str:
     if len(vals) == 1:
         return f"{vals[0]:.{digits}f}"
     return f"{statistics.mean(vals):.{digits}f} ± {statistics.stdev(vals):.{digits}f}"
+
+
+def suite_of(record: dict[str, Any]) -> str:
+    return str(record.get("suite", "apgd"))
+
+
+def split_headline(records: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(per-threat study records, headline records): ``--suite standard`` records are the headline
+    protocol (full AutoAttack, usually ``--union-only``) and are never averaged with the study's
+    APGD-CE + APGD-T rows."""
+    study = [r for r in records if suite_of(r) != "standard"]
+    headline = [r for r in records if suite_of(r) == "standard"]
+    return study, headline
+
+
+def headline_table(headline: list[dict[str, Any]], study: list[dict[str, Any]]) -> str:
+    """One line per headline record, beside the same model's union under the study protocol."""
+    per_threat = {(r["method"], r["seed"], r["epochs"], r["n"]): r for r in study}
+    head = (
+        "| method | seed | clean | union, AutoAttack standard | union, APGD-CE + APGD-T (same model, same points) "
+        "| difference | test points | attacks |\n|---|---:|---:|---:|---:|---:|---:|---|\n"
+    )
+    lines = []
+    for r in sorted(headline, key=lambda r: (-r["robust"]["union"], r["method"], r["seed"])):
+        other = per_threat.get((r["method"], r["seed"], r["epochs"], r["n"]))
+        union = 100 * r["robust"]["union"]
+        ref = f"{100 * other['robust']['union']:.1f}" if other else "–"
+        diff = f"{union - 100 * other['robust']['union']:+.1f}" if other else "–"
+        mode = "union only" if (r.get("protocol") or {}).get("union_only") else "every threat"
+        lines.append(
+            f"| {r['method']} | {r['seed']} | {100 * r['clean']:.1f} | **{union:.1f}** | {ref} | {diff} | "
+            f"{r['n']:,} | standard ({mode}) |"
+        )
+    return head + "\n".join(lines) + "\n"
 
 
 def aggregate(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -179,30 +215,58 @@ def describe(records: list[dict[str, Any]]) -> str:
     )
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--study", default="fmnist_study")
-    p.add_argument("--no-readme", action="store_true")
-    args = p.parse_args(argv)
-    src = RESULTS / f"{args.study}.json"
-    records = json.loads(src.read_text(encoding="utf-8"))["records"]
+def section(study: str) -> tuple[str, str]:
+    """(the study's table as Markdown, its README text), and the table and plot files written."""
+    src = RESULTS / f"{study}.json"
+    records, headline = split_headline(json.loads(src.read_text(encoding="utf-8"))["records"])
     rows = aggregate(records)
     md = table(rows)
-    (RESULTS / f"{args.study}_table.md").write_text(md, encoding="utf-8")
-    svg = RESULTS / f"{args.study}_union_vs_cost.svg"
-    plot(rows, svg, f"{args.study}: union robust accuracy vs training cost")
+    if headline:
+        md += (
+            "\nHeadline protocol: the reference AutoAttack `standard` version (APGD-CE, APGD-T, FAB-T, "
+            "Square) per threat, beside the study protocol's number for the same model:\n\n"
+            + headline_table(headline, records)
+        )
+    (RESULTS / f"{study}_table.md").write_text(md, encoding="utf-8")
+    svg = RESULTS / f"{study}_union_vs_cost.svg"
+    plot(rows, svg, f"{study}: union robust accuracy vs training cost")
     text = (
-        f"{describe(records)}\n\n{md}\n![union robust accuracy vs cost]({svg.relative_to(ROOT)})\n\n"
-        f"Regenerate: `python benchmarks/make_tables.py --study {args.study}` (records: `{src.relative_to(ROOT)}`)."
+        f"{describe(records or headline)}\n\n{md}\n![union robust accuracy vs cost]({svg.relative_to(ROOT)})\n\n"
+        f"Regenerate: `python benchmarks/make_tables.py --study {study}` (records: `{src.relative_to(ROOT)}`)."
     )
+    return md, text
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument(
+        "--study",
+        action="append",
+        default=None,
+        help="a results name (repeat for several: each gets its own README subsection, in order)",
+    )
+    p.add_argument("--title", action="append", default=None, help="a heading per --study, in the same order")
+    p.add_argument("--no-readme", action="store_true")
+    args = p.parse_args(argv)
+    studies = args.study or ["fmnist_study"]
+    titles = args.title or []
+    if titles and len(titles) != len(studies):
+        p.error(f"{len(titles)} --title for {len(studies)} --study; give one per study or none")
+    parts = []
+    for i, study in enumerate(studies):
+        md, text = section(study)
+        print(md)
+        if len(studies) > 1 or titles:
+            title = titles[i] if titles else f"`{study}`"
+            text = f"### {title}\n\n{text}"
+        parts.append(text)
     if not args.no_readme:
         readme = ROOT / "README.md"
         body = readme.read_text(encoding="utf-8")
         if START in body and END in body:
             head, rest = body.split(START, 1)
             _, tail = rest.split(END, 1)
-            readme.write_text(f"{head}{START}\n{text}\n{END}{tail}", encoding="utf-8")
-    print(md)
+            readme.write_text(f"{head}{START}\n" + "\n\n".join(parts) + f"\n{END}{tail}", encoding="utf-8")
     return 0
 
 

@@ -112,3 +112,21 @@ def test_paired_delta_compares_with_the_best_target_baseline_on_shared_seeds_onl
     assert by_method["metaat"].endswith("| 0, 1, 2, 3 | -3.3 ± 5.9 (3) |")
     assert by_method["sat"].endswith("| -3.0 (1) |")
     assert by_method["max"].endswith("| – |") and by_method["other"].endswith("| – |")
+
+
+def test_headline_records_get_their_own_table_and_are_never_averaged() -> None:
+    mt = _module()
+    study = [_record("metaat", 0, 0.50, None, ALL), _record("max", 0, 0.48, None, ALL)]
+    for r in study:
+        r.update(suite="apgd", epochs=5, n=1000)
+    head = _record("metaat", 0, 0.47, None, ALL)
+    head.update(suite="standard", epochs=5, n=1000, protocol={"union_only": True})
+    lone = _record("msd", 1, 0.45, None, ALL)  # no study record for this model: no comparison
+    lone.update(suite="standard", epochs=5, n=1000, protocol={"union_only": False})
+    records, headline = mt.split_headline([*study, head, lone])
+    assert records == study and headline == [head, lone]
+    rows = mt.aggregate(records)
+    assert {r["method"]: r["union"] for r in rows}["metaat"] == [0.50]  # the headline 0.47 is not mixed in
+    lines = mt.headline_table(headline, records).splitlines()
+    assert lines[2] == "| metaat | 0 | 80.0 | **47.0** | 50.0 | -3.0 | 1,000 | standard (union only) |"
+    assert lines[3] == "| msd | 1 | 80.0 | **45.0** | – | – | 1,000 | standard (every threat) |"
