@@ -3,6 +3,7 @@
     python benchmarks/study.py                      # the full study (make bench), piece by piece
     python benchmarks/study.py --quick              # minutes: a few methods on a subset (make bench-quick)
     python benchmarks/study.py --methods pgd-linf,metaat --seeds 0,1 --epochs 5
+    python benchmarks/study.py --plan               # what is done, part-trained and left; runs nothing
 
 Each (method, seed) trains ``cnn-small`` under one schedule into ``benchmarks/runs/<study>/<method>/seed<k>``
 (killed runs resume from their last checkpoint), is evaluated with the reference package's
@@ -178,7 +179,8 @@ def run_one(method: str, seed: int, args: argparse.Namespace, study: str) -> dic
         "forward_per_example": cost.get("forward_per_example"),
         "backward_per_example": cost.get("backward_per_example"),
         "seconds_per_epoch": seconds / max(1, epochs),
-        "eval_seconds": result.timings.get("total_seconds"),
+        "eval_seconds": result.timings.get("total"),  # this process's share when the evaluation resumed
+        "eval_threat_seconds": result.timings.get("threats"),
         "train_wall_this_session": train_wall,
         "threads": torch.get_num_threads(),
         "hardware": hardware_summary(),
@@ -187,6 +189,74 @@ def run_one(method: str, seed: int, args: argparse.Namespace, study: str) -> dic
         "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
         "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+
+
+def progress(run_dir: Path) -> int:
+    """Epochs a run has finished (0 when it has not started)."""
+    metrics = run_dir / "metrics.jsonl"
+    if not metrics.is_file():
+        return 0
+    lines = metrics.read_text(encoding="utf-8").splitlines()
+    return sum(1 for line in lines if line.strip() and json.loads(line).get("type") == "epoch")
+
+
+def known_passes() -> dict[str, float]:
+    """Passes per example of each method, from any study's finished records (same options)."""
+    out: dict[str, float] = {}
+    for path in sorted(RESULTS.glob("*.json")):
+        try:
+            records = json.loads(path.read_text(encoding="utf-8")).get("records", [])
+        except (ValueError, AttributeError):
+            continue
+        for r in records if isinstance(records, list) else []:
+            if isinstance(r, dict) and r.get("passes_per_example") and r.get("method") in METHODS:
+                out.setdefault(r["method"], float(r["passes_per_example"]))
+    return out
+
+
+def seconds_per_pass_epoch() -> float | None:
+    """Median seconds per forward+backward pass over 60,000 images, from ``train_speed.json``
+    (measured side by side, 2 threads, quiet machine)."""
+    path = RESULTS / "train_speed.json"
+    if not path.is_file():
+        return None
+    rows = json.loads(path.read_text(encoding="utf-8")).get("results", [])
+    rates = sorted(r["seconds_per_60k_epoch"] / r["passes_per_example"] for r in rows if r.get("passes_per_example"))
+    return rates[len(rates) // 2] if rates else None
+
+
+def plan(methods: list[str], seeds: list[int], args: argparse.Namespace, study: str, done: set[Any]) -> str:
+    """What is finished, what is part-trained, and the training left, in pass-epochs and hours."""
+    passes = known_passes()
+    rate = seconds_per_pass_epoch()
+    scale = (args.train_subset or 60000) / 60000
+    lines = ["| method | seed | status | passes / example | training left (pass-epochs) |", "|---|---:|---|---:|---:|"]
+    total, unknown = 0.0, []
+    for method in methods:
+        for seed in seeds:
+            run_dir = RUNS / study / method / f"seed{seed}"
+            if (method, seed, args.epochs, args.train_subset, args.n, args.suite) in done:
+                status, left = "done", 0
+            elif (run_dir / "final").is_dir():
+                status, left = "trained, evaluation left", 0
+            else:
+                k = progress(run_dir)
+                status, left = (f"{k} of {args.epochs} epochs" if k else "not started"), args.epochs - k
+            pp = passes.get(method)
+            cost = pp * left * scale if pp is not None else None
+            if cost is None and left:
+                unknown.append(method)
+            total += cost or 0.0
+            shown = f"{pp:.2f}" if pp is not None else "?"
+            lines.append(
+                f"| {method} | {seed} | {status} | {shown} | {cost:.0f} |"
+                if cost is not None
+                else f"| {method} | {seed} | {status} | {shown} | ? |"
+            )
+    hours = f", about {total * rate / 3600:.1f} h at 2 threads (train_speed.json's median rate)" if rate else ""
+    note = f"; passes unknown for {', '.join(sorted(set(unknown)))}" if unknown else ""
+    lines.append(f"\ntraining left: {total:.0f} pass-epochs{hours}{note}; the evaluations come on top")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -202,6 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--study", default=None, help="results name (default fmnist_study, or fmnist_quick)")
     p.add_argument("--metaat-option", action="append", default=[], help="key=value for the metaat rows")
+    p.add_argument("--plan", action="store_true", help="print what is done and what is left, run nothing")
     args = p.parse_args(argv)
     import yaml
 
@@ -230,6 +301,9 @@ def main(argv: list[str] | None = None) -> int:
         return (r["method"], r["seed"], r["epochs"], r.get("train_subset"), r["n"], r["suite"])
 
     done = {key(r) for r in records}
+    if args.plan:
+        print(plan(methods, seeds, args, study, done))
+        return 0
     for method in methods:
         for seed in seeds:
             want = (method, seed, args.epochs, args.train_subset, args.n, args.suite)

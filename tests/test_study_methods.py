@@ -51,3 +51,30 @@ def test_unknown_method_lists_the_valid_ones(capsys: pytest.CaptureFixture[str])
         study.main(["--methods", "metaat,nope"])
     err = capsys.readouterr().err
     assert "unknown method(s) ['nope']" in err and "metaat-learned" in err
+
+
+def test_plan_reports_done_part_trained_and_the_training_left(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    study = _study()
+    results, runs = tmp_path / "results", tmp_path / "runs"
+    results.mkdir()
+    study.RESULTS, study.RUNS = results, runs
+    part = runs / "s" / "max" / "seed0"
+    part.mkdir(parents=True)
+    part.joinpath("metrics.jsonl").write_text('{"type": "epoch", "epoch": 1}\n{"type": "epoch", "epoch": 2}\n')
+    done = {"method": "sat", "seed": 0, "epochs": 5, "train_subset": None, "n": 1000, "suite": "apgd"}
+    records = [{**done, "passes_per_example": 11.0}, {**done, "method": "max", "seed": 9, "passes_per_example": 33.0}]
+    results.joinpath("s.json").write_text(json.dumps({"records": records}))
+    speed = {"results": [{"seconds_per_60k_epoch": 300.0, "passes_per_example": 10.0}]}
+    results.joinpath("train_speed.json").write_text(json.dumps(speed))
+    assert study.main(["--plan", "--study", "s", "--methods", "sat,max,metaat-learned+lookahead", "--seeds", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "| sat | 0 | done | 11.00 | 0 |" in out
+    assert "| max | 0 | 2 of 5 epochs | 33.00 | 99 |" in out  # 3 epochs left at 33 passes
+    assert "| metaat-learned+lookahead | 0 | not started | ? | ? |" in out
+    assert "training left: 99 pass-epochs, about 0.8 h at 2 threads" in out  # 99 x 30 s
+    assert "passes unknown for metaat-learned+lookahead" in out
+    assert not (runs / "s" / "sat").exists()  # --plan runs nothing
