@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import statistics
+import sys
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -230,10 +232,8 @@ def section(study: str) -> tuple[str, str]:
     (RESULTS / f"{study}_table.md").write_text(md, encoding="utf-8")
     svg = RESULTS / f"{study}_union_vs_cost.svg"
     plot(rows, svg, f"{study}: union robust accuracy vs training cost")
-    text = (
-        f"{describe(records or headline)}\n\n{md}\n![union robust accuracy vs cost]({svg.relative_to(ROOT)})\n\n"
-        f"Regenerate: `python benchmarks/make_tables.py --study {study}` (records: `{src.relative_to(ROOT)}`)."
-    )
+    figure = f"![union robust accuracy vs cost]({svg.relative_to(ROOT)})\n\n" if len(rows) > 1 else ""
+    text = f"{describe(records or headline)}\n\n{md}\n{figure}Records: `{src.relative_to(ROOT)}`."
     return md, text
 
 
@@ -260,6 +260,8 @@ def main(argv: list[str] | None = None) -> int:
             title = titles[i] if titles else f"`{study}`"
             text = f"### {title}\n\n{text}"
         parts.append(text)
+    command = "python benchmarks/make_tables.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+    parts.append(f"Regenerate this section: `{command.strip()}`.")
     if not args.no_readme:
         readme = ROOT / "README.md"
         body = readme.read_text(encoding="utf-8")
