@@ -196,8 +196,9 @@ def progress(run_dir: Path) -> int:
     metrics = run_dir / "metrics.jsonl"
     if not metrics.is_file():
         return 0
-    lines = metrics.read_text(encoding="utf-8").splitlines()
-    return sum(1 for line in lines if line.strip() and json.loads(line).get("type") == "epoch")
+    records = [json.loads(line) for line in metrics.read_text(encoding="utf-8").splitlines() if line.strip()]
+    # the highest epoch logged, so that an epoch logged twice around a resume counts once
+    return max((int(r.get("epoch", 0)) for r in records if r.get("type") == "epoch"), default=0)
 
 
 def known_passes() -> dict[str, float]:

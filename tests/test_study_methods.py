@@ -64,7 +64,9 @@ def test_plan_reports_done_part_trained_and_the_training_left(
     study.RESULTS, study.RUNS = results, runs
     part = runs / "s" / "max" / "seed0"
     part.mkdir(parents=True)
-    part.joinpath("metrics.jsonl").write_text('{"type": "epoch", "epoch": 1}\n{"type": "epoch", "epoch": 2}\n')
+    epochs = [1, 2, 2]  # epoch 2 logged twice around a resume counts once
+    lines = [f'{{"type": "epoch", "epoch": {e}}}' for e in epochs] + ['{"type": "step", "epoch": 3}']
+    part.joinpath("metrics.jsonl").write_text("\n".join(lines) + "\n")
     done = {"method": "sat", "seed": 0, "epochs": 5, "train_subset": None, "n": 1000, "suite": "apgd"}
     records = [{**done, "passes_per_example": 11.0}, {**done, "method": "max", "seed": 9, "passes_per_example": 33.0}]
     results.joinpath("s.json").write_text(json.dumps({"records": records}))
