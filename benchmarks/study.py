@@ -191,6 +191,17 @@ def run_one(method: str, seed: int, args: argparse.Namespace, study: str) -> dic
     }
 
 
+def record_key(r: dict[str, Any]) -> tuple[Any, ...]:
+    """What makes a record one piece of a study: the same key is never run twice."""
+    return (r["method"], r["seed"], r["epochs"], r.get("train_subset"), r["n"], r["suite"])
+
+
+def wanted_key(method: str, seed: int, args: argparse.Namespace) -> tuple[Any, ...]:
+    """The key of the record this invocation would write for (method, seed)."""
+    fields = {"epochs": args.epochs, "train_subset": args.train_subset, "n": args.n, "suite": args.suite}
+    return record_key({"method": method, "seed": seed, **fields})
+
+
 def progress(run_dir: Path) -> int:
     """Epochs a run has finished (0 when it has not started)."""
     metrics = run_dir / "metrics.jsonl"
@@ -236,7 +247,7 @@ def plan(methods: list[str], seeds: list[int], args: argparse.Namespace, study: 
     for method in methods:
         for seed in seeds:
             run_dir = RUNS / study / method / f"seed{seed}"
-            if (method, seed, args.epochs, args.train_subset, args.n, args.suite) in done:
+            if wanted_key(method, seed, args) in done:
                 status, left = "done", 0
             elif (run_dir / "final").is_dir():
                 status, left = "trained, evaluation left", 0
@@ -298,22 +309,19 @@ def main(argv: list[str] | None = None) -> int:
     out = RESULTS / f"{study}.json"
     records = load_records(out)
 
-    def key(r: dict[str, Any]) -> tuple[Any, ...]:
-        return (r["method"], r["seed"], r["epochs"], r.get("train_subset"), r["n"], r["suite"])
-
-    done = {key(r) for r in records}
+    done = {record_key(r) for r in records}
     if args.plan:
         print(plan(methods, seeds, args, study, done))
         return 0
     for method in methods:
         for seed in seeds:
-            want = (method, seed, args.epochs, args.train_subset, args.n, args.suite)
+            want = wanted_key(method, seed, args)
             if want in done:
                 print(f"[study] {method} seed {seed}: done, kept")
                 continue
             print(f"[study] {method} seed {seed}: training + evaluating ...", flush=True)
             record = run_one(method, seed, args, study)
-            records = [r for r in load_records(out) if key(r) != want] + [record]
+            records = [r for r in load_records(out) if record_key(r) != want] + [record]
             atomic_write_json(out, {"study": study, "records": records})
             rb = record["robust"]
             print(

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -45,11 +46,10 @@ def test_attack_speed_quick_run(tmp_path: Path) -> None:
         assert "not importable" in results["torchattacks"]["skipped"]
 
 
-def test_attack_speed_falls_back_to_random_images(monkeypatch: pytest.MonkeyPatch) -> None:
-    spec = importlib.util.spec_from_file_location("attack_speed", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+def test_attack_speed_falls_back_to_random_images(
+    monkeypatch: pytest.MonkeyPatch, load_benchmark: Callable[[str], ModuleType]
+) -> None:
+    module = load_benchmark("attack_speed")
 
     def missing(*args: object, **kwargs: object) -> None:
         raise FileNotFoundError("no fashion-mnist here")

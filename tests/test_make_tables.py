@@ -2,21 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
+from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "make_tables.py"
+Loader = Callable[[str], ModuleType]  # the load_benchmark fixture (conftest.py)
 ALL = ["linf:0.1", "l2:1.5", "l1:10"]
-
-
-def _module() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("make_tables", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _record(method: str, seed: int, union: float, unseen: float | None, threats: list[str]) -> dict[str, Any]:
@@ -34,8 +25,8 @@ def _record(method: str, seed: int, union: float, unseen: float | None, threats:
     return r
 
 
-def test_rows_aggregate_seeds_and_sort_by_union() -> None:
-    mt = _module()
+def test_rows_aggregate_seeds_and_sort_by_union(load_benchmark: Loader) -> None:
+    mt = load_benchmark("make_tables")
     records = [
         _record("a", 0, 0.40, 0.30, ALL),
         _record("a", 1, 0.44, None, ALL),
@@ -50,14 +41,14 @@ def test_rows_aggregate_seeds_and_sort_by_union() -> None:
     assert "**42.0 ± 2.8**" in md[3] and "| 30.0 |" in md[3] and md[3].endswith("| 0, 1 |")
 
 
-def test_unseen_column_is_a_dash_without_summaries() -> None:
-    mt = _module()
+def test_unseen_column_is_a_dash_without_summaries(load_benchmark: Loader) -> None:
+    mt = load_benchmark("make_tables")
     rows = mt.aggregate([_record("a", 0, 0.4, None, ALL)])
     assert "**40.0** | – |" in mt.table(rows)
 
 
-def test_train_threats_names_the_exceptions() -> None:
-    mt = _module()
+def test_train_threats_names_the_exceptions(load_benchmark: Loader) -> None:
+    mt = load_benchmark("make_tables")
     records = [
         _record("a", 0, 0.4, None, ALL),
         _record("c", 0, 0.4, None, ALL),
@@ -68,15 +59,12 @@ def test_train_threats_names_the_exceptions() -> None:
     assert mt._train_threats(records[:2]) == "methods train on linf:0.1, l2:1.5, l1:10"
 
 
-def test_unseen_summary_on_a_tiny_model() -> None:
+def test_unseen_summary_on_a_tiny_model(load_benchmark: Loader) -> None:
     import torch
 
     import metaat.models as models
 
-    spec = importlib.util.spec_from_file_location("unseen_summary", SCRIPT.parent / "unseen_summary.py")
-    assert spec is not None and spec.loader is not None
-    us = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(us)
+    us = load_benchmark("unseen_summary")
     torch.manual_seed(0)
     model = models.create("mlp", num_classes=10, in_channels=1, image_size=28).eval()
     x = torch.rand(12, 1, 28, 28)
@@ -89,8 +77,8 @@ def test_unseen_summary_on_a_tiny_model() -> None:
     assert out["corruptions"] > 0  # mild corruptions leave an untrained model's argmax mostly intact
 
 
-def test_paired_delta_compares_with_the_best_target_baseline_on_shared_seeds_only() -> None:
-    mt = _module()
+def test_paired_delta_compares_with_the_best_target_baseline_on_shared_seeds_only(load_benchmark: Loader) -> None:
+    mt = load_benchmark("make_tables")
     records = [
         _record("max", 0, 0.50, None, ALL),
         _record("max", 1, 0.46, None, ALL),
@@ -114,8 +102,8 @@ def test_paired_delta_compares_with_the_best_target_baseline_on_shared_seeds_onl
     assert by_method["max"].endswith("| – |") and by_method["other"].endswith("| – |")
 
 
-def test_headline_records_get_their_own_table_and_are_never_averaged() -> None:
-    mt = _module()
+def test_headline_records_get_their_own_table_and_are_never_averaged(load_benchmark: Loader) -> None:
+    mt = load_benchmark("make_tables")
     study = [_record("metaat", 0, 0.50, None, ALL), _record("max", 0, 0.48, None, ALL)]
     for r in study:
         r.update(suite="apgd", epochs=5, n=1000)

@@ -3,8 +3,8 @@ each current row exactly once (a typo would otherwise surface hours into the stu
 
 from __future__ import annotations
 
-import importlib.util
-import sys
+import json
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
@@ -13,31 +13,19 @@ import pytest
 import metaat.defenses as defenses
 from metaat.threats import parse_threats
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+Loader = Callable[[str], ModuleType]  # the load_benchmark fixture (conftest.py)
 
 
-def _study() -> ModuleType:
-    sys.path.insert(0, str(BENCH))  # study.py imports its sibling unseen_summary.py
-    try:
-        spec = importlib.util.spec_from_file_location("study", BENCH / "study.py")
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
-    finally:
-        sys.path.remove(str(BENCH))
-
-
-def test_every_row_builds_its_defense() -> None:
-    study = _study()
+def test_every_row_builds_its_defense(load_benchmark: Loader) -> None:
+    study = load_benchmark("study")
     for method, (name, threats, options) in study.METHODS.items():
         parse_threats(list(threats))
         defense = defenses.create(name, list(threats), **options)
         assert defense is not None, method
 
 
-def test_full_study_runs_each_current_row_once_in_priority_order() -> None:
-    study = _study()
+def test_full_study_runs_each_current_row_once_in_priority_order(load_benchmark: Loader) -> None:
+    study = load_benchmark("study")
     full = study.FULL_METHODS
     assert len(full) == len(set(full))
     assert set(full) == {m for m in study.METHODS if not m.startswith("metaat-v1")}
@@ -45,8 +33,8 @@ def test_full_study_runs_each_current_row_once_in_priority_order() -> None:
     assert full[0] == "metaat" and {"sat", "avg", "max", "msd"} <= set(study.PRIORITY)
 
 
-def test_unknown_method_lists_the_valid_ones(capsys: pytest.CaptureFixture[str]) -> None:
-    study = _study()
+def test_unknown_method_lists_the_valid_ones(load_benchmark: Loader, capsys: pytest.CaptureFixture[str]) -> None:
+    study = load_benchmark("study")
     with pytest.raises(SystemExit):
         study.main(["--methods", "metaat,nope"])
     err = capsys.readouterr().err
@@ -54,11 +42,9 @@ def test_unknown_method_lists_the_valid_ones(capsys: pytest.CaptureFixture[str])
 
 
 def test_plan_reports_done_part_trained_and_the_training_left(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    load_benchmark: Loader, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    import json
-
-    study = _study()
+    study = load_benchmark("study")
     results, runs = tmp_path / "results", tmp_path / "runs"
     results.mkdir()
     study.RESULTS, study.RUNS = results, runs
