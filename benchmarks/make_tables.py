@@ -252,6 +252,10 @@ def main(argv: list[str] | None = None) -> int:
     titles = args.title or []
     if titles and len(titles) != len(studies):
         p.error(f"{len(titles)} --title for {len(studies)} --study; give one per study or none")
+    missing = [s for s in studies if not (RESULTS / f"{s}.json").is_file()]
+    if missing:
+        known = sorted(f.stem for f in RESULTS.glob("*.json") if '"records"' in f.read_text(encoding="utf-8"))
+        p.error(f"no records for {', '.join(missing)} in {RESULTS}; studies with records: {', '.join(known) or 'none'}")
     parts = []
     for i, study in enumerate(studies):
         md, text = section(study)

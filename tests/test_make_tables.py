@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from types import ModuleType
 from typing import Any
+
+import pytest
 
 Loader = Callable[[str], ModuleType]  # the load_benchmark fixture (conftest.py)
 ALL = ["linf:0.1", "l2:1.5", "l1:10"]
@@ -118,3 +121,20 @@ def test_headline_records_get_their_own_table_and_are_never_averaged(load_benchm
     lines = mt.headline_table(headline, records).splitlines()
     assert lines[2] == "| metaat | 0 | 80.0 | **47.0** | 50.0 | -3.0 | 1,000 | standard (union only) |"
     assert lines[3] == "| msd | 1 | 80.0 | **45.0** | – | – | 1,000 | standard (every threat) |"
+
+
+def test_an_unknown_study_is_one_clear_error_and_the_readme_is_untouched(
+    load_benchmark: Loader, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    mt = load_benchmark("make_tables")
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "small.json").write_text('{"records": []}')
+    (tmp_path / "results" / "speed.json").write_text('{"results": []}')  # not a study
+    readme = tmp_path / "README.md"
+    readme.write_text(f"x\n{mt.START}\nold\n{mt.END}\n")
+    mt.ROOT, mt.RESULTS = tmp_path, tmp_path / "results"
+    with pytest.raises(SystemExit):
+        mt.main(["--study", "small", "--study", "nope"])
+    err = capsys.readouterr().err
+    assert "no records for nope" in err and "studies with records: small" in err
+    assert readme.read_text() == f"x\n{mt.START}\nold\n{mt.END}\n"
