@@ -117,7 +117,8 @@ def plot(cells: dict[str, dict[str, float]], path: Path) -> None:
     axes[0].set_ylabel("robust accuracy (%)")
     axes[-1].legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, metadata={"Date": None})
+    with plt.rc_context({"svg.hashsalt": "metaat"}):  # same curves, same bytes
+        fig.savefig(path, metadata={"Date": None})
     plt.close(fig)
 
 

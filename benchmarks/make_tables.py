@@ -164,7 +164,9 @@ def plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, metadata={"Date": None} if path.suffix == ".svg" else None)
+    # a fixed hash salt and no date: the same records give the same bytes, so git sees only real changes
+    with plt.rc_context({"svg.hashsalt": "metaat"}):
+        fig.savefig(path, metadata={"Date": None} if path.suffix == ".svg" else None)
     plt.close(fig)
 
 
@@ -184,6 +186,16 @@ def _unseen_points(records: list[dict[str, Any]]) -> str:
     """The unseen summaries' point counts, as recorded (``–`` when none has one yet)."""
     counts = sorted({r["unseen"]["n"] for r in records if r.get("unseen")})
     return " / ".join(f"{n:,}" for n in counts) or "–"
+
+
+def _hardware(records: list[dict[str, Any]]) -> str:
+    """The hardware most records ran on, and the records that ran elsewhere (e.g. with 2 threads), named."""
+    counts: dict[str, int] = {}
+    for r in records:
+        counts[r["hardware"]] = counts.get(r["hardware"], 0) + 1
+    main = max(counts, key=lambda h: counts[h])
+    others = [f"{r['method']} seed {r['seed']}: {r['hardware']}" for r in records if r["hardware"] != main]
+    return main + (f" (except {'; '.join(others)})" if others else "")
 
 
 def describe(records: list[dict[str, Any]]) -> str:
@@ -208,7 +220,7 @@ def describe(records: list[dict[str, Any]]) -> str:
         f"patch) on the first {_unseen_points(records)} test points (`benchmarks/unseen_summary.py`; "
         f"metaat's own attacks, "
         f"a secondary number; mean over the seeds that have one). Rows with one seed ran seed 0 only: "
-        f"compare rows on the same seeds. Hardware: {r0['hardware']}, "
+        f"compare rows on the same seeds. Hardware: {_hardware(records)}, "
         f"torch {r0['environment']['torch']}, metaat {r0['metaat_version']}; "
         f"seconds per epoch (of the images trained on) are "
         f"attack + update time measured while other jobs shared the machine (compare passes per example "

@@ -62,6 +62,16 @@ def test_train_threats_names_the_exceptions(load_benchmark: Loader) -> None:
     assert mt._train_threats(records[:2]) == "methods train on linf:0.1, l2:1.5, l1:10"
 
 
+def test_hardware_names_the_records_that_ran_elsewhere(load_benchmark: Loader) -> None:
+    mt = load_benchmark("make_tables")
+    records = [_record("a", 0, 0.4, None, ALL), _record("a", 1, 0.4, None, ALL), _record("b", 2, 0.4, None, ALL)]
+    for r, threads in zip(records, (1, 1, 2), strict=True):
+        r["hardware"] = f"x86_64, 2 cores, torch threads {threads}"
+    expected = "x86_64, 2 cores, torch threads 1 (except b seed 2: x86_64, 2 cores, torch threads 2)"
+    assert mt._hardware(records) == expected
+    assert mt._hardware(records[:2]) == "x86_64, 2 cores, torch threads 1"
+
+
 def test_unseen_summary_on_a_tiny_model(load_benchmark: Loader) -> None:
     import torch
 

@@ -1,0 +1,117 @@
+"""How much the per-epoch PGD-20 monitor flatters each model against the reference attacks.
+
+    python benchmarks/monitor_gap.py --study fmnist_small
+
+Every study run logs, after each epoch, metaat's own PGD-20 robust accuracy on 200 test points (its
+``metrics.jsonl``, ``eval.robust/<threat>``). The study record holds the reference package's number
+(APGD-CE + APGD-T) for the same final model on ``n`` points. This script puts them side by side for
+every record of ``benchmarks/results/<study>.json`` (headline ``suite: standard`` records left out)
+whose run directory is still on disk, and writes ``benchmarks/results/<study>_monitor_gap.json``:
+one row per (method, seed) with both numbers per threat and their difference (monitor − reference,
+in points), and the range of those differences per threat. Why it matters: a training-time monitor
+is not an evaluation, and this file says by how much.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+RUNS = HERE / "runs"
+KEYS = {"linf": "linf:0.1", "l2": "l2:1.5", "l1": "l1:10", "union": "union"}
+
+
+def last_monitor(metrics: Path) -> dict[str, Any] | None:
+    """The last epoch's ``eval`` block of a run's ``metrics.jsonl`` (None when no epoch logged one)."""
+    last = None
+    for line in metrics.read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            continue
+        row = json.loads(line)
+        if isinstance(row.get("eval"), dict) and "epoch" in row:
+            last = row
+    return last
+
+
+def gap_row(record: dict[str, Any], monitor: dict[str, Any]) -> dict[str, Any]:
+    """Monitor vs reference for one record, in percent; a threat the monitor did not log is left out."""
+    ev = monitor["eval"]
+    threats: dict[str, Any] = {}
+    for name, key in KEYS.items():
+        ref = record["robust"].get(name)
+        mon = ev.get(f"robust/{key}")
+        if ref is None or mon is None:
+            continue
+        threats[name] = {
+            "monitor": round(100 * mon, 2),
+            "reference": round(100 * ref, 2),
+            "gap": round(100 * (mon - ref), 2),
+        }
+    return {
+        "method": record["method"],
+        "seed": record["seed"],
+        "epoch": monitor["epoch"],
+        "monitor_n": int(ev.get("n", 0)),
+        "reference_n": record["n"],
+        "threats": threats,
+    }
+
+
+def summarise(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Per threat: the smallest, largest and median gap over the rows that have that threat."""
+    out: dict[str, dict[str, float]] = {}
+    for name in KEYS:
+        gaps = sorted(r["threats"][name]["gap"] for r in rows if name in r["threats"])
+        if gaps:
+            mid = len(gaps) // 2
+            median = gaps[mid] if len(gaps) % 2 else (gaps[mid - 1] + gaps[mid]) / 2
+            out[name] = {"min": gaps[0], "max": gaps[-1], "median": round(median, 2), "runs": len(gaps)}
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--study", default="fmnist_small")
+    args = parser.parse_args(argv)
+    src = RESULTS / f"{args.study}.json"
+    if not src.is_file():
+        have = sorted(p.stem for p in RESULTS.glob("*.json"))
+        print(f"no records for study {args.study!r} ({src}); results here: {', '.join(have)}", file=sys.stderr)
+        return 2
+    records = [r for r in json.loads(src.read_text(encoding="utf-8"))["records"] if r.get("suite") != "standard"]
+    rows, missing = [], []
+    for r in records:
+        metrics = RUNS / args.study / r["method"] / f"seed{r['seed']}" / "metrics.jsonl"
+        monitor = last_monitor(metrics) if metrics.is_file() else None
+        if monitor is None:
+            missing.append(f"{r['method']} seed {r['seed']}")
+            continue
+        rows.append(gap_row(r, monitor))
+    out = {
+        "study": args.study,
+        "what": "monitor (metaat PGD-20, last epoch) minus reference (APGD-CE + APGD-T), percentage points",
+        "summary": summarise(rows),
+        "rows": rows,
+        "runs_missing": missing,
+        "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    dst = RESULTS / f"{args.study}_monitor_gap.json"
+    dst.write_text(json.dumps(out, indent=1) + "\n", encoding="utf-8")
+    for name, s in out["summary"].items():
+        print(f"{name:6s} gap {s['min']:+.1f} .. {s['max']:+.1f} points (median {s['median']:+.1f}, {s['runs']} runs)")
+    if missing:
+        print(f"no run on disk for: {', '.join(missing)}")
+    print(f"wrote {dst}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
