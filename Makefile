@@ -9,6 +9,8 @@ PIP := $(PY) -m pip
 TORCH_SPEC ?= torch==2.13.0
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 THREADS ?= 2
+# make bench: study workers sharing the list (each claims one (method, seed) at a time), 1 thread each
+WORKERS ?= 2
 
 .PHONY: setup data test-deps test lint demo bench-deps bench-quick bench bench-speed bench-pgd bench-eval-cost clean
 
@@ -62,7 +64,8 @@ bench-quick: setup data
 	$(PY) benchmarks/study.py --quick --threads $(THREADS)
 
 bench: setup data
-	$(PY) benchmarks/study.py --threads $(THREADS)
+	@pids=""; for i in $$(seq $(WORKERS)); do $(PY) benchmarks/study.py --threads 1 & pids="$$pids $$!"; sleep 2; done; \
+	rc=0; for p in $$pids; do wait $$p || rc=1; done; exit $$rc
 
 bench-pgd: setup data
 	$(PY) benchmarks/pgd_at.py --threads $(THREADS)

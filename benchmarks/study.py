@@ -4,6 +4,7 @@
     python benchmarks/study.py --quick              # minutes: a few methods on a subset (make bench-quick)
     python benchmarks/study.py --methods pgd-linf,metaat --seeds 0,1 --epochs 5
     python benchmarks/study.py --plan               # what is done, part-trained and left; runs nothing
+    python benchmarks/study.py --threads 1 & python benchmarks/study.py --threads 1   # two workers
 
 Each (method, seed) trains ``cnn-small`` under one schedule into ``benchmarks/runs/<study>/<method>/seed<k>``
 (killed runs resume from their last checkpoint), is evaluated with the reference package's
@@ -11,16 +12,24 @@ APGD-CE + APGD-T per threat (``--suite apgd``; ``--suite standard`` for headline
 first ``--n`` test points, and appends one record to ``benchmarks/results/<study>.json`` as soon
 as it finishes. Finished records are kept; rerunning skips them. ``make_tables.py`` turns the
 records into the README's table and plot.
+
+Several processes can work through the same list on one machine: each (method, seed) is claimed
+with an exclusive ``flock`` on ``runs/<study>/<method>/seed<k>.lock`` (a claimed piece is skipped by
+the others; the lock goes when its process ends, however it ends), and the records file is
+rewritten under ``runs/<study>/records.lock``, so no worker's record can overwrite another's.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import json
 import os
 import shlex
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +98,38 @@ def atomic_write_json(path: Path, data: Any) -> None:
     tmp = path.with_suffix(f"{path.suffix}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def claimed(path: Path, wait: bool = True) -> Iterator[bool]:
+    """Hold an exclusive ``flock`` on ``path`` for the block; yields False at once when another process
+    holds it and ``wait`` is False. The kernel drops the lock when the holder exits, killed or not."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+", encoding="utf-8") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def is_claimed(path: Path) -> bool:
+    """Whether another process holds ``path``'s lock now (creates nothing)."""
+    if not path.is_file():
+        return False
+    with claimed(path, wait=False) as free:
+        return not free
+
+
+def add_record(out: Path, study: str, record: dict[str, Any]) -> None:
+    """Append ``record`` (replacing one with its key) under the study's records lock."""
+    with claimed(RUNS / study / "records.lock"):
+        records = [r for r in load_records(out) if record_key(r) != record_key(record)] + [record]
+        atomic_write_json(out, {"study": study, "records": records})
 
 
 def load_records(path: Path) -> list[dict[str, Any]]:
@@ -247,13 +288,17 @@ def plan(methods: list[str], seeds: list[int], args: argparse.Namespace, study: 
     for method in methods:
         for seed in seeds:
             run_dir = RUNS / study / method / f"seed{seed}"
+            running = is_claimed(RUNS / study / method / f"seed{seed}.lock")
             if wanted_key(method, seed, args) in done:
                 status, left = "done", 0
+            elif running and (run_dir / "final").is_dir():
+                status, left = "evaluating now", 0
             elif (run_dir / "final").is_dir():
                 status, left = "trained, evaluation left", 0
             else:
                 k = progress(run_dir)
                 status, left = (f"{k} of {args.epochs} epochs" if k else "not started"), args.epochs - k
+                status += ", training now" if running else ""
             pp = passes.get(method)
             cost = pp * left * scale if pp is not None else None
             if cost is None and left:
@@ -319,10 +364,16 @@ def main(argv: list[str] | None = None) -> int:
             if want in done:
                 print(f"[study] {method} seed {seed}: done, kept")
                 continue
-            print(f"[study] {method} seed {seed}: training + evaluating ...", flush=True)
-            record = run_one(method, seed, args, study)
-            records = [r for r in load_records(out) if record_key(r) != want] + [record]
-            atomic_write_json(out, {"study": study, "records": records})
+            with claimed(RUNS / study / method / f"seed{seed}.lock", wait=False) as mine:
+                if not mine:
+                    print(f"[study] {method} seed {seed}: running in another process, skipped", flush=True)
+                    continue
+                if want in {record_key(r) for r in load_records(out)}:  # finished by another worker meanwhile
+                    print(f"[study] {method} seed {seed}: done, kept")
+                    continue
+                print(f"[study] {method} seed {seed}: training + evaluating ...", flush=True)
+                record = run_one(method, seed, args, study)
+                add_record(out, study, record)
             rb = record["robust"]
             print(
                 f"[study] {method} seed {seed}: clean {record['clean']:.3f} linf {rb['linf']:.3f} "

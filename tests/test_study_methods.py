@@ -66,3 +66,49 @@ def test_plan_reports_done_part_trained_and_the_training_left(
     assert "training left: 99 pass-epochs, about 0.8 h at 2 threads" in out  # 99 x 30 s
     assert "passes unknown for metaat-learned+lookahead" in out
     assert not (runs / "s" / "sat").exists()  # --plan runs nothing
+
+
+def test_a_piece_claimed_by_another_worker_is_skipped_and_shown_as_running(
+    load_benchmark: Loader, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    study = load_benchmark("study")
+    study.RESULTS, study.RUNS = tmp_path / "results", tmp_path / "runs"
+
+    def never(*_: object) -> None:
+        raise AssertionError("a claimed piece must not run twice")
+
+    study.run_one = never
+    with study.claimed(study.RUNS / "s" / "max" / "seed0.lock") as mine:  # "another worker" holds it
+        assert mine
+        assert study.main(["--study", "s", "--methods", "max", "--seeds", "0"]) == 0
+        assert "max seed 0: running in another process, skipped" in capsys.readouterr().out
+        assert study.main(["--plan", "--study", "s", "--methods", "max", "--seeds", "0"]) == 0
+        assert "| max | 0 | not started, training now |" in capsys.readouterr().out
+    assert not study.is_claimed(study.RUNS / "s" / "max" / "seed0.lock")  # released with its holder
+
+
+def test_workers_appending_records_at_once_lose_none(load_benchmark: Loader, tmp_path: Path) -> None:
+    import multiprocessing
+
+    study = load_benchmark("study")
+    study.RESULTS, study.RUNS = tmp_path / "results", tmp_path / "runs"
+    study.RESULTS.mkdir()
+    out = study.RESULTS / "s.json"
+    base = {"epochs": 5, "train_subset": None, "n": 1000, "suite": "apgd"}
+
+    def worker(method: str) -> None:
+        for seed in range(25):
+            study.add_record(out, "s", {**base, "method": method, "seed": seed})
+
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=worker, args=(m,)) for m in ("a", "b", "c")]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    records = study.load_records(out)
+    assert sorted((r["method"], r["seed"]) for r in records) == [(m, s) for m in "abc" for s in range(25)]
+    study.add_record(out, "s", {**base, "method": "a", "seed": 0, "clean": 0.5})  # same key: replaced
+    again = study.load_records(out)
+    assert len(again) == 75 and [r.get("clean") for r in again if (r["method"], r["seed"]) == ("a", 0)] == [0.5]
