@@ -198,6 +198,14 @@ def _hardware(records: list[dict[str, Any]]) -> str:
     return main + (f" (except {'; '.join(others)})" if others else "")
 
 
+def _points(r: dict[str, Any]) -> str:
+    """Which test points a record was scored on."""
+    start = int(r.get("test_start", 0))
+    if not start:
+        return f"the first {r['n']:,} test points"
+    return f"test points {start:,}–{start + r['n'] - 1:,} (held out from every tuning run, probe and monitor)"
+
+
 def describe(records: list[dict[str, Any]]) -> str:
     r0 = records[0]
     subset = r0.get("train_subset")
@@ -213,11 +221,11 @@ def describe(records: list[dict[str, Any]]) -> str:
     epochs = sorted({r["epochs"] for r in records})
     return (
         f"`cnn-small` on Fashion-MNIST, {data}, {', '.join(map(str, epochs))} epoch(s), batch 128, Adam one-cycle; "
-        f"robust accuracy on the first {r0['n']:,} test points under {'; '.join(protocol[s] for s in suites)}; "
+        f"robust accuracy on {_points(r0)} under {'; '.join(protocol[s] for s in suites)}; "
         f"union = per-example AND over L∞ 0.1, L2 1.5, L1 10; {_train_threats(records)}. "
         f"Unseen = mean of four attacks no method trained on "
         f"(PGD-20 at twice each radius, rotation ±15° / translation ±2 px, common corruptions, a universal "
-        f"patch) on the first {_unseen_points(records)} test points (`benchmarks/unseen_summary.py`; "
+        f"patch) on the first {_unseen_points(records)} of those points (`benchmarks/unseen_summary.py`; "
         f"metaat's own attacks, "
         f"a secondary number; mean over the seeds that have one). Rows with one seed ran seed 0 only: "
         f"compare rows on the same seeds. Hardware: {_hardware(records)}, "
@@ -232,7 +240,9 @@ def describe(records: list[dict[str, Any]]) -> str:
 def section(study: str) -> tuple[str, str]:
     """(the study's table as Markdown, its README text), and the table and plot files written."""
     src = RESULTS / f"{study}.json"
-    records, headline = split_headline(json.loads(src.read_text(encoding="utf-8"))["records"])
+    every = json.loads(src.read_text(encoding="utf-8"))["records"]
+    kept = [r for r in every if not r.get("superseded")]  # kept in the JSON with the reason, not shown
+    records, headline = split_headline(kept)
     rows = aggregate(records)
     md = table(rows)
     if headline:
@@ -245,7 +255,10 @@ def section(study: str) -> tuple[str, str]:
     svg = RESULTS / f"{study}_union_vs_cost.svg"
     plot(rows, svg, f"{study}: union robust accuracy vs training cost")
     figure = f"![union robust accuracy vs cost]({svg.relative_to(ROOT)})\n\n" if len(rows) > 1 else ""
-    text = f"{describe(records or headline)}\n\n{md}\n{figure}Records: `{src.relative_to(ROOT)}`."
+    gone = len(every) - len(kept)
+    note = f" ({gone} superseded record(s) stay in that file, each saying why, and are not shown.)" if gone else ""
+    head = describe(records or headline) if kept else "No record on the current protocol yet."
+    text = f"{head}\n\n{md}\n{figure}Records: `{src.relative_to(ROOT)}`.{note}"
     return md, text
 
 

@@ -5,11 +5,14 @@
 Every study run logs, after each epoch, metaat's own PGD-20 robust accuracy on 200 test points (its
 ``metrics.jsonl``, ``eval.robust/<threat>``). The study record holds the reference package's number
 (APGD-CE + APGD-T) for the same final model on ``n`` points. This script puts them side by side for
-every record of ``benchmarks/results/<study>.json`` (headline ``suite: standard`` records left out)
+every record of ``benchmarks/results/<study>.json`` (headline ``suite: standard`` and superseded records
+left out)
 whose run directory is still on disk, and writes ``benchmarks/results/<study>_monitor_gap.json``:
 one row per (method, seed) with both numbers per threat and their difference (monitor − reference,
-in points), and the range of those differences per threat. Why it matters: a training-time monitor
-is not an evaluation, and this file says by how much.
+in points), and the range of those differences per threat. The monitor reads the first 200 test
+points; the full protocol's records score test points 9,000-9,999, so there the gap also holds the
+difference between two samples of points. Why it matters: a training-time monitor is not an
+evaluation, and this file says by how much.
 """
 
 from __future__ import annotations
@@ -85,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
         have = sorted(p.stem for p in RESULTS.glob("*.json"))
         print(f"no records for study {args.study!r} ({src}); results here: {', '.join(have)}", file=sys.stderr)
         return 2
-    records = [r for r in json.loads(src.read_text(encoding="utf-8"))["records"] if r.get("suite") != "standard"]
+    every = json.loads(src.read_text(encoding="utf-8"))["records"]
+    records = [r for r in every if r.get("suite") != "standard" and not r.get("superseded")]
     rows, missing = [], []
     for r in records:
         metrics = RUNS / args.study / r["method"] / f"seed{r['seed']}" / "metrics.jsonl"

@@ -133,25 +133,34 @@ def test_msd_example_lies_in_the_union_and_beats_each_single_step(batch: tuple[t
         assert float(ce(model(x_adv), y)) > float(ce(model(x), y))
 
 
-def test_eat_sampling_favours_the_weakest_threat_and_its_state_round_trips() -> None:
-    # Croce & Hein's rule for two threats: p_1 = r_2 / (r_1 + r_2).
-    p = threat_probabilities([0.2, 0.6], floor=0.01)
-    assert p.tolist() == pytest.approx([0.75, 0.25])
-    assert threat_probabilities([0.0, 0.5], floor=0.01)[0] > 0.9
+def test_eat_sampling_follows_the_authors_law_and_its_state_round_trips() -> None:
+    # uniform until every threat has been attacked, then p_i ∝ 1 − acc_i (fra31/robust-finetuning)
+    assert threat_probabilities([5.0, 0.0], [10.0, 0.0]).tolist() == pytest.approx([0.5, 0.5])
+    assert threat_probabilities([20.0, 60.0], [100.0, 100.0]).tolist() == pytest.approx([0.8 / 1.2, 0.4 / 1.2])
+    assert threat_probabilities([10.0, 10.0], [10.0, 10.0]).tolist() == pytest.approx([0.5, 0.5])  # all robust
     eat = defenses.create("eat", ["linf:0.1", "l1:10"])
-    eat.running_acc = [0.3, 0.9]  # type: ignore[attr-defined]
+    eat.robust, eat.seen = [30.0, 90.0], [100.0, 100.0]  # type: ignore[attr-defined]
     other = defenses.create("eat", ["linf:0.1", "l1:10"])
     other.load_state_dict(eat.state_dict())
-    assert other.running_acc == [0.3, 0.9]  # type: ignore[attr-defined]
+    assert (other.robust, other.seen) == ([30.0, 90.0], [100.0, 100.0])  # type: ignore[attr-defined]
     with pytest.raises(ValueError, match="saved state is for threats"):
         defenses.create("eat", ["linf:0.1", "l2:1"]).load_state_dict(eat.state_dict())
+    with pytest.raises(ValueError, match="earlier E-AT sampling law"):
+        other.load_state_dict({"threats": ["linf:0.1", "l1:10"], "running_acc": [0.5, 0.5]})
 
 
-def test_eat_picks_the_weak_threat_more_often(batch: tuple[torch.Tensor, torch.Tensor]) -> None:
+def test_eat_averages_over_all_batches_since_the_start_and_picks_the_weak_threat_more_often(
+    batch: tuple[torch.Tensor, torch.Tensor],
+) -> None:
     x, y = batch
     model = models.create("mlp", 10, 1, 12)
-    eat = EAT(["linf:0.1", "l1:10"], steps=1, momentum=0.999)  # the running accuracies barely move
-    eat.running_acc = [0.1, 0.9]
+    eat = EAT(["linf:0.1", "l1:10"], steps=1)
+    eat.robust, eat.seen = [1000.0, 9000.0], [10000.0, 10000.0]  # a long history: acc 0.1 vs 0.9
     ctx = make_ctx(("linf:0.1", "l1:10"))
-    picks = [eat(model, x[:8], y[:8], ctx)[1]["picked/linf:0.1"] for _ in range(40)]
+    picks = []
+    for _ in range(40):
+        _, metrics = eat(model, x[:8], y[:8], ctx)
+        picks.append(metrics["picked/linf:0.1"])
     assert sum(picks) > 28  # expected 36 of 40
+    assert sum(eat.seen) == 20000 + 40 * 8  # every attacked example counted, none forgotten
+    assert 0.0 <= metrics["robust_acc/linf:0.1"] <= 1.0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
@@ -148,3 +149,23 @@ def test_an_unknown_study_is_one_clear_error_and_the_readme_is_untouched(
     err = capsys.readouterr().err
     assert "no records for nope" in err and "studies with records: small" in err
     assert readme.read_text() == f"x\n{mt.START}\nold\n{mt.END}\n"
+
+
+def test_superseded_records_are_kept_but_not_shown_and_the_test_slice_is_named(
+    load_benchmark: Loader, tmp_path: Path
+) -> None:
+    mt = load_benchmark("make_tables")
+    mt.RESULTS, mt.ROOT = tmp_path / "benchmarks" / "results", tmp_path
+    mt.RESULTS.mkdir(parents=True)
+    env = {"torch": "2.13.0+cpu", "pyautoattack": "0.2.0"}
+    common = {"epochs": 5, "n": 1000, "suite": "apgd", "hardware": "x86_64", "environment": env}
+    common |= {"metaat_version": "0.1.0", "command": "python benchmarks/study.py"}
+    new = {**_record("a", 0, 0.5, None, ALL), **common, "test_start": 9000}
+    old = {**_record("a", 0, 0.3, None, ALL), **common, "superseded": "scored on tuning points"}
+    mt.RESULTS.joinpath("s.json").write_text(json.dumps({"records": [old, new]}))
+    md, text = mt.section("s")
+    assert "**50.0**" in md and "**30.0**" not in md  # the superseded row is not averaged in
+    assert "test points 9,000–9,999 (held out" in text
+    assert "1 superseded record(s) stay in that file" in text
+    mt.RESULTS.joinpath("t.json").write_text(json.dumps({"records": [old]}))
+    assert mt.section("t")[1].startswith("No record on the current protocol yet.")

@@ -112,3 +112,37 @@ def test_workers_appending_records_at_once_lose_none(load_benchmark: Loader, tmp
     study.add_record(out, "s", {**base, "method": "a", "seed": 0, "clean": 0.5})  # same key: replaced
     again = study.load_records(out)
     assert len(again) == 75 and [r.get("clean") for r in again if (r["method"], r["seed"]) == ("a", 0)] == [0.5]
+
+
+def test_the_full_study_scores_held_out_test_points_and_older_slices_are_not_done(
+    load_benchmark: Loader, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    study = load_benchmark("study")
+    study.RESULTS, study.RUNS = tmp_path / "results", tmp_path / "runs"
+    study.RESULTS.mkdir()
+    old = {"method": "sat", "seed": 0, "epochs": 5, "train_subset": None, "n": 1000, "suite": "apgd"}
+    study.RESULTS.joinpath("fmnist_study.json").write_text(json.dumps({"records": [old]}))
+    args = ["--plan", "--methods", "sat", "--seeds", "0"]
+    assert study.main(args) == 0  # fmnist_study: test points 9,000-9,999, so the 0-999 record is not this piece
+    assert "| sat | 0 | not started |" in capsys.readouterr().out
+    assert study.main([*args, "--test-start", "0"]) == 0
+    assert "| sat | 0 | done |" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        study.main([*args, "--test-start", "9500"])  # 9,500 + 1,000 points run past the test set
+    assert "the test points must lie in 0..9999" in capsys.readouterr().err
+
+
+def test_a_superseded_record_is_not_done_and_is_kept_beside_its_replacement(
+    load_benchmark: Loader, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    study = load_benchmark("study")
+    study.RESULTS, study.RUNS = tmp_path / "results", tmp_path / "runs"
+    study.RESULTS.mkdir()
+    key = {"method": "eat", "seed": 0, "epochs": 5, "train_subset": None, "n": 1000, "suite": "apgd"}
+    old = {**key, "clean": 0.1, "superseded": "an earlier sampling law"}
+    out = study.RESULTS / "s.json"
+    out.write_text(json.dumps({"records": [old]}))
+    assert study.main(["--plan", "--study", "s", "--methods", "eat", "--seeds", "0"]) == 0
+    assert "| eat | 0 | not started |" in capsys.readouterr().out
+    study.add_record(out, "s", {**key, "clean": 0.8})
+    assert [r.get("clean") for r in study.load_records(out)] == [0.1, 0.8]
