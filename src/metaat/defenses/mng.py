@@ -14,9 +14,17 @@ Threat: several Lp threats (linf / l2 / l1); each batch trains against one, draw
    and augmented points (the paper's classification loss over all three kinds of input).
 
 Options: ``generator`` — ``input`` (paper: the generator sees ``x`` and noise) or ``noise``
-(released code: noise only); ``beta``; ``lookahead_lr`` (η; set it near the classifier's lr);
+(released code: noise only); ``beta`` (12, the released code's ``--js_weight``); ``lookahead_lr`` (η; set it near the classifier's lr);
 ``generator_lr`` (Adam); ``steps`` / ``step_size`` (PGD); ``meta_every`` (meta-update on every
 m-th batch only, to save cost).
+
+Where this differs from the released code (divyam3897/MNG_AC, ``train_MNG.py``), on purpose: the
+look-ahead step η is a fixed ``lookahead_lr`` (the released code reuses the classifier's scheduled
+SGD rate; the benchmark's classifier uses Adam, which has no such rate); the generator trains with
+Adam like every other learned part here (released: SGD with the classifier's schedule); its noise
+is projected into the threat's ball ∩ box (released: L2 noise rescaled onto the sphere, L∞ clipped,
+L1 projected); and PGD takes the same K steps for every norm (released: 20 at L1), as every
+benchmark row does.
 
 Cost per example and batch: ``steps`` (PGD) + 2.5 (look-ahead: inner forward+backward, outer
 forward+backward and the second-order backward through the inner gradient, as the training
@@ -48,7 +56,7 @@ class MNGConfig(DefenseConfig):
     steps: int = 10
     step_size: float | None = None
     l1_sparsity: float = 0.99
-    beta: float = 6.0
+    beta: float = 12.0  # the released code's --js_weight default
     all_ce: bool = False
     generator: str = "input"
     hidden: int = 32
