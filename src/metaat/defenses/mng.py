@@ -14,9 +14,9 @@ Threat: several Lp threats (linf / l2 / l1); each batch trains against one, draw
    and augmented points (the paper's classification loss over all three kinds of input).
 
 Options: ``generator`` — ``input`` (paper: the generator sees ``x`` and noise) or ``noise``
-(released code: noise only); ``beta`` (12, the released code's ``--js_weight``); ``lookahead_lr`` (η; set it near the classifier's lr);
-``generator_lr`` (Adam); ``steps`` / ``step_size`` (PGD); ``meta_every`` (meta-update on every
-m-th batch only, to save cost).
+(released code: noise only); ``beta`` (12, the released code's ``--js_weight``); ``lookahead_lr``
+(η; set it near the classifier's lr); ``generator_lr`` (Adam); ``steps`` / ``step_size`` (PGD);
+``meta_every`` (meta-update on every m-th batch only, to save cost).
 
 Where this differs from the released code (divyam3897/MNG_AC, ``train_MNG.py``), on purpose: the
 look-ahead step η is a fixed ``lookahead_lr`` (the released code reuses the classifier's scheduled
