@@ -237,23 +237,24 @@ def describe(records: list[dict[str, Any]]) -> str:
     )
 
 
-def section(study: str) -> tuple[str, str]:
-    """(the study's table as Markdown, its README text), and the table and plot files written."""
+def section(study: str, write: bool = True) -> tuple[str, str]:
+    """(the study's table as Markdown, its README text); with ``write``, the table and plot files too."""
     src = RESULTS / f"{study}.json"
     every = json.loads(src.read_text(encoding="utf-8"))["records"]
     kept = [r for r in every if not r.get("superseded")]  # kept in the JSON with the reason, not shown
     records, headline = split_headline(kept)
     rows = aggregate(records)
-    md = table(rows)
+    md = table(rows) if rows else ""
     if headline:
         md += (
             "\nHeadline protocol: the reference AutoAttack `standard` version (APGD-CE, APGD-T, FAB-T, "
             "Square) per threat, beside the study protocol's number for the same model:\n\n"
             + headline_table(headline, records)
         )
-    (RESULTS / f"{study}_table.md").write_text(md, encoding="utf-8")
     svg = RESULTS / f"{study}_union_vs_cost.svg"
-    plot(rows, svg, f"{study}: union robust accuracy vs training cost")
+    if write:
+        (RESULTS / f"{study}_table.md").write_text(md, encoding="utf-8")
+        plot(rows, svg, f"{study}: union robust accuracy vs training cost")
     figure = f"![union robust accuracy vs cost]({svg.relative_to(ROOT)})\n\n" if len(rows) > 1 else ""
     gone = len(every) - len(kept)
     note = f" ({gone} superseded record(s) stay in that file, each saying why, and are not shown.)" if gone else ""
@@ -272,6 +273,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--title", action="append", default=None, help="a heading per --study, in the same order")
     p.add_argument("--no-readme", action="store_true")
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="write nothing; exit 1 when the README's section differs from what the records give",
+    )
     args = p.parse_args(argv)
     studies = args.study or ["fmnist_study"]
     titles = args.title or []
@@ -283,21 +289,40 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"no records for {', '.join(missing)} in {RESULTS}; studies with records: {', '.join(known) or 'none'}")
     parts = []
     for i, study in enumerate(studies):
-        md, text = section(study)
-        print(md)
+        md, text = section(study, write=not args.check)
+        if not args.check:
+            print(md)
         if len(studies) > 1 or titles:
             title = titles[i] if titles else f"`{study}`"
             text = f"### {title}\n\n{text}"
         parts.append(text)
-    command = "python benchmarks/make_tables.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+    shown = [a for a in (sys.argv[1:] if argv is None else argv) if a != "--check"]
+    command = "python benchmarks/make_tables.py " + " ".join(shlex.quote(a) for a in shown)
     parts.append(f"Regenerate this section: `{command.strip()}`.")
+    block = "\n\n".join(parts)
+    readme = ROOT / "README.md"
+    body = readme.read_text(encoding="utf-8") if readme.is_file() else ""
+    if START not in body or END not in body:
+        if args.check:
+            print(f"{readme} has no {START} ... {END} section", file=sys.stderr)
+            return 1
+        return 0
+    head, rest = body.split(START, 1)
+    current, tail = rest.split(END, 1)
+    if args.check:
+        if current.strip() == block.strip():
+            print("README's benchmark section matches the records")
+            return 0
+        old, new = current.strip().splitlines(), block.strip().splitlines()
+        diff = [f"- {a}\n+ {b}" for a, b in zip(old, new, strict=False) if a != b][:3]
+        print(
+            f"README's benchmark section differs from the records ({len(old)} vs {len(new)} lines); first "
+            f"differences:\n" + "\n".join(d[:400] for d in diff) + f"\nrun: {command.strip()}",
+            file=sys.stderr,
+        )
+        return 1
     if not args.no_readme:
-        readme = ROOT / "README.md"
-        body = readme.read_text(encoding="utf-8")
-        if START in body and END in body:
-            head, rest = body.split(START, 1)
-            _, tail = rest.split(END, 1)
-            readme.write_text(f"{head}{START}\n" + "\n\n".join(parts) + f"\n{END}{tail}", encoding="utf-8")
+        readme.write_text(f"{head}{START}\n{block}\n{END}{tail}", encoding="utf-8")
     return 0
 
 

@@ -169,3 +169,37 @@ def test_superseded_records_are_kept_but_not_shown_and_the_test_slice_is_named(
     assert "1 superseded record(s) stay in that file" in text
     mt.RESULTS.joinpath("t.json").write_text(json.dumps({"records": [old]}))
     assert mt.section("t")[1].startswith("No record on the current protocol yet.")
+
+
+def test_the_readme_benchmark_section_is_what_the_records_give(load_benchmark: Loader) -> None:
+    """Every number in the README's benchmark section comes from benchmarks/results/: regenerating
+    it with the command the section names changes nothing (a record added or edited without
+    rerunning make_tables.py fails here)."""
+    import re
+    import shlex
+
+    mt = load_benchmark("make_tables")
+    readme = (mt.ROOT / "README.md").read_text(encoding="utf-8")
+    found = re.search(r"Regenerate this section: `python benchmarks/make_tables.py ([^`]*)`", readme)
+    assert found, "the README's benchmark section names no regenerate command"
+    assert mt.main([*shlex.split(found.group(1)), "--check"]) == 0
+
+
+def test_check_reports_a_stale_section_and_writes_nothing(
+    load_benchmark: Loader, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    mt = load_benchmark("make_tables")
+    mt.RESULTS, mt.ROOT = tmp_path / "benchmarks" / "results", tmp_path
+    mt.RESULTS.mkdir(parents=True)
+    env = {"torch": "2.13.0+cpu", "pyautoattack": "0.2.0"}
+    rec = {**_record("a", 0, 0.5, None, ALL), "epochs": 5, "n": 1000, "suite": "apgd", "hardware": "x86_64"}
+    rec |= {"environment": env, "metaat_version": "0.1.0", "command": "python benchmarks/study.py"}
+    mt.RESULTS.joinpath("s.json").write_text(json.dumps({"records": [rec]}))
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{mt.START}\nold table\n{mt.END}\noutro\n")
+    assert mt.main(["--study", "s", "--check"]) == 1
+    assert "differs from the records" in capsys.readouterr().err
+    assert "old table" in readme.read_text() and not (mt.RESULTS / "s_table.md").exists()
+    assert mt.main(["--study", "s"]) == 0  # regenerate
+    assert mt.main(["--study", "s", "--check"]) == 0
+    assert readme.read_text().startswith("intro\n") and readme.read_text().endswith("outro\n")
