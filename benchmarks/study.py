@@ -66,6 +66,9 @@ METHODS: dict[str, tuple[str, tuple[str, ...], dict[str, Any]]] = {
     "mng": ("mng", ALL, {}),
     "l2l": ("l2l", ALL, {}),
     "mat": ("mat", ALL, {}),
+    # a fairness control: SAT with metaat's L1 prior (L1 drawn twice as often), to tell that prior
+    # from the rest of metaat's recipe
+    "sat-l1x2": ("sat", ALL, {"weights": [1.0, 1.0, 2.0]}),
     "metaat": ("metaat", ALL, {}),
     # ablations of metaat's default recipe: each switches one part off, or one optional part on
     "metaat-learned": ("metaat", ALL, {"learned_start": True}),  # a learned attacker takes the first step

@@ -164,3 +164,17 @@ def test_eat_averages_over_all_batches_since_the_start_and_picks_the_weak_threat
     assert sum(picks) > 28  # expected 36 of 40
     assert sum(eat.seen) == 20000 + 40 * 8  # every attacked example counted, none forgotten
     assert 0.0 <= metrics["robust_acc/linf:0.1"] <= 1.0
+
+
+def test_sat_weights_skew_the_draw_and_bad_weights_are_clear_errors(batch: tuple[torch.Tensor, torch.Tensor]) -> None:
+    x, y = batch
+    model = models.create("mlp", 10, 1, 12)
+    sat = defenses.create("sat", ["linf:0.1", "l1:10"], steps=1, weights=[1, 9])
+    ctx = make_ctx(("linf:0.1", "l1:10"))
+    picks = [sat(model, x[:8], y[:8], ctx)[1]["picked/l1:10"] for _ in range(40)]
+    assert sum(picks) > 28  # expected 36 of 40
+    for bad in ([1.0, 0.0], [1.0, float("nan")], [1.0, True], "two"):
+        with pytest.raises(ValueError, match="defense sat: weights must"):
+            defenses.create("sat", ["linf:0.1", "l1:10"], weights=bad)
+    with pytest.raises(ValueError, match="weights has 3 value.*2 threats"):
+        defenses.create("sat", ["linf:0.1", "l1:10"], weights=[1, 1, 2])
