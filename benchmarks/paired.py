@@ -1,0 +1,134 @@
+"""Paired comparison of two methods on the same test points: who is robust where the other is not.
+
+    python benchmarks/paired.py --study fmnist_study --reference max
+
+Two rows' union accuracies on the same 1,000 points are not independent samples, so their
+difference is best judged point by point. For every record of ``benchmarks/results/<study>.json``
+(``suite: apgd``, not superseded) whose reference row ran the same seed, this reads both runs'
+evaluation state files (``runs/<study>/<method>/seed<k>/eval-apgd-<n>[-from<start>].state.json``,
+the per-point robust flags the evaluation wrote as it went), rebuilds each point's union flag
+(clean-correct and robust under every threat), checks that it reproduces the record's union, and
+counts the points robust under both, under only one, under neither. The exact two-sided McNemar
+test on the discordant points says how likely a gap that large is if the two were equally robust.
+Writes ``benchmarks/results/<study>_paired.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+RUNS = HERE / "runs"
+
+
+def union_flags(state: dict[str, Any], threats: list[str]) -> list[bool]:
+    """Per test point: clean-correct and robust under every threat (full mode: each threat attacks
+    every clean-correct point, in chunks, in order)."""
+    clean = [c == "1" for c in state["clean"]]
+    pending = [i for i, ok in enumerate(clean) if ok]
+    robust = list(clean)
+    for threat in threats:
+        chunks = state["threats"][threat]["chunks"]
+        flags = "".join(chunks[str(k)] for k in range(len(chunks)))
+        if len(flags) != len(pending):
+            raise ValueError(f"{threat}: {len(flags)} flags for {len(pending)} clean-correct points (unfinished?)")
+        for i, f in zip(pending, flags, strict=True):
+            robust[i] = robust[i] and f == "1"
+    return robust
+
+
+def mcnemar_exact(b: int, c: int) -> float:
+    """Two-sided exact McNemar p-value: the discordant counts ``b`` and ``c`` under Binomial(b+c, 1/2)."""
+    n, k = b + c, min(b, c)
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2**n
+    return min(1.0, 2 * tail)
+
+
+def compare(a: list[bool], ref: list[bool]) -> dict[str, Any]:
+    """Counts of the four cells and the paired difference (a − ref) in points, with its test."""
+    both = sum(x and y for x, y in zip(a, ref, strict=True))
+    only_a = sum(x and not y for x, y in zip(a, ref, strict=True))
+    only_ref = sum(y and not x for x, y in zip(a, ref, strict=True))
+    n = len(a)
+    return {
+        "n": n,
+        "both": both,
+        "only_method": only_a,
+        "only_reference": only_ref,
+        "neither": n - both - only_a - only_ref,
+        "difference_points": round(100 * (only_a - only_ref) / n, 2),
+        "mcnemar_p": round(mcnemar_exact(only_a, only_ref), 4),
+    }
+
+
+def state_path(study: str, r: dict[str, Any]) -> Path:
+    start = int(r.get("test_start", 0))
+    tag = f"-from{start}" if start else ""
+    return RUNS / study / r["method"] / f"seed{r['seed']}" / f"eval-apgd-{r['n']}{tag}.state.json"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--study", default="fmnist_study")
+    parser.add_argument("--reference", default="max", help="the row every other row is compared with")
+    args = parser.parse_args(argv)
+    src = RESULTS / f"{args.study}.json"
+    if not src.is_file():
+        have = sorted(p.stem for p in RESULTS.glob("*.json"))
+        print(f"no records for study {args.study!r} ({src}); results here: {', '.join(have)}", file=sys.stderr)
+        return 2
+    records = [
+        r
+        for r in json.loads(src.read_text(encoding="utf-8"))["records"]
+        if r.get("suite") == "apgd" and not r.get("superseded")
+    ]
+    flags: dict[tuple[str, int], list[bool]] = {}
+    skipped = []
+    for r in records:
+        path = state_path(args.study, r)
+        if not path.is_file():
+            skipped.append(f"{r['method']} seed {r['seed']}: no state file")
+            continue
+        state = json.loads(path.read_text(encoding="utf-8"))
+        union = union_flags(state, list(state["fingerprint"]["threats"]))
+        if abs(sum(union) / len(union) - r["robust"]["union"]) > 1e-9:
+            raise ValueError(f"{r['method']} seed {r['seed']}: the state's union differs from the record's")
+        flags[(r["method"], r["seed"])] = union
+    rows = []
+    for (method, seed), union in sorted(flags.items()):
+        ref = flags.get((args.reference, seed))
+        if method == args.reference or ref is None:
+            continue
+        rows.append({"method": method, "reference": args.reference, "seed": seed, **compare(union, ref)})
+    out = {
+        "study": args.study,
+        "what": "per-point union robustness of each row against the reference row on the same seed and points",
+        "rows": rows,
+        "skipped": skipped,
+        "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    dst = RESULTS / f"{args.study}_paired.json"
+    dst.write_text(json.dumps(out, indent=1) + "\n", encoding="utf-8")
+    for row in rows:
+        print(
+            f"{row['method']} vs {row['reference']} seed {row['seed']}: {row['difference_points']:+.1f} points "
+            f"(only {row['method']} {row['only_method']}, only {row['reference']} {row['only_reference']} "
+            f"of {row['n']}; McNemar p = {row['mcnemar_p']:.4f})"
+        )
+    print(f"wrote {dst}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

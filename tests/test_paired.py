@@ -1,0 +1,36 @@
+"""benchmarks/paired.py: per-point union flags rebuilt from evaluation state files, and McNemar's test."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from types import ModuleType
+
+import pytest
+
+Loader = Callable[[str], ModuleType]  # the load_benchmark fixture (conftest.py)
+
+
+def test_union_flags_need_clean_and_every_threat(load_benchmark: Loader) -> None:
+    paired = load_benchmark("paired")
+    # 6 points, points 1 and 4 misclassified clean; the 4 clean-correct ones attacked in chunks of 3
+    state = {
+        "clean": "101101",
+        "threats": {"a": {"chunks": {"0": "111", "1": "0"}}, "b": {"chunks": {"0": "101", "1": "1"}}},
+    }
+    assert paired.union_flags(state, ["a", "b"]) == [True, False, False, True, False, False]
+    assert paired.union_flags(state, ["b"]) == [True, False, False, True, False, True]
+    state["threats"]["a"]["chunks"].pop("1")  # an unfinished evaluation is refused, not guessed
+    with pytest.raises(ValueError, match="3 flags for 4 clean-correct points"):
+        paired.union_flags(state, ["a"])
+
+
+def test_mcnemar_exact_and_the_four_cells(load_benchmark: Loader) -> None:
+    paired = load_benchmark("paired")
+    assert paired.mcnemar_exact(0, 5) == pytest.approx(2 / 32)
+    assert paired.mcnemar_exact(3, 3) == 1.0 and paired.mcnemar_exact(0, 0) == 1.0
+    assert paired.mcnemar_exact(7, 46) < 1e-6
+    a = [True, True, False, False, True]
+    ref = [True, False, True, True, False]
+    cells = paired.compare(a, ref)
+    assert (cells["both"], cells["only_method"], cells["only_reference"], cells["neither"]) == (1, 2, 2, 0)
+    assert cells["difference_points"] == 0.0 and cells["mcnemar_p"] == 1.0
