@@ -79,17 +79,34 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     return out
 
 
+def study_records(study: str) -> list[dict[str, Any]] | None:
+    """The study's per-threat records (headline ``suite: standard`` and superseded ones left out);
+    None, after one line on stderr naming the studies that do have records, when it has none."""
+    src = RESULTS / f"{study}.json"
+    if not src.is_file():
+        have = sorted(p.stem for p in RESULTS.glob("*.json") if '"records"' in p.read_text(encoding="utf-8"))
+        print(f"no records for study {study!r} ({src}); studies with records: {', '.join(have)}", file=sys.stderr)
+        return None
+    every = json.loads(src.read_text(encoding="utf-8"))["records"]
+    return [r for r in every if r.get("suite") != "standard" and not r.get("superseded")]
+
+
+def write_result(name: str, out: dict[str, Any]) -> Path:
+    """Write ``results/<name>.json`` with the command that produced it and when."""
+    out = {**out, "command": "python " + " ".join(shlex.quote(a) for a in sys.argv)}
+    out["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    dst = RESULTS / f"{name}.json"
+    dst.write_text(json.dumps(out, indent=1) + "\n", encoding="utf-8")
+    return dst
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--study", default="fmnist_small")
     args = parser.parse_args(argv)
-    src = RESULTS / f"{args.study}.json"
-    if not src.is_file():
-        have = sorted(p.stem for p in RESULTS.glob("*.json"))
-        print(f"no records for study {args.study!r} ({src}); results here: {', '.join(have)}", file=sys.stderr)
+    records = study_records(args.study)
+    if records is None:
         return 2
-    every = json.loads(src.read_text(encoding="utf-8"))["records"]
-    records = [r for r in every if r.get("suite") != "standard" and not r.get("superseded")]
     rows, missing = [], []
     for r in records:
         metrics = RUNS / args.study / r["method"] / f"seed{r['seed']}" / "metrics.jsonl"
@@ -104,11 +121,8 @@ def main(argv: list[str] | None = None) -> int:
         "summary": summarise(rows),
         "rows": rows,
         "runs_missing": missing,
-        "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
-        "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    dst = RESULTS / f"{args.study}_monitor_gap.json"
-    dst.write_text(json.dumps(out, indent=1) + "\n", encoding="utf-8")
+    dst = write_result(f"{args.study}_monitor_gap", out)
     for name, s in out["summary"].items():
         print(f"{name:6s} gap {s['min']:+.1f} .. {s['max']:+.1f} points (median {s['median']:+.1f}, {s['runs']} runs)")
     if missing:

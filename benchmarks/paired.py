@@ -18,11 +18,10 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import shlex
-import sys
-import time
 from pathlib import Path
 from typing import Any
+
+from monitor_gap import study_records, write_result  # benchmarks/ is on the path when run as a script
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -82,16 +81,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--study", default="fmnist_study")
     parser.add_argument("--reference", default="max", help="the row every other row is compared with")
     args = parser.parse_args(argv)
-    src = RESULTS / f"{args.study}.json"
-    if not src.is_file():
-        have = sorted(p.stem for p in RESULTS.glob("*.json"))
-        print(f"no records for study {args.study!r} ({src}); results here: {', '.join(have)}", file=sys.stderr)
+    found = study_records(args.study)
+    if found is None:
         return 2
-    records = [
-        r
-        for r in json.loads(src.read_text(encoding="utf-8"))["records"]
-        if r.get("suite") == "apgd" and not r.get("superseded")
-    ]
+    records = [r for r in found if r.get("suite") == "apgd"]
     flags: dict[tuple[str, int], list[bool]] = {}
     skipped = []
     for r in records:
@@ -115,11 +108,8 @@ def main(argv: list[str] | None = None) -> int:
         "what": "per-point union robustness of each row against the reference row on the same seed and points",
         "rows": rows,
         "skipped": skipped,
-        "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
-        "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    dst = RESULTS / f"{args.study}_paired.json"
-    dst.write_text(json.dumps(out, indent=1) + "\n", encoding="utf-8")
+    dst = write_result(f"{args.study}_paired", out)
     for row in rows:
         print(
             f"{row['method']} vs {row['reference']} seed {row['seed']}: {row['difference_points']:+.1f} points "

@@ -34,3 +34,10 @@ def test_mcnemar_exact_and_the_four_cells(load_benchmark: Loader) -> None:
     cells = paired.compare(a, ref)
     assert (cells["both"], cells["only_method"], cells["only_reference"], cells["neither"]) == (1, 2, 2, 0)
     assert cells["difference_points"] == 0.0 and cells["mcnemar_p"] == 1.0
+
+
+def test_an_unknown_study_is_one_clear_error(load_benchmark: Loader, capsys: pytest.CaptureFixture[str]) -> None:
+    paired = load_benchmark("paired")
+    assert paired.main(["--study", "no_such_study"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "no_such_study" in err and "fmnist_study" in err
