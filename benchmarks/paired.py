@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from monitor_gap import study_records, write_result  # benchmarks/ is on the path when run as a script
+from study import eval_state_path
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -71,9 +72,9 @@ def compare(a: list[bool], ref: list[bool]) -> dict[str, Any]:
 
 
 def state_path(study: str, r: dict[str, Any]) -> Path:
-    start = int(r.get("test_start", 0))
-    tag = f"-from{start}" if start else ""
-    return RUNS / study / r["method"] / f"seed{r['seed']}" / f"eval-apgd-{r['n']}{tag}.state.json"
+    """The state file ``study.py`` wrote while evaluating record ``r``."""
+    run_dir = RUNS / study / r["method"] / f"seed{r['seed']}"
+    return eval_state_path(run_dir, "apgd", r["n"], int(r.get("test_start", 0)))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -127,6 +127,16 @@ def claimed(path: Path, wait: bool = True) -> Iterator[bool]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def piece_lock(study: str, method: str, seed: int) -> Path:
+    """The lock a worker holds while it trains and evaluates (method, seed)."""
+    return RUNS / study / method / f"seed{seed}.lock"
+
+
+def eval_state_path(run_dir: Path, suite: str, n: int, test_start: int) -> Path:
+    """Where a run's resumable evaluation state lives; each slice of test points has its own file."""
+    return run_dir / f"eval-{suite}-{n}{f'-from{test_start}' if test_start else ''}.state.json"
+
+
 def is_claimed(path: Path) -> bool:
     """Whether another process holds ``path``'s lock now (creates nothing)."""
     if not path.is_file():
@@ -193,7 +203,6 @@ def run_one(method: str, seed: int, args: argparse.Namespace, study: str) -> dic
     model = resolve_model(run_dir)
     x, y = data.load("fashion-mnist", "test", n=args.test_start + args.n)
     x, y = x[args.test_start :], y[args.test_start :]
-    slice_tag = f"-from{args.test_start}" if args.test_start else ""  # state files of other slices stay apart
     result = evaluate(
         model,
         x,
@@ -202,7 +211,7 @@ def run_one(method: str, seed: int, args: argparse.Namespace, study: str) -> dic
         suite=args.suite,
         union_only=args.union_only,
         seed=seed,
-        state_path=run_dir / f"eval-{args.suite}-{args.n}{slice_tag}.state.json",
+        state_path=eval_state_path(run_dir, args.suite, args.n, args.test_start),
         unseen=False,
         checks=False,
     )
@@ -251,6 +260,11 @@ def run_one(method: str, seed: int, args: argparse.Namespace, study: str) -> dic
 def record_key(r: dict[str, Any]) -> tuple[Any, ...]:
     """What makes a record one piece of a study: the same key is never run twice."""
     return (r["method"], r["seed"], r["epochs"], r.get("train_subset"), r["n"], r.get("test_start", 0), r["suite"])
+
+
+def done_keys(records: list[dict[str, Any]]) -> set[tuple[Any, ...]]:
+    """The keys of the finished pieces (a superseded record does not count)."""
+    return {record_key(r) for r in records if not r.get("superseded")}
 
 
 def wanted_key(method: str, seed: int, args: argparse.Namespace) -> tuple[Any, ...]:
@@ -310,7 +324,7 @@ def plan(methods: list[str], seeds: list[int], args: argparse.Namespace, study: 
     for method in methods:
         for seed in seeds:
             run_dir = RUNS / study / method / f"seed{seed}"
-            running = is_claimed(RUNS / study / method / f"seed{seed}.lock")
+            running = is_claimed(piece_lock(study, method, seed))
             if wanted_key(method, seed, args) in done:
                 status, left = "done", 0
             elif running and (run_dir / "final").is_dir():
@@ -386,7 +400,7 @@ def main(argv: list[str] | None = None) -> int:
     out = RESULTS / f"{study}.json"
     records = load_records(out)
 
-    done = {record_key(r) for r in records if not r.get("superseded")}
+    done = done_keys(records)
     if args.plan:
         print(plan(methods, seeds, args, study, done))
         return 0
@@ -396,11 +410,11 @@ def main(argv: list[str] | None = None) -> int:
             if want in done:
                 print(f"[study] {method} seed {seed}: done, kept")
                 continue
-            with claimed(RUNS / study / method / f"seed{seed}.lock", wait=False) as mine:
+            with claimed(piece_lock(study, method, seed), wait=False) as mine:
                 if not mine:
                     print(f"[study] {method} seed {seed}: running in another process, skipped", flush=True)
                     continue
-                if want in {record_key(r) for r in load_records(out) if not r.get("superseded")}:  # by another worker
+                if want in done_keys(load_records(out)):  # finished by another worker meanwhile
                     print(f"[study] {method} seed {seed}: done, kept")
                     continue
                 print(f"[study] {method} seed {seed}: training + evaluating ...", flush=True)

@@ -16,6 +16,15 @@ from metaat.threats import parse_threats
 Loader = Callable[[str], ModuleType]  # the load_benchmark fixture (conftest.py)
 
 
+@pytest.fixture
+def study_tmp(load_benchmark: Loader, tmp_path: Path) -> ModuleType:
+    """study.py with its results and runs folders in ``tmp_path`` (results folder created)."""
+    study = load_benchmark("study")
+    study.RESULTS, study.RUNS = tmp_path / "results", tmp_path / "runs"
+    study.RESULTS.mkdir()
+    return study
+
+
 def test_every_row_builds_its_defense(load_benchmark: Loader) -> None:
     study = load_benchmark("study")
     for method, (name, threats, options) in study.METHODS.items():
@@ -69,10 +78,9 @@ def test_plan_reports_done_part_trained_and_the_training_left(
 
 
 def test_a_piece_claimed_by_another_worker_is_skipped_and_shown_as_running(
-    load_benchmark: Loader, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    study_tmp: ModuleType, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    study = load_benchmark("study")
-    study.RESULTS, study.RUNS = tmp_path / "results", tmp_path / "runs"
+    study = study_tmp
 
     def never(*_: object) -> None:
         raise AssertionError("a claimed piece must not run twice")
@@ -87,12 +95,10 @@ def test_a_piece_claimed_by_another_worker_is_skipped_and_shown_as_running(
     assert not study.is_claimed(study.RUNS / "s" / "max" / "seed0.lock")  # released with its holder
 
 
-def test_workers_appending_records_at_once_lose_none(load_benchmark: Loader, tmp_path: Path) -> None:
+def test_workers_appending_records_at_once_lose_none(study_tmp: ModuleType) -> None:
+    study = study_tmp
     import multiprocessing
 
-    study = load_benchmark("study")
-    study.RESULTS, study.RUNS = tmp_path / "results", tmp_path / "runs"
-    study.RESULTS.mkdir()
     out = study.RESULTS / "s.json"
     base = {"epochs": 5, "train_subset": None, "n": 1000, "suite": "apgd"}
 
@@ -115,11 +121,9 @@ def test_workers_appending_records_at_once_lose_none(load_benchmark: Loader, tmp
 
 
 def test_the_full_study_scores_held_out_test_points_and_older_slices_are_not_done(
-    load_benchmark: Loader, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    study_tmp: ModuleType, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    study = load_benchmark("study")
-    study.RESULTS, study.RUNS = tmp_path / "results", tmp_path / "runs"
-    study.RESULTS.mkdir()
+    study = study_tmp
     old = {"method": "sat", "seed": 0, "epochs": 5, "train_subset": None, "n": 1000, "suite": "apgd"}
     study.RESULTS.joinpath("fmnist_study.json").write_text(json.dumps({"records": [old]}))
     args = ["--plan", "--methods", "sat", "--seeds", "0"]
@@ -133,11 +137,9 @@ def test_the_full_study_scores_held_out_test_points_and_older_slices_are_not_don
 
 
 def test_a_superseded_record_is_not_done_and_is_kept_beside_its_replacement(
-    load_benchmark: Loader, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    study_tmp: ModuleType, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    study = load_benchmark("study")
-    study.RESULTS, study.RUNS = tmp_path / "results", tmp_path / "runs"
-    study.RESULTS.mkdir()
+    study = study_tmp
     key = {"method": "eat", "seed": 0, "epochs": 5, "train_subset": None, "n": 1000, "suite": "apgd"}
     old = {**key, "clean": 0.1, "superseded": "an earlier sampling law"}
     out = study.RESULTS / "s.json"
