@@ -279,14 +279,24 @@ def wanted_key(method: str, seed: int, args: argparse.Namespace) -> tuple[Any, .
     return record_key({"method": method, "seed": seed, **fields})
 
 
-def progress(run_dir: Path) -> int:
-    """Epochs a run has finished (0 when it has not started)."""
+def progress(run_dir: Path) -> float:
+    """Epochs a run has trained, counting the part of an epoch its last checkpoint holds
+    (0 when it has not started)."""
+    done = 0.0
     metrics = run_dir / "metrics.jsonl"
-    if not metrics.is_file():
-        return 0
-    records = [json.loads(line) for line in metrics.read_text(encoding="utf-8").splitlines() if line.strip()]
-    # the highest epoch logged, so that an epoch logged twice around a resume counts once
-    return max((int(r.get("epoch", 0)) for r in records if r.get("type") == "epoch"), default=0)
+    if metrics.is_file():
+        records = [json.loads(line) for line in metrics.read_text(encoding="utf-8").splitlines() if line.strip()]
+        # the highest epoch logged, so that an epoch logged twice around a resume counts once
+        done = max((float(r.get("epoch", 0)) for r in records if r.get("type") == "epoch"), default=0.0)
+    state = run_dir / "checkpoint" / "state.json"
+    try:
+        s = json.loads(state.read_text(encoding="utf-8")) if state.is_file() else {}
+        steps = int(s.get("steps_per_epoch") or 0)
+        if steps > 0:
+            done = max(done, int(s.get("epoch", 0)) + int(s.get("step_in_epoch", 0)) / steps)
+    except (ValueError, TypeError, AttributeError):
+        pass  # a checkpoint being rewritten or damaged: the metrics log still counts
+    return done
 
 
 def known_passes() -> dict[str, float]:
@@ -333,7 +343,7 @@ def plan(methods: list[str], seeds: list[int], args: argparse.Namespace, study: 
                 status, left = "trained, evaluation left", 0
             else:
                 k = progress(run_dir)
-                status, left = (f"{k} of {args.epochs} epochs" if k else "not started"), args.epochs - k
+                status, left = (f"{k:.2f} of {args.epochs} epochs" if k else "not started"), args.epochs - k
                 status += ", training now" if running else ""
             pp = passes.get(method)
             cost = pp * left * scale if pp is not None else None
