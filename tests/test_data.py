@@ -218,6 +218,22 @@ def test_bad_n(tmp_path: Path) -> None:
         data.load("mnist", data_dir=tmp_path, n=0)
 
 
+def test_start_picks_a_slice_and_bad_starts_are_refused(tmp_path: Path) -> None:
+    write_split(tmp_path, *tiny(5))
+    x, y = data.load("mnist", data_dir=tmp_path)
+    xs, ys = data.load("mnist", data_dir=tmp_path, n=2, start=3)
+    assert torch.equal(xs, x[3:5]) and torch.equal(ys, y[3:5])
+    xs, ys = data.load("mnist", data_dir=tmp_path, start=1)  # to the end
+    assert torch.equal(xs, x[1:]) and torch.equal(ys, y[1:])
+    with pytest.raises(ValueError, match=r"n=3 examples from index 3 .* only 5"):
+        data.load("mnist", data_dir=tmp_path, n=3, start=3)
+    with pytest.raises(ValueError, match=r"start=5 is past the end .* \(5 examples\)"):
+        data.load("mnist", data_dir=tmp_path, start=5)
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="start must be a non-negative integer"):
+            data.load("mnist", data_dir=tmp_path, start=bad)  # type: ignore[arg-type]
+
+
 # --------------------------------------------------------------------------- CIFAR-10
 
 

@@ -90,6 +90,24 @@ def test_eval_writes_the_three_reports(app: typer.Typer, run_dir: Path) -> None:
     assert printed["threats"] == ["linf:0.1"] and (run_dir / "again" / "report.html").is_file()
 
 
+def test_eval_start_scores_a_later_slice_and_the_report_names_it(app: typer.Typer, run_dir: Path) -> None:
+    out_dir = run_dir / "later"
+    code, out, _ = invoke(app, "eval", str(run_dir), *FAST, "--start", "100", "--out", str(out_dir), "--json")
+    assert code == 0, out
+    report = json.loads(out)
+    assert report["dataset"]["start"] == 100 and report["dataset"]["n"] == 16
+    net = models.load_model(run_dir / "checkpoint")
+    with torch.no_grad():
+        clean = [
+            (net(x).argmax(1) == y).float().mean().item()
+            for x, y in (datasets.load("synthetic", "test", n=16, start=s) for s in (100, 0))
+        ]
+    assert clean[0] != clean[1], "the two slices must score differently for this test to tell them apart"
+    assert report["clean"] == pytest.approx(clean[0])  # scored on points 100-115, not the first 16
+    assert "n = 16 points (indices 100–115)" in (out_dir / "report.md").read_text()
+    assert "n = 16 points (indices 100–115)" in (out_dir / "report.html").read_text()
+
+
 def test_compare_ranks_runs(app: typer.Typer, run_dir: Path, tmp_path: Path) -> None:
     code, _, _ = invoke(app, "eval", str(run_dir), *FAST, "--threat", "linf:0.1")
     assert code == 0
@@ -104,6 +122,8 @@ def test_compare_ranks_runs(app: typer.Typer, run_dir: Path, tmp_path: Path) -> 
         (["--threat", "lp:3"], "unknown norm 'lp'; valid norms: linf, l2, l1"),
         (["--threat", "linf:0"], "eps must be a finite number > 0"),
         (["--threat", "linf:0.1", "--n", "5000"], "asked for n=5000 examples but the synthetic test split holds"),
+        (["--threat", "linf:0.1", "--start", "-1"], "start must be a non-negative integer"),
+        (["--threat", "linf:0.1", "--start", "990"], "asked for n=16 examples from index 990 but the synthetic test"),
         (["--threat", "linf:0.1", "--suite", "best"], "unknown suite 'best'; valid suites: apgd, quick, standard"),
         (["--threat", "linf:0.1", "--data", "cifar100"], "unknown dataset 'cifar100'; valid datasets:"),
     ],

@@ -96,6 +96,7 @@ def attack_cmd(
     data: Annotated[str, typer.Option(help="dataset name (metaat list datasets)")] = "fashion-mnist",
     data_dir: Annotated[Path | None, typer.Option(help="folder holding the dataset files")] = None,
     n: Annotated[int, typer.Option(help="number of test points")] = 1000,
+    start: Annotated[int, typer.Option(help="index of the first test point")] = 0,
     option: Annotated[list[str] | None, typer.Option("--option", "-o", help="attack option key=value")] = None,
     generator: Annotated[Path | None, typer.Option(help="saved generator for --attack learned")] = None,
     batch_size: Annotated[int | None, typer.Option(help="attack chunk size (default: auto)")] = None,
@@ -121,7 +122,7 @@ def attack_cmd(
         dev = resolve_device(device)
         gen = seed_everything(seed)
         net = resolve_model(model).to(dev)
-        x, y = datasets.load(data, "test", data_dir=data_dir, n=n)
+        x, y = datasets.load(data, "test", data_dir=data_dir, n=n, start=start)
         opts = parse_options(option)
         if generator is not None:
             opts["path"] = str(generator)
@@ -163,6 +164,7 @@ def attack_cmd(
         "model": str(model),
         "data": data,
         "n": int(len(y)),
+        "start": start,
         "attack": repr(atk),
         "threat": threat,
         "clean": clean_acc,

@@ -27,18 +27,20 @@ def load(
     split: str = "train",
     data_dir: str | os.PathLike[str] | None = None,
     n: int | None = None,
+    start: int = 0,
     **config: Any,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Load ``split`` ("train" or "test") of dataset ``name``, optionally only its first ``n`` examples.
+    """Load ``split`` ("train" or "test") of dataset ``name``, optionally only ``n`` examples, from
+    index ``start`` on (default: the first ones).
 
     ``config`` goes to the dataset's constructor (only ``synthetic`` takes any: ``image_size``,
     ``channels``, ``num_classes``, ``seed``, ...). Returns float32 NCHW images in [0, 1] and
-    int64 labels. Raises ``ValueError`` for a bad split or ``n``, ``UnknownNameError`` for an
+    int64 labels. Raises ``ValueError`` for a bad split, ``n`` or ``start``, ``UnknownNameError`` for an
     unknown name, ``FileNotFoundError`` (saying where it looked) for missing files and
     :class:`DataError` for unusable ones.
     """
     check_split(split)
-    return DATASETS.create(name, **config).load(split, data_dir=data_dir, n=n)
+    return DATASETS.create(name, **config).load(split, data_dir=data_dir, n=n, start=start)
 
 
 def info(name: str, **config: Any) -> DatasetInfo:

@@ -51,17 +51,27 @@ class Dataset(ABC):
         """The whole ``split`` as numpy arrays: NCHW images (uint8 0..255 or float32 in [0, 1]), labels."""
 
     def load(
-        self, split: str = "train", data_dir: str | os.PathLike[str] | None = None, n: int | None = None
+        self,
+        split: str = "train",
+        data_dir: str | os.PathLike[str] | None = None,
+        n: int | None = None,
+        start: int = 0,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Load ``split``, optionally only its first ``n`` examples."""
+        """Load ``split``, optionally only the ``n`` examples from index ``start`` on (default: its
+        first ``n``)."""
         check_split(split)
         if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n <= 0):
             raise ValueError(f"n must be a positive integer or None; got {n!r}")
+        if isinstance(start, bool) or not isinstance(start, int) or start < 0:
+            raise ValueError(f"start must be a non-negative integer; got {start!r}")
         x, y = self.arrays(split, Path(data_dir).expanduser() if data_dir is not None else None)
-        if n is not None:
-            if n > len(y):
-                raise ValueError(f"asked for n={n} examples but the {self.info.name} {split} split holds only {len(y)}")
-            x, y = x[:n], y[:n]
+        if start >= len(y):
+            raise ValueError(f"start={start} is past the end of the {self.info.name} {split} split ({len(y)} examples)")
+        stop = len(y) if n is None else start + n
+        if stop > len(y):
+            what = f"n={n} examples from index {start}" if start else f"n={n} examples"
+            raise ValueError(f"asked for {what} but the {self.info.name} {split} split holds only {len(y)}")
+        x, y = x[start:stop], y[start:stop]
         if x.dtype == np.uint8:
             xt = torch.from_numpy(_UINT8_TO_UNIT[x])
         else:

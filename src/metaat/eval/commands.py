@@ -72,6 +72,9 @@ def eval_cmd(
         list[str] | None, typer.Option("--threat", help="threat, repeatable (default: linf:0.1 l2:1.5 l1:10)")
     ] = None,
     n: Annotated[int, typer.Option(help="number of test points")] = 1000,
+    start: Annotated[
+        int, typer.Option(help="index of the first test point (the full benchmark scores --start 9000 --n 1000)")
+    ] = 0,
     suite: Annotated[str, typer.Option(help="quick | apgd | standard")] = "apgd",
     union_only: Annotated[
         bool,
@@ -116,7 +119,7 @@ def eval_cmd(
         folder = data_dir if data_dir is not None else config.get("data_dir") if data is None else None
         info = datasets.info(name)
         check_data_fits(getattr(model, "metaat_spec", None), name, info)
-        x, y = datasets.load(name, "test", data_dir=folder, n=n)
+        x, y = datasets.load(name, "test", data_dir=folder, n=n, start=start)
         holdout = None
         if unseen:
             try:
@@ -164,7 +167,7 @@ def eval_cmd(
             state_path.unlink(missing_ok=True)  # a stale default state from another evaluation
             result = run_evaluation()
         report = build_report(
-            result, model=_model_card(model, path), dataset={"name": name, "split": "test"}, run_dir=run
+            result, model=_model_card(model, path), dataset={"name": name, "split": "test", "start": start}, run_dir=run
         )
         paths = write_reports(report, out_dir)
         if state is None:

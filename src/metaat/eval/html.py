@@ -12,7 +12,15 @@ from typing import Any
 
 from metaat.eval import plots
 from metaat.eval.compare import leaderboard_columns
-from metaat.eval.report import checks_summary, fmt_pct, headline_rows, protocol_text, training_text, unseen_rows
+from metaat.eval.report import (
+    checks_summary,
+    fmt_pct,
+    headline_rows,
+    points_text,
+    protocol_text,
+    training_text,
+    unseen_rows,
+)
 
 CSS = """
 body { font-family: system-ui, -apple-system, 'Segoe UI', sans-serif; margin: 0; color: #1d1d1f;
@@ -82,7 +90,7 @@ def render_html(report: dict[str, Any]) -> str:
     m, d = report["model"], report["dataset"]
     body = [
         f"<h1>Robustness report — {escape(str(m.get('name', 'model')))}</h1>",
-        f'<div class="meta">{escape(d["name"])} {escape(str(d.get("split", "test")))}, n = {d["n"]} points · '
+        f'<div class="meta">{escape(d["name"])} {escape(str(d.get("split", "test")))}, {escape(points_text(d))} · '
         f"{escape(protocol_text(report))} · model {escape(str(m.get('source')))}, "
         f"{escape(str(m.get('parameters', '?')))} parameters · training: {escape(training_text(report))}</div>",
     ]

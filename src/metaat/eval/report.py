@@ -108,7 +108,7 @@ def build_report(
     cost: dict[str, Any] | None = None,
     training_seed: int | None = None,
 ) -> dict[str, Any]:
-    """The single report dict. ``model``: name, source, parameters, spec; ``dataset``: name, split."""
+    """The single report dict. ``model``: name, source, parameters, spec; ``dataset``: name, split, start."""
     body = result.to_dict()
     config = read_run_config(run_dir)
     if training_seed is None and isinstance(config.get("seed"), int):
@@ -259,6 +259,12 @@ def protocol_text(report: dict[str, Any]) -> str:
     return f"suite {p['suite']}{ref}{mode}"
 
 
+def points_text(dataset: dict[str, Any]) -> str:
+    """``n = 1000 points``, naming the index range when the points do not start at the first one."""
+    n, start = int(dataset["n"]), int(dataset.get("start") or 0)
+    return f"n = {n} points" + (f" (indices {start}–{start + n - 1})" if start else "")
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     """``report.md`` from the report dict."""
     m, d = report["model"], report["dataset"]
@@ -267,7 +273,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines.append(f"Run: `{report['run']}`  ")
     lines += [
         f"Model source: `{m.get('source')}`, {m.get('parameters', '?')} parameters  ",
-        f"Data: {d['name']} {d.get('split', 'test')}, n = {d['n']} points  ",
+        f"Data: {d['name']} {d.get('split', 'test')}, {points_text(d)}  ",
         f"Training: {training_text(report)}  ",
         f"Protocol: {protocol_text(report)}",
         "",
