@@ -201,8 +201,7 @@ def run_one(method: str, seed: int, args: argparse.Namespace, study: str) -> dic
     summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
     cost = summary["cost"]
     model = resolve_model(run_dir)
-    x, y = data.load("fashion-mnist", "test", n=args.test_start + args.n)
-    x, y = x[args.test_start :], y[args.test_start :]
+    x, y = data.load("fashion-mnist", "test", n=args.n, start=args.test_start)
     result = evaluate(
         model,
         x,
