@@ -100,7 +100,11 @@ QUICK_METHODS = ("standard", "pgd-linf", "sat", "metaat")
 # rows are the reduced study's history and run only when named. Ordered by what a partly finished
 # study most needs: metaat and the target baselines first, then the single-norm and other defenses,
 # then the ablations (the full study costs far more than one session; each piece is kept as it ends).
-PRIORITY = ("metaat", "max", "sat", "msd", "avg", "mng", "pgd-linf", "pgd-l2", "pgd-l1", "standard", "eat")
+# sat-l1x2 (SAT with metaat's L1 prior) follows sat: on the reduced study it matched or beat metaat,
+# so it is the control that says whether metaat's recipe adds anything beyond the prior.
+PRIORITY = (
+    "metaat", "max", "sat", "sat-l1x2", "msd", "avg", "mng", "pgd-linf", "pgd-l2", "pgd-l1", "standard", "eat",
+)  # fmt: skip
 FULL_METHODS = PRIORITY + tuple(m for m in METHODS if m not in PRIORITY and not m.startswith("metaat-v1"))
 
 
