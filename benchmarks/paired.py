@@ -10,7 +10,8 @@ the per-point robust flags the evaluation wrote as it went), rebuilds each point
 (clean-correct and robust under every threat), checks that it reproduces the record's union, and
 counts the points robust under both, under only one, under neither. The exact two-sided McNemar
 test on the discordant points says how likely a gap that large is if the two were equally robust.
-Writes ``benchmarks/results/<study>_paired.json``.
+Writes ``benchmarks/results/<study>_paired.json`` (``<study>_paired_vs_<reference>.json`` for a
+reference other than ``max``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +88,13 @@ def main(argv: list[str] | None = None) -> int:
     if found is None:
         return 2
     records = [r for r in found if r.get("suite") == "apgd"]
+    methods = sorted({str(r["method"]) for r in records})
+    if args.reference not in methods:
+        print(
+            f"paired: no {args.study} record of --reference {args.reference!r}; valid: {', '.join(methods)}",
+            file=sys.stderr,
+        )
+        return 2
     flags: dict[tuple[str, int], list[bool]] = {}
     skipped = []
     for r in records:
@@ -110,7 +119,8 @@ def main(argv: list[str] | None = None) -> int:
         "rows": rows,
         "skipped": skipped,
     }
-    dst = write_result(f"{args.study}_paired", out)
+    # max is the default reference; another reference gets its own file beside it
+    dst = write_result(f"{args.study}_paired" + ("" if args.reference == "max" else f"_vs_{args.reference}"), out)
     for row in rows:
         print(
             f"{row['method']} vs {row['reference']} seed {row['seed']}: {row['difference_points']:+.1f} points "

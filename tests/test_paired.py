@@ -41,3 +41,12 @@ def test_an_unknown_study_is_one_clear_error(load_benchmark: Loader, capsys: pyt
     assert paired.main(["--study", "no_such_study"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "no_such_study" in err and "fmnist_study" in err
+
+
+def test_an_unknown_reference_lists_the_studys_methods(
+    load_benchmark: Loader, capsys: pytest.CaptureFixture[str]
+) -> None:
+    paired = load_benchmark("paired")
+    assert paired.main(["--study", "fmnist_small", "--reference", "nope"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "'nope'" in err and "metaat" in err and "max" in err
