@@ -302,6 +302,25 @@ def progress(run_dir: Path) -> float:
     return done
 
 
+def eval_progress(state_path: Path) -> str:
+    """How far a resumable evaluation has got, per threat: the share of the clean-correct points
+    attacked so far (union-only evaluations attack fewer, so they show counts). Empty when there is
+    no readable state yet."""
+    try:
+        state = json.loads(state_path.read_text(encoding="utf-8"))
+        correct = str(state.get("clean") or "").count("1")
+        union_only = bool(state["fingerprint"].get("union_only"))
+        parts = []
+        for threat in state["fingerprint"]["threats"]:
+            chunks = state.get("threats", {}).get(threat, {}).get("chunks", {})
+            done = sum(len(flags) for flags in chunks.values())
+            name = str(threat).split(":")[0]
+            parts.append(f"{name} {done} points" if union_only or not correct else f"{name} {100 * done // correct} %")
+        return ", ".join(parts)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return ""
+
+
 def known_passes() -> dict[str, float]:
     """Passes per example of each method, from any study's finished records (same options)."""
     out: dict[str, float] = {}
@@ -340,10 +359,10 @@ def plan(methods: list[str], seeds: list[int], args: argparse.Namespace, study: 
             running = is_claimed(piece_lock(study, method, seed))
             if wanted_key(method, seed, args) in done:
                 status, left = "done", 0
-            elif running and (run_dir / "final").is_dir():
-                status, left = "evaluating now", 0
             elif (run_dir / "final").is_dir():
-                status, left = "trained, evaluation left", 0
+                status, left = "evaluating now" if running else "trained, evaluation left", 0
+                where = eval_progress(eval_state_path(run_dir, args.suite, args.n, args.test_start))
+                status += f" ({where})" if where else ""
             else:
                 k = progress(run_dir)
                 status, left = (f"{k:.2f} of {args.epochs} epochs" if k else "not started"), args.epochs - k

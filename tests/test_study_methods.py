@@ -65,18 +65,27 @@ def test_plan_reports_done_part_trained_and_the_training_left(
     mid = runs / "s" / "max" / "seed1" / "checkpoint"  # checkpointed half-way through epoch 3
     mid.mkdir(parents=True)
     mid.joinpath("state.json").write_text(json.dumps({"epoch": 2, "step_in_epoch": 50, "steps_per_epoch": 100}))
+    trained = runs / "s" / "msd" / "seed0"  # trained, its evaluation a third of the way through L1
+    (trained / "final").mkdir(parents=True)
+    state = {
+        "clean": "1101",
+        "fingerprint": {"threats": ["linf:0.1", "l1:10"], "union_only": False},
+        "threats": {"linf:0.1": {"chunks": {"0": "10", "1": "1"}}, "l1:10": {"chunks": {"0": "0"}}},
+    }
+    trained.joinpath("eval-apgd-1000.state.json").write_text(json.dumps(state))
     done = {"method": "sat", "seed": 0, "epochs": 5, "train_subset": None, "n": 1000, "suite": "apgd"}
     records = [{**done, "passes_per_example": 11.0}, {**done, "method": "max", "seed": 9, "passes_per_example": 33.0}]
     results.joinpath("s.json").write_text(json.dumps({"records": records}))
     speed = {"results": [{"seconds_per_60k_epoch": 300.0, "passes_per_example": 10.0}]}
     results.joinpath("train_speed.json").write_text(json.dumps(speed))
-    methods = ["--methods", "sat,max,metaat-learned+lookahead", "--seeds", "0,1"]
+    methods = ["--methods", "sat,max,msd,metaat-learned+lookahead", "--seeds", "0,1"]
     assert study.main(["--plan", "--study", "s", *methods]) == 0
     out = capsys.readouterr().out
     assert "| sat | 0 | done | 11.00 | 0 |" in out
     assert "| max | 0 | 2.00 of 5 epochs | 33.00 | 99 |" in out  # 3 epochs left at 33 passes
     assert "| max | 1 | 2.50 of 5 epochs | 33.00 | 82 |" in out  # 2.5 epochs left
     assert "| metaat-learned+lookahead | 0 | not started | ? | ? |" in out
+    assert "| msd | 0 | trained, evaluation left (linf 100 %, l1 33 %) |" in out
     # 55 (sat seed 1) + 99 + 82.5 pass-epochs, at 30 s each
     assert "training left: 236 pass-epochs, about 2.0 h at 2 threads" in out
     assert "passes unknown for metaat-learned+lookahead" in out
