@@ -35,6 +35,8 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from paired import compare as paired_cells  # benchmarks/ is on the path when run as a script
+from study import atomic_write_json
 from torch import nn
 
 HERE = Path(__file__).resolve().parent
@@ -104,18 +106,14 @@ def direct_reference(
         return (model(x_adv).argmax(1) == y).tolist()
 
 
-def write_atomic(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    tmp.replace(path)
-
-
-def compare(a: list[bool], b: list[bool]) -> dict[str, Any]:
+def compare(direct: list[bool], ours: list[bool]) -> dict[str, Any]:
+    """Both accuracies and the points each side alone calls robust (``paired.compare``'s cells)."""
+    cells = paired_cells(direct, ours)
     return {
-        "direct": sum(a) / len(a),
-        "metaat": sum(b) / len(b),
-        "only_direct_robust": sum(p and not q for p, q in zip(a, b, strict=True)),
-        "only_metaat_robust": sum(q and not p for p, q in zip(a, b, strict=True)),
+        "direct": sum(direct) / len(direct),
+        "metaat": sum(ours) / len(ours),
+        "only_direct_robust": cells["only_method"],
+        "only_metaat_robust": cells["only_reference"],
     }
 
 
@@ -158,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         model = train_plain(xt, yt, args.epochs, args.seed)
         partial["train_seconds"] = round(time.perf_counter() - t0, 1)
         save_file(model.state_dict(), str(weights))
-        write_atomic(partial_path, partial)
+        atomic_write_json(partial_path, partial)
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
@@ -172,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.perf_counter()
             direct[name] = direct_reference(model, x, y, norm, eps, args.seed)
             partial.setdefault("direct_seconds", {})[name] = round(time.perf_counter() - t0, 1)
-            write_atomic(partial_path, partial)
+            atomic_write_json(partial_path, partial)
             print(f"[crosscheck] direct {name}: {100 * sum(direct[name]) / len(y):.1f} %")
 
     t0 = time.perf_counter()
@@ -201,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         "hardware": environment(),
     }  # fmt: skip
-    write_atomic(Path(args.result), out)
+    atomic_write_json(Path(args.result), out)
     for name, r in rows.items():
         print(
             f"[crosscheck] {name}: direct {100 * r['direct']:.1f} %, metaat {100 * r['metaat']:.1f} % "

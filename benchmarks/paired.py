@@ -24,11 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from monitor_gap import study_records, write_result  # benchmarks/ is on the path when run as a script
-from study import eval_state_path
-
-HERE = Path(__file__).resolve().parent
-RESULTS = HERE / "results"
-RUNS = HERE / "runs"
+from study import eval_state_path, run_path
 
 
 def union_flags(state: dict[str, Any], threats: list[str]) -> list[bool]:
@@ -75,8 +71,7 @@ def compare(a: list[bool], ref: list[bool]) -> dict[str, Any]:
 
 def state_path(study: str, r: dict[str, Any]) -> Path:
     """The state file ``study.py`` wrote while evaluating record ``r``."""
-    run_dir = RUNS / study / r["method"] / f"seed{r['seed']}"
-    return eval_state_path(run_dir, "apgd", r["n"], int(r.get("test_start", 0)))
+    return eval_state_path(run_path(study, r["method"], r["seed"]), "apgd", r["n"], int(r.get("test_start", 0)))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -131,6 +131,11 @@ def claimed(path: Path, wait: bool = True) -> Iterator[bool]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def run_path(study: str, method: str, seed: int) -> Path:
+    """The folder (method, seed) of ``study`` trains into and keeps its evaluation state in."""
+    return RUNS / study / method / f"seed{seed}"
+
+
 def piece_lock(study: str, method: str, seed: int) -> Path:
     """The lock a worker holds while it trains and evaluates (method, seed)."""
     return RUNS / study / method / f"seed{seed}.lock"
@@ -180,7 +185,7 @@ def run_one(method: str, seed: int, args: argparse.Namespace, study: str) -> dic
     opts = dict(options)
     if method == "metaat" or method.startswith("metaat-"):
         opts.update(args.metaat_options)
-    run_dir = RUNS / study / method / f"seed{seed}"
+    run_dir = run_path(study, method, seed)
     cfg = TrainConfig(
         data="fashion-mnist",
         model="cnn-small",
@@ -355,7 +360,7 @@ def plan(methods: list[str], seeds: list[int], args: argparse.Namespace, study: 
     total, unknown = 0.0, []
     for method in methods:
         for seed in seeds:
-            run_dir = RUNS / study / method / f"seed{seed}"
+            run_dir = run_path(study, method, seed)
             running = is_claimed(piece_lock(study, method, seed))
             if wanted_key(method, seed, args) in done:
                 status, left = "done", 0
