@@ -229,7 +229,9 @@ def run_one(method: str, seed: int, args: argparse.Namespace, study: str) -> dic
     # headline records (the full standard suite) hold the protocol's numbers only: the same model's
     # study record already has its unseen summary
     unseen = (
-        None if args.suite == "standard" else unseen_summary(model.eval(), x[:n_unseen], y[:n_unseen], ALL, seed=seed)
+        None
+        if args.suite == "standard"
+        else unseen_summary(model.eval(), x[:n_unseen], y[:n_unseen], ALL, seed=seed, start=args.test_start)
     )
     epochs = int(summary.get("epochs_completed", args.epochs))
     seconds = float(cost.get("attack_seconds", 0.0)) + float(cost.get("update_seconds", 0.0))

@@ -2,9 +2,10 @@
 
     python benchmarks/unseen_summary.py --study fmnist_small --n 200 --threads 1
 
-For every record of ``benchmarks/results/<study>.json`` that has no summary yet (or one on another
-number of points), loads the run's final model from ``benchmarks/runs/<study>/<method>/seed<k>`` and
-scores it on the first ``--n`` test points with :func:`metaat.eval.run_unseen`:
+For every record of ``benchmarks/results/<study>.json`` that has no summary yet (or one on other
+points), loads the run's final model from ``benchmarks/runs/<study>/<method>/seed<k>`` and scores it
+on the study's first ``--n`` test points (the full protocol's start at 9,000; the summary keeps
+``start``) with :func:`metaat.eval.run_unseen`:
 
 * ``eps2x`` — robust accuracy at twice each training radius (L∞ 0.2, L2 3, L1 20), metaat's PGD-20
   with CE and margin losses, averaged over the three norms (a larger budget than any method saw);
@@ -32,9 +33,10 @@ from typing import Any
 PARTS = ("eps2x", "spatial", "corruptions", "patch")
 
 
-def summary(model: Any, x: Any, y: Any, threats: tuple[str, ...], seed: int = 0) -> dict[str, Any]:
+def summary(model: Any, x: Any, y: Any, threats: tuple[str, ...], seed: int = 0, start: int = 0) -> dict[str, Any]:
     """The four unseen-attack accuracies of ``model`` on ``(x, y)`` and their mean; the sweep doubles
-    each of ``threats``' radii and the universal perturbations use them."""
+    each of ``threats``' radii and the universal perturbations use them. ``start`` is the index of
+    ``x``'s first test point, kept in the result so that it says which points it read."""
     from metaat.eval import UnseenConfig, run_unseen
     from metaat.threats import parse_threats
 
@@ -52,11 +54,19 @@ def summary(model: Any, x: Any, y: Any, threats: tuple[str, ...], seed: int = 0)
         **values,
         "mean": statistics.mean(values[p] for p in PARTS),
         "n": int(out["n"]),
+        "start": start,
         "seed": seed,
         "attacks": "eps2x: metaat PGD-20 (CE, margin) at 2x each radius; spatial ±15°/±2 px grid; "
         "corruptions: noise/blur/contrast, severities 1-5; patch: universal 5x5, two-fold",
         "seconds": round(time.perf_counter() - t0, 1),
     }
+
+
+def unseen_points(record: dict[str, Any]) -> tuple[int | None, int]:
+    """(how many, first index) of the test points ``record``'s unseen summary read. Summaries written
+    before they said so came from study.py, which reads the first points of the record's own slice."""
+    unseen = record.get("unseen") or {}
+    return unseen.get("n"), int(unseen.get("start", record.get("test_start") or 0))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -67,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--methods", default=None, help="comma-separated subset (default: every record)")
     args = parser.parse_args(argv)
 
-    from study import ALL, RESULTS, RUNS, atomic_write_json  # benchmarks/ is on the path as a script
+    from study import ALL, RESULTS, TEST_START, atomic_write_json, run_path  # benchmarks/ is on the path as a script
 
     import metaat.data as data
     from metaat.models import resolve_model
@@ -78,19 +88,20 @@ def main(argv: list[str] | None = None) -> int:
     if not path.is_file():
         raise SystemExit(f"no study results at {path}; run benchmarks/study.py first")
     wanted = set(args.methods.split(",")) if args.methods else None
-    x, y = data.load("fashion-mnist", "test", n=args.n)
+    start = TEST_START.get(args.study, 0)  # the study's own points: the full protocol's are 9,000 onwards
+    x, y = data.load("fashion-mnist", "test", n=args.n, start=start)
     command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])])
     todo = [
         (r["method"], r["seed"])
         for r in json.loads(path.read_text(encoding="utf-8"))["records"]
-        if (wanted is None or r["method"] in wanted) and (r.get("unseen") or {}).get("n") != args.n
+        if (wanted is None or r["method"] in wanted) and unseen_points(r) != (args.n, start)
     ]
     for method, seed in todo:
-        run = RUNS / args.study / method / f"seed{seed}"
+        run = run_path(args.study, method, seed)
         if not (run / "final").is_dir():
             print(f"[unseen] {method} seed {seed}: no final model in {run}; skipped", flush=True)
             continue
-        result = summary(resolve_model(run).eval(), x, y, ALL, seed=seed)
+        result = summary(resolve_model(run).eval(), x, y, ALL, seed=seed, start=start)
         result["command"] = command
         # Reload before writing: a study process may have appended records meanwhile.
         study = json.loads(path.read_text(encoding="utf-8"))

@@ -85,10 +85,19 @@ def test_unseen_summary_on_a_tiny_model(load_benchmark: Loader) -> None:
     with torch.no_grad():
         y = model(x).argmax(1)  # every point clean-correct, so the robust parts can be non-zero
     out = us.summary(model, x, y, ("linf:0.1", "l2:1.5", "l1:10"), seed=0)
-    assert set(us.PARTS) <= set(out) and out["n"] == 12
+    assert set(us.PARTS) <= set(out) and out["n"] == 12 and out["start"] == 0
     assert all(0.0 <= out[p] <= 1.0 for p in us.PARTS)
     assert abs(out["mean"] - sum(out[p] for p in us.PARTS) / 4) < 1e-12
     assert out["corruptions"] > 0  # mild corruptions leave an untrained model's argmax mostly intact
+
+
+def test_unseen_points_name_the_slice_a_summary_read(load_benchmark: Loader) -> None:
+    us = load_benchmark("unseen_summary")
+    # study.py wrote summaries without "start" from the first points of the record's own slice
+    assert us.unseen_points({"test_start": 9000, "unseen": {"n": 200}}) == (200, 9000)
+    assert us.unseen_points({"unseen": {"n": 200}}) == (200, 0)
+    assert us.unseen_points({"test_start": 9000, "unseen": {"n": 200, "start": 0}}) == (200, 0)
+    assert us.unseen_points({"test_start": 9000}) == (None, 9000)  # no summary yet: always redone
 
 
 def test_paired_delta_compares_with_the_best_target_baseline_on_shared_seeds_only(load_benchmark: Loader) -> None:
