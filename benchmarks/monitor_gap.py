@@ -25,9 +25,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from study import run_path  # benchmarks/ is on the path when run as a script
+
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
-RUNS = HERE / "runs"
 KEYS = {"linf": "linf:0.1", "l2": "l2:1.5", "l1": "l1:10", "union": "union"}
 
 
@@ -109,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     rows, missing = [], []
     for r in records:
-        metrics = RUNS / args.study / r["method"] / f"seed{r['seed']}" / "metrics.jsonl"
+        metrics = run_path(args.study, r["method"], r["seed"]) / "metrics.jsonl"
         monitor = last_monitor(metrics) if metrics.is_file() else None
         if monitor is None:
             missing.append(f"{r['method']} seed {r['seed']}")
