@@ -311,18 +311,24 @@ def progress(run_dir: Path) -> float:
 
 def eval_progress(state_path: Path) -> str:
     """How far a resumable evaluation has got, per threat: the share of the clean-correct points
-    attacked so far (union-only evaluations attack fewer, so they show counts). Empty when there is
-    no readable state yet."""
+    attacked so far. A union-only evaluation attacks each threat on the points every earlier threat
+    left robust, so it shows counts, out of that many once the earlier threat is finished. Empty
+    when there is no readable state yet."""
     try:
         state = json.loads(state_path.read_text(encoding="utf-8"))
         correct = str(state.get("clean") or "").count("1")
         union_only = bool(state["fingerprint"].get("union_only"))
         parts = []
+        todo: int | None = correct or None  # points the next threat attacks, when known
         for threat in state["fingerprint"]["threats"]:
             chunks = state.get("threats", {}).get(threat, {}).get("chunks", {})
             done = sum(len(flags) for flags in chunks.values())
             name = str(threat).split(":")[0]
-            parts.append(f"{name} {done} points" if union_only or not correct else f"{name} {100 * done // correct} %")
+            if not union_only:
+                parts.append(f"{name} {100 * done // correct} %" if correct else f"{name} {done} points")
+                continue
+            parts.append(f"{name} {done} of {todo} points" if todo is not None else f"{name} {done} points")
+            todo = sum(str(flags).count("1") for flags in chunks.values()) if done and done == todo else None
         return ", ".join(parts)
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return ""

@@ -163,3 +163,36 @@ def test_a_superseded_record_is_not_done_and_is_kept_beside_its_replacement(
     assert "| eat | 0 | not started |" in capsys.readouterr().out
     study.add_record(out, "s", {**key, "clean": 0.8})
     assert [r.get("clean") for r in study.load_records(out)] == [0.1, 0.8]
+
+
+def _state(path: Path, union_only: bool, chunks: dict[str, dict[str, str]], clean: str) -> Path:
+    threats = ["linf:0.1", "l2:1.5", "l1:10"]
+    state = {
+        "format": "metaat.eval-state",
+        "clean": clean,
+        "fingerprint": {"threats": threats, "union_only": union_only},
+        "threats": {t: {"chunks": c} for t, c in chunks.items()},
+    }
+    path.write_text(json.dumps(state), encoding="utf-8")
+    return path
+
+
+def test_eval_progress_shares_per_threat_and_union_only_counts_out_of_the_survivors(
+    load_benchmark: Loader, tmp_path: Path
+) -> None:
+    study = load_benchmark("study")
+    clean = "1" * 8 + "0" * 2  # 8 clean-correct points
+    full = _state(tmp_path / "a.json", False, {"linf:0.1": {"0": "1101", "1": "1111"}, "l2:1.5": {"0": "11"}}, clean)
+    assert study.eval_progress(full) == "linf 100 %, l2 25 %, l1 0 %"
+    # union-only: L∞ finished with 6 of 8 robust, so L2 attacks those 6 (4 so far, 3 robust); L1's
+    # share is unknown until L2 ends
+    chunks = {"linf:0.1": {"0": "1101", "1": "1110"}, "l2:1.5": {"0": "1011"}}
+    union = _state(tmp_path / "b.json", True, chunks, clean)
+    assert study.eval_progress(union) == "linf 8 of 8 points, l2 4 of 6 points, l1 0 points"
+    chunks["l2:1.5"]["1"] = "10"
+    assert study.eval_progress(_state(union, True, chunks, clean)) == (
+        "linf 8 of 8 points, l2 6 of 6 points, l1 0 of 4 points"
+    )
+    assert study.eval_progress(tmp_path / "missing.json") == ""
+    (tmp_path / "bad.json").write_text("{not json", encoding="utf-8")
+    assert study.eval_progress(tmp_path / "bad.json") == ""
