@@ -2,10 +2,11 @@
 
     python benchmarks/unseen_summary.py --study fmnist_small --n 200 --threads 1
 
-For every record of ``benchmarks/results/<study>.json`` that has no summary yet (or one on other
-points), loads the run's final model from ``benchmarks/runs/<study>/<method>/seed<k>`` and scores it
-on the study's first ``--n`` test points (the full protocol's start at 9,000; the summary keeps
-``start``) with :func:`metaat.eval.run_unseen`:
+For every current record of ``benchmarks/results/<study>.json`` (headline ``suite: standard`` and
+superseded records left alone) that has no summary yet (or one on other points), loads the run's
+final model from ``benchmarks/runs/<study>/<method>/seed<k>`` and scores it on the study's first
+``--n`` test points (the full protocol's start at 9,000; the summary keeps ``start``) with
+:func:`metaat.eval.run_unseen`:
 
 * ``eps2x`` — robust accuracy at twice each training radius (L∞ 0.2, L2 3, L1 20), metaat's PGD-20
   with CE and margin losses, averaged over the three norms (a larger budget than any method saw);
@@ -69,6 +70,14 @@ def unseen_points(record: dict[str, Any]) -> tuple[int | None, int]:
     return unseen.get("n"), int(unseen.get("start", record.get("test_start") or 0))
 
 
+def needs_summary(record: dict[str, Any], n: int, start: int, methods: set[str] | None = None) -> bool:
+    """Whether ``record`` is a current per-threat record (not a headline or superseded one), of one of
+    ``methods`` (any when None), without a summary on ``n`` points from ``start``."""
+    current = record.get("suite") != "standard" and not record.get("superseded")
+    wanted = methods is None or record["method"] in methods
+    return current and wanted and unseen_points(record) != (n, start)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--study", default="fmnist_study")
@@ -91,11 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     start = TEST_START.get(args.study, 0)  # the study's own points: the full protocol's are 9,000 onwards
     x, y = data.load("fashion-mnist", "test", n=args.n, start=start)
     command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])])
-    todo = [
-        (r["method"], r["seed"])
-        for r in json.loads(path.read_text(encoding="utf-8"))["records"]
-        if (wanted is None or r["method"] in wanted) and unseen_points(r) != (args.n, start)
-    ]
+    records = json.loads(path.read_text(encoding="utf-8"))["records"]
+    todo = [(r["method"], r["seed"]) for r in records if needs_summary(r, args.n, start, wanted)]
     for method, seed in todo:
         run = run_path(args.study, method, seed)
         if not (run / "final").is_dir():
@@ -106,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         # Reload before writing: a study process may have appended records meanwhile.
         study = json.loads(path.read_text(encoding="utf-8"))
         for r in study["records"]:
-            if r["method"] == method and r["seed"] == seed:
+            if r["method"] == method and r["seed"] == seed and needs_summary(r, args.n, start, wanted):
                 r["unseen"] = result
         atomic_write_json(path, study)
         print(f"[unseen] {method} seed {seed}: mean {result['mean']:.3f} ({result['seconds']:.0f} s)", flush=True)

@@ -98,6 +98,13 @@ def test_unseen_points_name_the_slice_a_summary_read(load_benchmark: Loader) -> 
     assert us.unseen_points({"unseen": {"n": 200}}) == (200, 0)
     assert us.unseen_points({"test_start": 9000, "unseen": {"n": 200, "start": 0}}) == (200, 0)
     assert us.unseen_points({"test_start": 9000}) == (None, 9000)  # no summary yet: always redone
+    fresh = {"method": "max", "test_start": 9000, "unseen": {"n": 200}}
+    assert not us.needs_summary(fresh, 200, 9000)
+    assert us.needs_summary(fresh, 200, 0) and us.needs_summary(fresh, 100, 9000)
+    missing = {"method": "max", "test_start": 9000}
+    assert us.needs_summary(missing, 200, 9000) and not us.needs_summary(missing, 200, 9000, {"sat"})
+    assert not us.needs_summary({**missing, "suite": "standard"}, 200, 9000)  # headline rows: none
+    assert not us.needs_summary({**missing, "superseded": "scored on test points 0-999"}, 200, 9000)
 
 
 def test_paired_delta_compares_with_the_best_target_baseline_on_shared_seeds_only(load_benchmark: Loader) -> None:
