@@ -137,8 +137,8 @@ def run_path(study: str, method: str, seed: int) -> Path:
 
 
 def piece_lock(study: str, method: str, seed: int) -> Path:
-    """The lock a worker holds while it trains and evaluates (method, seed)."""
-    return RUNS / study / method / f"seed{seed}.lock"
+    """The lock a worker holds while it trains and evaluates (method, seed): beside its run folder."""
+    return run_path(study, method, seed).with_suffix(".lock")
 
 
 def eval_state_path(run_dir: Path, suite: str, n: int, test_start: int) -> Path:
