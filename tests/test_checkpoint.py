@@ -22,6 +22,7 @@ from metaat.train.checkpoint import (
     optimizer_state,
     read_checkpoint,
     rng_state,
+    state_digest,
     write_checkpoint,
 )
 
@@ -73,6 +74,47 @@ def test_corrupt_or_truncated_checkpoint_is_refused_naming_the_file_and_nothing_
     assert after == before
     previous = read_checkpoint(run_dir / "checkpoint.prev")
     assert previous.state["epoch"] == 1
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("epoch", -5), ("step_in_epoch", 99), ("global_step", 1_000_000), ("epoch", "1"), ("config", {"lr": 0.5})],
+)
+def test_a_hand_edited_state_json_is_refused(run_dir: Path, key: str, value: object) -> None:
+    path = run_dir / "checkpoint" / "state.json"
+    state = json.loads(path.read_text())
+    assert state["state_sha256"] == state_digest(state)
+    if key == "config":
+        value = {**state["config"], **value}  # type: ignore[dict-item]
+    path.write_text(json.dumps({**state, key: value}))
+    with pytest.raises(CheckpointError, match="state.json: its content does not match its state_sha256"):
+        small_run(run_dir, epochs=3, resume=True)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "problem"),
+    [
+        ("epoch", -5, "epoch must be a non-negative integer; got -5"),
+        ("epoch", "1", "epoch must be a non-negative integer; got '1'"),
+        ("epoch", 7, "epoch 7 is past the run's 2 epochs"),
+        ("step_in_epoch", 99, "step_in_epoch 99 exceeds steps_per_epoch 2"),
+        ("files", [1], "files must be an object; got list"),
+        ("rng", None, "rng must be a list; got NoneType"),
+        ("config", None, "config must be an object"),
+    ],
+)
+def test_a_damaged_state_json_without_its_digest_is_still_refused_by_its_fields(
+    run_dir: Path, key: str, value: object, problem: str
+) -> None:
+    """Checkpoints written before the digest existed carry none: their fields are still checked."""
+    path = run_dir / "checkpoint" / "state.json"
+    state = json.loads(path.read_text())
+    del state["state_sha256"]
+    path.write_text(json.dumps(state))
+    read_checkpoint(run_dir)  # an intact legacy checkpoint still loads
+    path.write_text(json.dumps({**state, key: value}))
+    with pytest.raises(CheckpointError, match=f"not a usable checkpoint state \\({problem}"):
+        read_checkpoint(run_dir)
 
 
 def test_a_failed_write_keeps_the_previous_checkpoint(run_dir: Path) -> None:

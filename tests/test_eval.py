@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -160,6 +161,50 @@ def test_state_of_another_evaluation_is_refused(model: nn.Module, data: Data, tm
     state.write_text("not json")
     with pytest.raises(ValueError, match="not a readable evaluation state"):
         quick(model, x[:16], y[:16], state_path=state)
+
+
+def undigested(saved: dict[str, Any]) -> dict[str, Any]:
+    """A state file as written before the digest existed."""
+    return {k: v for k, v in saved.items() if k != "sha256"}
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda d: {**d, "clean": "1" * 16}, "does not match its sha256"),
+        (lambda d: {**d, "sha256": "0" * 64}, "does not match its sha256"),
+        (
+            lambda d: undigested(d) | {"clean": "x" * 16},
+            "clean must be a string of 0/1",
+        ),
+        (lambda d: undigested(d) | {"clean": 5}, "clean must be a string of 0/1"),
+        (lambda d: undigested(d) | {"threats": []}, "threats and sections must be"),
+        (lambda d: undigested(d) | {"clean": "1" * 5}, "clean flags cover 5 points"),
+        (lambda d: [1], "not a metaat evaluation state file"),
+    ],
+)
+def test_a_hand_edited_or_damaged_state_file_is_refused(
+    model: nn.Module, data: Data, tmp_path: Path, edit: Any, message: str
+) -> None:
+    x, y = data
+    state = tmp_path / "state.json"
+    quick(model, x[:16], y[:16], state_path=state)
+    saved = json.loads(state.read_text())
+    state.write_text(json.dumps(edit(saved)))
+    with pytest.raises(ValueError, match=message):
+        quick(model, x[:16], y[:16], state_path=state)
+
+
+def test_a_state_file_without_a_digest_still_resumes(model: nn.Module, data: Data, tmp_path: Path) -> None:
+    """Files written before the digest existed carry none; intact ones resume to the same result."""
+    x, y = data
+    state = tmp_path / "state.json"
+    first = quick(model, x[:16], y[:16], state_path=state)
+    saved = json.loads(state.read_text())
+    del saved["sha256"]
+    state.write_text(json.dumps(saved))
+    again = quick(model, x[:16], y[:16], state_path=state)
+    assert again.union == first.union and torch.equal(again.flags["union"], first.flags["union"])
 
 
 def test_reference_apgd_suite_records_its_protocol(model: nn.Module, data: Data) -> None:

@@ -135,6 +135,27 @@ def test_bad_inputs_fail_with_one_line(app: typer.Typer, run_dir: Path, args: li
     assert len(err.strip().splitlines()) == 1, "a one-line error"
 
 
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("data: [mnist\n", "config.yaml is unreadable"),
+        ("data: 5\n", "config.yaml: data must be a string; got 5"),
+        ("- a list\n", "config.yaml must hold a mapping of options; got list"),
+        (b"\xff\xfe\x00binary", "config.yaml is unreadable"),
+    ],
+)
+def test_a_damaged_run_config_is_an_error_not_a_silent_default(
+    app: typer.Typer, run_dir: Path, tmp_path: Path, text: str | bytes, message: str
+) -> None:
+    run = tmp_path / "damaged"
+    models.save_model(models.load_model(run_dir / "checkpoint"), run / "checkpoint")
+    config = run / "config.yaml"
+    config.write_bytes(text if isinstance(text, bytes) else text.encode())
+    code, _, err = invoke(app, "eval", str(run), *FAST, "--threat", "linf:0.1")
+    assert code == 2 and message in " ".join(err.split()), err
+    assert len(err.strip().splitlines()) == 1, "a one-line error"
+
+
 def test_checkpoint_of_another_architecture_is_refused(app: typer.Typer, tmp_path: Path) -> None:
     wide = models.create("mlp", num_classes=10, in_channels=3, image_size=32)
     models.save_model(wide, tmp_path / "rgb")
@@ -167,4 +188,4 @@ def test_the_installed_command_has_eval_and_compare(run_dir: Path) -> None:
         env=env,
         timeout=120,
     )
-    assert proc.returncode == 2 and "no report.json in" in proc.stderr
+    assert proc.returncode == 2 and "missing does not exist" in proc.stderr

@@ -67,6 +67,10 @@ def test_pretrain_config_errors() -> None:
         PretrainConfig(stages=(10, 5))
     with pytest.raises(ValueError, match="target_kinds"):
         PretrainConfig(target_kinds=("robust",))
+    for name in ("meta_lr", "inner_lr", "target_lr"):
+        for bad in (float("nan"), float("inf"), 0.0):
+            with pytest.raises(ValueError, match=f"{name} must be a finite number > 0"):
+                PretrainConfig(**{name: bad})  # type: ignore[arg-type]
 
 
 def test_meta_pretrain_command(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -147,6 +148,10 @@ def test_save_needs_a_spec(tmp_path: Path) -> None:
         save_model(nn.Linear(2, 2), tmp_path / "x")
 
 
+def sha256_of(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 def test_missing_checkpoint(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="model.safetensors"):
         load_model(tmp_path)
@@ -161,12 +166,17 @@ def test_truncated_checkpoint(tmp_path: Path) -> None:
     weights.write_bytes(weights.read_bytes()[:1000])
     with pytest.raises(CheckpointError, match="model.safetensors"):
         load_model(tmp_path / "m")
-    # without the checksum in the sidecar, safetensors itself must reject the file
+    # with the truncated file's own checksum in the sidecar, safetensors itself must reject it
     meta = json.loads((tmp_path / "m" / "model.json").read_text())
-    del meta["sha256"]
+    meta["sha256"] = sha256_of(weights)
     (tmp_path / "m" / "model.json").write_text(json.dumps(meta))
     with pytest.raises(CheckpointError, match="corrupt or truncated"):
         load_model(tmp_path / "m")
+    # without a checksum the sidecar is refused: a corrupt file would otherwise load silently
+    for digest in (None, 5, "abc"):
+        (tmp_path / "m" / "model.json").write_text(json.dumps({**meta, "sha256": digest}))
+        with pytest.raises(CheckpointError, match="no valid sha256 of the weights"):
+            load_model(tmp_path / "m")
 
 
 def test_corrupt_checkpoint(tmp_path: Path) -> None:
@@ -185,7 +195,7 @@ def test_mismatched_checkpoint_names_architecture_and_keys(tmp_path: Path) -> No
     # pair lenet's weights with cnn-small's spec
     (tmp_path / "a" / "model.safetensors").write_bytes((tmp_path / "b" / "model.safetensors").read_bytes())
     meta = json.loads((tmp_path / "a" / "model.json").read_text())
-    del meta["sha256"]
+    meta["sha256"] = sha256_of(tmp_path / "a" / "model.safetensors")
     (tmp_path / "a" / "model.json").write_text(json.dumps(meta))
     with pytest.raises(CheckpointError) as err:
         load_model(tmp_path / "a")
@@ -202,7 +212,6 @@ def test_missing_and_unexpected_keys_are_listed(tmp_path: Path) -> None:
     save_model(build("mlp", normalize=((0.5,), (0.5,))), tmp_path / "n")
     meta = json.loads((tmp_path / "n" / "model.json").read_text())
     meta["spec"]["normalize"] = None
-    del meta["sha256"]
     (tmp_path / "n" / "model.json").write_text(json.dumps(meta))
     with pytest.raises(CheckpointError, match=r"missing keys: 1\.bias.*unexpected keys: net\.1\.bias"):
         load_model(tmp_path / "n")
@@ -220,3 +229,13 @@ def test_unknown_architecture_in_spec(tmp_path: Path) -> None:
 def test_models_public_api() -> None:
     assert models.available() == MODELS.available()
     assert models.get_spec(create("mlp"))["name"] == "mlp"
+
+
+@pytest.mark.parametrize(("key", "value"), [("normalize", [[0.5]]), ("name", 5), ("kwargs", [1]), ("image_size", "28")])
+def test_a_damaged_spec_is_a_checkpoint_error(tmp_path: Path, key: str, value: Any) -> None:
+    save_model(build("mlp"), tmp_path / "m")
+    meta = json.loads((tmp_path / "m" / "model.json").read_text())
+    meta["spec"][key] = value
+    (tmp_path / "m" / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="model.json"):
+        load_model(tmp_path / "m")

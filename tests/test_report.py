@@ -261,6 +261,29 @@ def test_compare_errors_are_clear(tmp_path: Path) -> None:
         leaderboard([tmp_path])
     with pytest.raises(ValueError, match="at least one run"):
         leaderboard([])
+    with pytest.raises(FileNotFoundError, match="nowhere does not exist"):
+        leaderboard([tmp_path / "nowhere"])
+
+
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        ({"union": "abc"}, "union must be a fraction in"),
+        ({"clean": 1.5}, "clean must be a fraction in"),
+        ({"robust": None}, "robust must map each threat"),
+        ({"robust": {"linf:0.1": "high"}}, "robust must map each threat"),
+        ({"threats": "linf:0.1"}, "threats must be a list"),
+        ({"dataset": {"name": "fashion-mnist"}}, "dataset must name the data"),
+        ({"protocol": []}, "protocol must be an object"),
+    ],
+)
+def test_compare_refuses_a_damaged_report_with_its_reason(
+    report_dir: Path, tmp_path: Path, change: dict[str, Any], problem: str
+) -> None:
+    damaged = {**load_report(report_dir), **change}
+    (tmp_path / "report.json").write_text(json.dumps(damaged))
+    with pytest.raises(ValueError, match=f"a damaged metaat report \\({problem}"):
+        leaderboard([tmp_path])
 
 
 def _walk(value: Any) -> Iterator[Any]:

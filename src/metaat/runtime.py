@@ -10,10 +10,26 @@ import os
 import platform
 import random
 import sys
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+
+def check_out_dir(path: str | os.PathLike[str]) -> Path:
+    """``path`` as a folder metaat may write into (absent, or a directory); ``ValueError`` otherwise.
+
+    Checked before any work, so a long run never ends on "File exists" at its first save.
+    """
+    out = Path(path)
+    for part in (out, *out.parents):
+        if part.exists() or part.is_symlink():
+            if not part.is_dir():
+                where = "it is a file" if part == out else f"{part} is a file"
+                raise ValueError(f"cannot write to the folder {out}: {where}")
+            break
+    return out
 
 
 def seed_everything(seed: int) -> torch.Generator:

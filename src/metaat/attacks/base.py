@@ -24,6 +24,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from metaat.options import check_options
 from metaat.registry import Registry
 from metaat.runtime import make_generator
 from metaat.threats import ThreatModel
@@ -55,6 +56,33 @@ def check_inputs(x: torch.Tensor, y: torch.Tensor) -> None:
     from metaat.data import validate_batch
 
     validate_batch(x, y)
+
+
+def check_model_inputs(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
+    """One-line errors when ``model`` cannot take ``x`` or predict ``y``, read without a forward pass.
+
+    The dtype must match the model's parameters; a model built by ``metaat.models.create`` (its
+    ``metaat_spec``, also through DDP or ``torch.compile``) also fixes channels, image size and the
+    number of classes.
+    """
+    from metaat.models.checkpoint import unwrap
+
+    param = next(model.parameters(), None)
+    if param is not None and param.is_floating_point() and x.dtype != param.dtype:
+        raise ValueError(
+            f"x has dtype {x.dtype} but the model's parameters are {param.dtype}; convert x (x.to({param.dtype}))"
+        )
+    spec = getattr(unwrap(model), "metaat_spec", None)
+    if not isinstance(spec, dict):
+        return
+    expected = (spec.get("in_channels"), spec.get("image_size"), spec.get("image_size"))
+    if None not in expected and tuple(x.shape[1:]) != expected:
+        raise ValueError(
+            f"the model ({spec.get('name')}) expects inputs of shape {expected} but the data has {tuple(x.shape[1:])}"
+        )
+    classes = spec.get("num_classes")
+    if isinstance(classes, int) and y.numel() and int(y.max()) >= classes:
+        raise ValueError(f"labels go up to {int(y.max())} but the model outputs only {classes} classes")
 
 
 def auto_chunk(device: torch.device) -> int:
@@ -98,6 +126,7 @@ class Attack(ABC):
             raise TypeError(
                 f"{self.name}: unknown option(s) {', '.join(unknown)}; valid options: {', '.join(sorted(fields))}"
             )
+        check_options(self.name, self.config_class, options)
         self.config = self.config_class(threat=ThreatModel.parse(threat), **options)
 
     @property
@@ -117,9 +146,15 @@ class Attack(ABC):
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
         check_inputs(x, y)
+        check_model_inputs(model, x, y)
         gen = generator if generator is not None else make_generator(self.config.seed)
         with attack_mode(model):
             x_adv = self.perturb(model, x.detach(), y.detach(), gen)
+        bad = int((~torch.isfinite(x_adv)).sum())
+        if bad:  # a diverging step or a model with non-finite gradients: never score NaN images
+            raise RuntimeError(
+                f"{self.name} produced {bad} non-finite pixel values (NaN/Inf); check the model's outputs"
+            )
         return x_adv.detach()
 
     def chunk_size(self, x: torch.Tensor) -> int:

@@ -16,8 +16,8 @@ def validate_batch(
     """Check a batch against metaat's input contract; raise ``ValueError`` with a one-line reason.
 
     ``x`` must be a floating-point 4-D NCHW tensor, finite, with pixels in [0, 1] (tolerance
-    1e-6) and ``in_channels`` channels when given. ``y``, when given, must be a 1-D integer
-    tensor with one label per image, each in ``[0, num_classes)`` when ``num_classes`` is given.
+    1e-6) and ``in_channels`` channels when given. ``y``, when given, must be a 1-D int64
+    tensor with one non-negative label per image, each below ``num_classes`` when that is given.
     """
     if not isinstance(x, torch.Tensor):
         raise ValueError(f"x must be a torch.Tensor; got {type(x).__name__}")
@@ -42,16 +42,19 @@ def validate_batch(
         return
     if not isinstance(y, torch.Tensor):
         raise ValueError(f"y must be a torch.Tensor; got {type(y).__name__}")
-    if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
-        raise ValueError(f"y must be an integer tensor (int64); got dtype {y.dtype}")
+    if y.dtype != torch.int64:
+        raise ValueError(
+            f"y must be an int64 (integer) tensor of class labels; got dtype {y.dtype} (convert with y.long())"
+        )
     if y.dim() != 1:
         raise ValueError(f"y must be 1-D; got shape {tuple(y.shape)}")
     if len(y) != len(x):
         raise ValueError(f"y has {len(y)} labels but x has {len(x)} images")
+    if y.numel() and int(y.min()) < 0:
+        bound = num_classes if num_classes is not None else "classes"
+        raise ValueError(f"labels must lie in [0, {bound}); got min {int(y.min())}")
     if num_classes is not None and y.numel():
-        lo_label, hi_label = int(y.min()), int(y.max())
-        if lo_label < 0:
-            raise ValueError(f"labels must lie in [0, {num_classes}); got min {lo_label}")
+        hi_label = int(y.max())
         if hi_label >= num_classes:
             raise ValueError(f"labels must lie in [0, {num_classes}); got max {hi_label}")
 

@@ -41,6 +41,7 @@ from torch import nn
 from metaat.attacks.base import attack_mode
 from metaat.attacks.pgd import pgd_steps
 from metaat.losses import LossFn, ce
+from metaat.options import check_options
 from metaat.registry import Registry
 from metaat.threats import ThreatModel, default_step_size, parse_threats, random_init
 
@@ -132,6 +133,7 @@ class Defense(ABC):
                 f"({', '.join(map(str, self.threats))}). Multi-threat defenses: "
                 + ", ".join(n for n in DEFENSES.available() if DEFENSES.get(n).multi_threat)  # type: ignore[attr-defined]
             )
+        check_options(f"defense {self.name}", self.config_class, options)
         self.config = self.config_class(**options)
 
     def __repr__(self) -> str:

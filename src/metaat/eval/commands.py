@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from metaat.eval.report import fmt_pct
+from metaat.runtime import check_out_dir
 
 DEFAULT_STATE = ".eval-state.json"
 HOLDOUT_POINTS = 500
@@ -126,7 +127,7 @@ def eval_cmd(
                 holdout = datasets.load(name, "train", data_dir=folder, n=HOLDOUT_POINTS)
             except (ValueError, FileNotFoundError):
                 holdout = None  # universal attacks fall back to two-fold on the test points
-        out_dir = out or run or (path if path.is_dir() else path.parent)
+        out_dir = check_out_dir(out or run or (path if path.is_dir() else path.parent))
         state_path = state or out_dir / DEFAULT_STATE
         model = model.to(dev)
     except (ValueError, TypeError, KeyError, FileNotFoundError, RuntimeError) as err:

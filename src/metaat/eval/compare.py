@@ -19,6 +19,8 @@ from metaat.eval.report import FORMAT, fmt_pct, md_table
 def find_report(path: str | os.PathLike[str]) -> Path:
     """``report.json`` of a run folder (or the file itself); a one-line error when there is none."""
     p = Path(path).expanduser()
+    if not p.exists():
+        raise FileNotFoundError(f"{p} does not exist")
     candidate = p if p.is_file() else p / "report.json"
     if not candidate.is_file():
         raise FileNotFoundError(f"no report.json in {p}; run `metaat eval {p}` first")
@@ -33,7 +35,33 @@ def load_report(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise ValueError(f"{file}: not a readable report ({err})") from err
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise ValueError(f"{file}: not a metaat report")
+    problem = report_problem(data)
+    if problem:
+        raise ValueError(f"{file}: a damaged metaat report ({problem})")
     return data
+
+
+def _is_fraction(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0.0 <= value <= 1.0
+
+
+def report_problem(data: dict[str, Any]) -> str | None:
+    """What is wrong with the fields ``compare`` reads from a report; None when they are sound."""
+    threats = data.get("threats")
+    if not isinstance(threats, list) or not all(isinstance(t, str) for t in threats):
+        return "threats must be a list of threat names"
+    for key in ("model", "dataset", "protocol"):
+        if not isinstance(data.get(key), dict):
+            return f"{key} must be an object"
+    if not isinstance(data["dataset"].get("name"), str) or not isinstance(data["dataset"].get("n"), int):
+        return "dataset must name the data and its number of points"
+    for key in ("clean", "union"):
+        if not _is_fraction(data.get(key)):
+            return f"{key} must be a fraction in [0, 1]; got {data.get(key)!r}"
+    robust = data.get("robust")
+    if not isinstance(robust, dict) or not all(_is_fraction(v) for v in robust.values()):
+        return "robust must map each threat to a fraction in [0, 1]"
+    return None
 
 
 def leaderboard(paths: Sequence[str | os.PathLike[str]]) -> dict[str, Any]:

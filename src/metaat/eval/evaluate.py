@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from metaat.attacks.base import attack_mode, auto_chunk
+from metaat.attacks.base import attack_mode, auto_chunk, check_model_inputs
 from metaat.eval.checks import CheckConfig, CheckResult, run_checks
 from metaat.eval.state import EvalState, flags_from_text, flags_to_text, model_digest, tensor_digest
 from metaat.eval.suites import Suite, make_suite
@@ -96,22 +96,24 @@ def _config(value: bool | Any, cls: type[Any]) -> Any:
 
 def check_model_fits(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> int:
     """The model's number of classes; one-line errors when it cannot take ``x`` or predict ``y``."""
-    spec = getattr(model, "metaat_spec", None)
     shape = tuple(x.shape[1:])
-    if isinstance(spec, dict) and {"in_channels", "image_size"} <= set(spec):
-        expected = (spec["in_channels"], spec["image_size"], spec["image_size"])
-        if tuple(expected) != shape:
-            raise ValueError(
-                f"the model ({spec.get('name')}) expects inputs of shape {expected} but the data has {shape}"
-            )
+    check_model_inputs(model, x, y)  # dtype, and the spec's shape and classes, without a forward pass
     try:
         with torch.no_grad(), attack_mode(model):
             out = model(x[:1].to(model_device(model)))
     except RuntimeError as err:
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ValueError(f"the model cannot take inputs of shape {shape}: {reason}") from err
-    if out.dim() != 2:
-        raise ValueError(f"the model must return logits of shape (batch, classes); got {tuple(out.shape)}")
+    if not isinstance(out, torch.Tensor):
+        raise ValueError(f"the model must return a tensor of logits; got {type(out).__name__}")
+    if out.dim() != 2 or out.shape[0] != 1:
+        raise ValueError(
+            f"the model must return logits of shape (batch, classes); for a batch of 1 it returned {tuple(out.shape)}"
+        )
+    if not out.is_floating_point():
+        raise ValueError(f"the model must return floating-point logits; got dtype {out.dtype}")
+    if not bool(torch.isfinite(out).all()):
+        raise ValueError("the model returns non-finite logits (NaN or Inf) on the first test point")
     classes = int(out.shape[1])
     if y.numel() and int(y.max()) >= classes:
         raise ValueError(f"labels go up to {int(y.max())} but the model outputs only {classes} classes")
@@ -243,6 +245,8 @@ def evaluate(
         with attack_mode(model):
             state.clean = flags_to_text((predict(model, x.to(device), chunk) == y.to(device)).cpu())
         state.save()
+    if len(state.clean) != x.shape[0]:
+        raise ValueError(f"{state.path}: its clean flags cover {len(state.clean)} points, not {x.shape[0]}; delete it")
     clean = flags_from_text(state.clean)
     timings["clean"] = round(time.perf_counter() - t0, 3)
     if progress is not None:

@@ -84,7 +84,11 @@ def read_cost(run_dir: str | os.PathLike[str] | None) -> dict[str, Any] | None:
 
 
 def read_run_config(run_dir: str | os.PathLike[str] | None) -> dict[str, Any]:
-    """The run's ``config.yaml`` as a dict ({} when absent or unreadable)."""
+    """The run's ``config.yaml`` as a dict ({} when the run has none).
+
+    A damaged file is an error naming it, never an empty config: the evaluation would otherwise
+    fall back to the default dataset without a word.
+    """
     if run_dir is None:
         return {}
     path = Path(run_dir) / "config.yaml"
@@ -94,9 +98,15 @@ def read_run_config(run_dir: str | os.PathLike[str] | None) -> dict[str, Any]:
 
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError):
-        return {}
-    return data if isinstance(data, dict) else {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"{path} is unreadable ({reason}); restore it from the run's checkpoint/state.json") from err
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} must hold a mapping of options; got {type(data).__name__}")
+    for key in ("data", "data_dir"):
+        if data.get(key) is not None and not isinstance(data[key], str):
+            raise ValueError(f"{path}: {key} must be a string; got {data[key]!r}")
+    return data
 
 
 def build_report(

@@ -22,6 +22,7 @@ from torch import nn
 
 FORMAT = "metaat.eval-state"
 VERSION = 1
+DIGEST = "sha256"  # over the file's own content: a hand edit or a flipped byte is refused
 
 
 def tensor_digest(*tensors: torch.Tensor) -> str:
@@ -68,6 +69,35 @@ def flags_from_text(text: str) -> torch.Tensor:
     return torch.tensor([c == "1" for c in text], dtype=torch.bool)
 
 
+def content_digest(data: dict[str, Any]) -> str:
+    """SHA-256 of a state file's content without its own digest (canonical: sorted keys)."""
+    text = json.dumps({k: v for k, v in data.items() if k != DIGEST}, sort_keys=True)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _is_flags(value: Any) -> bool:
+    return isinstance(value, str) and set(value) <= {"0", "1"}
+
+
+def state_problem(data: dict[str, Any]) -> str | None:
+    """What is wrong with a state file's fields; None when they are sound."""
+    if not isinstance(data.get("fingerprint", {}), dict):
+        return "fingerprint must be an object"
+    if data.get("clean") is not None and not _is_flags(data["clean"]):
+        return "clean must be a string of 0/1 flags"
+    threats, sections = data.get("threats", {}), data.get("sections", {})
+    if not isinstance(threats, dict) or not isinstance(sections, dict):
+        return "threats and sections must be objects"
+    for name, entry in threats.items():
+        if not isinstance(entry, dict) or not isinstance(entry.get("chunks", {}), dict):
+            return f"threat {name} must hold an object of chunks"
+        if not all(_is_flags(v) for v in entry.get("chunks", {}).values()):
+            return f"threat {name}: every chunk must be a string of 0/1 flags"
+        if not isinstance(entry.get("seconds", 0.0), (int, float)):
+            return f"threat {name}: seconds must be a number"
+    return None
+
+
 class StateMismatchError(ValueError):
     """The state file belongs to a different evaluation (the message lists what differs)."""
 
@@ -97,7 +127,14 @@ class EvalState:
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
             raise ValueError(f"{p}: not a readable evaluation state file ({err})") from err
         if not isinstance(data, dict) or data.get("format") != FORMAT:
-            raise ValueError(f"{p}: not a metaat evaluation state file (format {data.get('format')!r})")
+            found = data.get("format") if isinstance(data, dict) else type(data).__name__
+            raise ValueError(f"{p}: not a metaat evaluation state file (format {found!r})")
+        # Files written before the digest existed have none (their fields are still checked).
+        if DIGEST in data and data[DIGEST] != content_digest(data):
+            raise ValueError(f"{p}: its content does not match its {DIGEST} (edited by hand or corrupt); delete it")
+        problem = state_problem(data)
+        if problem:
+            raise ValueError(f"{p}: a damaged evaluation state file ({problem}); delete it")
         old = data.get("fingerprint", {})
         differs = sorted(k for k in set(old) | set(fingerprint) if old.get(k) != fingerprint.get(k))
         if differs:
@@ -118,6 +155,7 @@ class EvalState:
             "threats": self.threats,
             "sections": self.sections,
         }
+        data[DIGEST] = content_digest(data)
         atomic_write_text(self.path, json.dumps(data, sort_keys=True))
 
     # --- per-threat chunks -------------------------------------------------------------------

@@ -20,6 +20,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from metaat.meta.generators import build_generator
+from metaat.models.checkpoint import is_sha256
 
 WEIGHTS_NAME = "generator.safetensors"
 SPEC_NAME = "generator.json"
@@ -116,7 +117,11 @@ def load_generator(path: str | os.PathLike[str], device: str | torch.device = "c
         weights = p / str(meta.get("weights", WEIGHTS_NAME))
         if not weights.is_file():
             raise FileNotFoundError(f"no generator weights at {weights}")
-        if meta.get("sha256") and _sha256(weights) != meta["sha256"]:
+        if not is_sha256(meta.get("sha256")):
+            raise ValueError(
+                f"{sidecar}: no valid sha256 of the weights (got {meta.get('sha256')!r}); re-save the generator"
+            )
+        if _sha256(weights) != meta["sha256"]:
             raise ValueError(f"{weights}: checksum mismatch with {SPEC_NAME} (corrupt or from another save)")
         try:
             state = load_file(str(weights), device="cpu")

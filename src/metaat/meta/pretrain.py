@@ -23,6 +23,7 @@ It attacks unseen models (``metaat attack --attack learned --generator DIR``) an
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import time
 from collections.abc import Callable
@@ -36,6 +37,7 @@ from metaat.losses import ce
 from metaat.meta.generators import AttackerSpec, LearnedAttacker
 from metaat.meta.io import save_generator
 from metaat.meta.rollout import attacker_rollout, input_gradient
+from metaat.runtime import check_out_dir
 from metaat.threats import ThreatModel, parse_threats, project, random_init, steepest_ascent
 
 
@@ -78,8 +80,8 @@ class PretrainConfig:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("inner_lr", "meta_lr", "target_lr"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+            if not 0 < getattr(self, name) < math.inf:  # NaN fails too
+                raise ValueError(f"{name} must be a finite number > 0, got {getattr(self, name)}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -227,6 +229,8 @@ def pretrain(
     """Meta-pretrain an attacker; save it to ``out_dir`` when given. Returns it and a summary."""
     import metaat.data as datasets
 
+    if out_dir is not None:
+        check_out_dir(out_dir)  # before the target training, not at the save after it
     t0 = time.perf_counter()
     dev = torch.device(device)
     generator = torch.Generator().manual_seed(cfg.seed)

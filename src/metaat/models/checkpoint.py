@@ -55,6 +55,11 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def is_sha256(value: Any) -> bool:
+    """True for a SHA-256 hex digest (64 lowercase hex characters), as every save writes."""
+    return isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)
+
+
 def unwrap(model: nn.Module) -> nn.Module:
     """The module carrying ``metaat_spec``, looking through DDP (``.module``) and ``torch.compile``."""
     seen = model
@@ -166,10 +171,15 @@ def load_model(path: str | os.PathLike[str], device: str | torch.device = "cpu")
         raise CheckpointError(f"{sidecar}: no model spec (expected a JSON object with a 'spec' entry)")
     try:
         model = create_from_spec(spec)
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
         raise CheckpointError(f"{sidecar}: cannot rebuild the model from its spec: {exc}") from exc
     digest = meta.get("sha256")
-    if isinstance(digest, str) and _sha256(weights) != digest:
+    if not is_sha256(digest):
+        raise CheckpointError(
+            f"{sidecar}: no valid sha256 of the weights (got {digest!r}); without it a corrupt weights file "
+            "would load silently. Re-save the model with metaat.models.save_model"
+        )
+    if _sha256(weights) != digest:
         raise CheckpointError(
             f"{weights}: checksum mismatch with {sidecar.name} (the weights file is corrupt, truncated "
             f"or from another save)"

@@ -9,6 +9,7 @@ one before it::
                                    RNG states (torch CPU/CUDA and the attack generators, uint8)
     checkpoint/state.json          config, epoch/step, optimizer hyper-state, numpy/python RNG,
                                    cost meter, defense state, sha256 of both safetensors files
+                                   and of its own content
 
 A new checkpoint is written to a temporary folder, every file fsync'ed, then rotated in with
 ``os.replace`` (``checkpoint`` → ``checkpoint.prev``, temporary → ``checkpoint``): at every instant
@@ -41,6 +42,7 @@ STATE_TENSORS = "state.safetensors"
 STATE_JSON = "state.json"
 FORMAT = "metaat.train-checkpoint"
 FORMAT_VERSION = 1
+STATE_DIGEST = "state_sha256"  # over state.json's own content: a hand edit or a flipped byte is refused
 
 
 @dataclasses.dataclass
@@ -104,6 +106,7 @@ def write_checkpoint(
         save_file(_cpu(tensors), str(tmp / STATE_TENSORS))
         files = {MODEL_WEIGHTS: sha256(weights), STATE_TENSORS: sha256(tmp / STATE_TENSORS)}
         payload = {"format": FORMAT, "version": FORMAT_VERSION, **state, "files": files}
+        payload[STATE_DIGEST] = state_digest(payload)
         (tmp / STATE_JSON).write_text(json.dumps(payload, indent=1, sort_keys=True) + "\n", encoding="utf-8")
         for child in tmp.iterdir():
             _fsync(child)
@@ -158,6 +161,14 @@ def read_checkpoint(path: str | os.PathLike[str]) -> LoadedCheckpoint:
         raise CheckpointError(f"{state_file}: not a metaat training checkpoint{hint}")
     if state.get("version") != FORMAT_VERSION:
         raise CheckpointError(f"{state_file}: checkpoint format version {state.get('version')} is not supported")
+    # Checkpoints written before the digest existed have none; every checkpoint written now has one.
+    if STATE_DIGEST in state and state[STATE_DIGEST] != state_digest(state):
+        raise CheckpointError(
+            f"{state_file}: its content does not match its {STATE_DIGEST} (edited by hand or corrupt){hint}"
+        )
+    problem = state_problem(state)
+    if problem:
+        raise CheckpointError(f"{state_file}: not a usable checkpoint state ({problem}){hint}")
     loaded: dict[str, dict[str, torch.Tensor]] = {}
     for name in (MODEL_WEIGHTS, STATE_TENSORS):
         file = folder / name
@@ -173,6 +184,36 @@ def read_checkpoint(path: str | os.PathLike[str]) -> LoadedCheckpoint:
                 f"{file}: not a readable safetensors file (corrupt or truncated?): {err}{hint}"
             ) from err
     return LoadedCheckpoint(folder, state, loaded[STATE_TENSORS], loaded[MODEL_WEIGHTS])
+
+
+def state_digest(payload: dict[str, Any]) -> str:
+    """SHA-256 of a checkpoint's JSON state without its own digest (canonical: sorted keys)."""
+    text = json.dumps({k: v for k, v in payload.items() if k != STATE_DIGEST}, sort_keys=True)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def state_problem(state: dict[str, Any]) -> str | None:
+    """What makes a checkpoint's JSON state unusable for resuming; None when its fields are sound."""
+    for key in ("epoch", "step_in_epoch", "global_step", "steps_per_epoch", "world_size", "metrics_lines"):
+        if not _count(state.get(key)):
+            return f"{key} must be a non-negative integer; got {state.get(key)!r}"
+    if state["steps_per_epoch"] < 1 or state["world_size"] < 1:
+        return "steps_per_epoch and world_size must be >= 1"
+    if state["step_in_epoch"] > state["steps_per_epoch"]:
+        return f"step_in_epoch {state['step_in_epoch']} exceeds steps_per_epoch {state['steps_per_epoch']}"
+    for key in ("config", "optimizer", "defense", "cost", "accumulators", "guard", "last_metrics", "files"):
+        if not isinstance(state.get(key), dict):
+            return f"{key} must be an object; got {type(state.get(key)).__name__}"
+    if not isinstance(state.get("rng"), list):
+        return f"rng must be a list; got {type(state.get('rng')).__name__}"
+    epochs = state["config"].get("epochs")
+    if _count(epochs) and state["epoch"] > epochs:
+        return f"epoch {state['epoch']} is past the run's {epochs} epochs"
+    return None
 
 
 def _previous_hint(folder: Path) -> str:

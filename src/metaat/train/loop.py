@@ -39,7 +39,15 @@ from torch import nn
 from metaat.attacks import create as create_attack
 from metaat.defenses import Defense, TrainContext
 from metaat.models import CheckpointError, get_spec, save_model
-from metaat.runtime import environment, make_generator, resolve_device, seed_everything, set_deterministic, set_threads
+from metaat.runtime import (
+    check_out_dir,
+    environment,
+    make_generator,
+    resolve_device,
+    seed_everything,
+    set_deterministic,
+    set_threads,
+)
 from metaat.train import distributed
 from metaat.train.checkpoint import (
     has_checkpoint,
@@ -661,7 +669,7 @@ def fit(
     """
     from metaat.data import validate_batch
 
-    run_dir = Path(out_dir)
+    run_dir = check_out_dir(out_dir)
     if tuple(map(str, defense.threats)) != config.threats:
         raise ValueError(
             f"config threats {list(config.threats)} differ from the defense's {[str(t) for t in defense.threats]}"
