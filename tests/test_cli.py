@@ -124,6 +124,10 @@ def test_attack_is_reproducible(model_dir: Path) -> None:
         (("-o", "stepz=3"), "unknown option(s) stepz; valid options:"),
         (("-o", "steps"), "--option must look like key=value"),
         (("--attack", "pgd", "-o", "steps=0"), "steps must be >= 1"),
+        (("--attack", "pgd", "-o", "steps=1.5"), "pgd: option steps must be an integer; got 1.5"),
+        (("--attack", "pgd", "-o", "step_size=.nan"), "pgd: option step_size must be a finite number"),
+        (("--attack", "pgd", "-o", "targeted=2"), "pgd: option targeted must be true or false; got 2"),
+        (("--attack", "patch", "-o", "patch_size=100"), "patch: patch_size 100 does not fit"),
     ],
 )
 def test_attack_bad_input_is_a_one_line_error(model_dir: Path, extra: tuple[str, ...], message: str) -> None:

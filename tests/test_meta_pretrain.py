@@ -119,3 +119,13 @@ def test_meta_pretrain_command(tmp_path: Path) -> None:
     assert summary["out"] == str(out) and (out / "generator.safetensors").is_file()
     bad = runner.invoke(app, [*args[:-1], "--algorithm", "maml"])
     assert bad.exit_code == 2 and "algorithm" in bad.output
+    stages_at = args.index("--stages") + 1
+    bad = runner.invoke(app, [*args[:stages_at], "0,x", *args[stages_at + 1 :]])
+    assert bad.exit_code == 2 and "--stages must be comma-separated integers" in " ".join(bad.output.split())
+    meta_lr = runner.invoke(app, [*args, "--meta-lr", "nan"])
+    assert meta_lr.exit_code == 2 and "meta_lr must be a finite number > 0" in " ".join(meta_lr.output.split())
+    taken = tmp_path / "o.txt"
+    taken.write_text("not a folder")
+    out_at = args.index("--out") + 1
+    bad_out = runner.invoke(app, [*args[:out_at], str(taken), *args[out_at + 1 :]])
+    assert bad_out.exit_code == 2 and "it is a file" in " ".join(bad_out.output.split())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -161,6 +162,14 @@ def test_missing_checkpoint(tmp_path: Path) -> None:
         load_model(tmp_path / "m")
 
 
+def test_a_file_that_is_not_a_model_is_named(tmp_path: Path) -> None:
+    save_model(build("mlp"), tmp_path / "m")
+    (tmp_path / "config.yaml").write_text("defense: standard\n")
+    with pytest.raises(FileNotFoundError, match="config.yaml is a file, not a model"):
+        load_model(tmp_path / "config.yaml")
+    load_model(tmp_path / "m" / "model.safetensors")  # the weights file itself is fine
+
+
 def test_truncated_checkpoint(tmp_path: Path) -> None:
     weights = save_model(build("mlp"), tmp_path / "m")
     weights.write_bytes(weights.read_bytes()[:1000])
@@ -239,3 +248,13 @@ def test_a_damaged_spec_is_a_checkpoint_error(tmp_path: Path, key: str, value: A
     (tmp_path / "m" / "model.json").write_text(json.dumps(meta))
     with pytest.raises(CheckpointError, match="model.json"):
         load_model(tmp_path / "m")
+
+
+def test_identical_weights_save_to_identical_bytes_as_ordinary_files(tmp_path: Path) -> None:
+    """Checksums compare runs: the same weights must give the same file, readable like any other."""
+    model = build("mlp")
+    digests = {sha256_of(save_model(model, tmp_path / f"m{i}")) for i in range(8)}
+    assert len(digests) == 1
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "m0" / "model.safetensors").stat().st_mode & 0o777 == 0o666 & ~umask

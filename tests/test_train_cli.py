@@ -51,6 +51,8 @@ def test_preset_plus_overrides_trains_and_saves_the_resolved_config(tmp_path: Pa
         (["--optimizer", "lion"], "unknown optimizer 'lion'; valid optimizers: sgd, adam"),
         (["--config", "missing.yaml"], "no config file at missing.yaml"),
         (["--data", "imagenet"], "unknown dataset 'imagenet'; valid datasets: "),
+        (["--defense", "pgd", "-o", "steps=abc"], "defense pgd: option steps must be an integer; got 'abc'"),
+        (["--defense", "trades", "-o", "beta=.inf"], "defense trades: option beta must be a finite number; got inf"),
     ],
 )
 def test_bad_input_is_a_one_line_error_with_status_2(tmp_path: Path, args: list[str], message: str) -> None:
@@ -58,6 +60,18 @@ def test_bad_input_is_a_one_line_error_with_status_2(tmp_path: Path, args: list[
     assert code == 2
     assert output.startswith("error: ") and message in output.replace("\n", " "), output
     assert not (tmp_path / "run" / "checkpoint").exists()
+
+
+def test_a_binary_config_or_an_out_file_is_a_one_line_error_naming_it(tmp_path: Path) -> None:
+    binary = tmp_path / "binary.yaml"
+    binary.write_bytes(b"\xff\xfe\x00\x01")
+    code, output = metaat("train", *TINY, "--config", str(binary), "--out", str(tmp_path / "run"))
+    assert code == 2 and "binary.yaml: not a text file" in " ".join(output.split()), output
+    taken = tmp_path / "o.txt"
+    taken.write_text("not a folder")
+    code, output = metaat("train", *TINY, "--out", str(taken))
+    assert code == 2 and "o.txt: it is a file" in " ".join(output.split()), output
+    assert taken.read_text() == "not a folder"
 
 
 def test_missing_tracker_names_the_extra_to_install(tmp_path: Path) -> None:

@@ -147,16 +147,20 @@ def attack_cmd(
     clean_ok = torch.zeros(len(y), dtype=torch.bool)
     robust_ok = torch.zeros(len(y), dtype=torch.bool)
     t0 = time.perf_counter()
-    with Progress(console=console, transient=True) as progress:
-        task = progress.add_task(f"{attack} {threat}", total=len(y))
-        for sl in chunks(len(y), step):
-            xb, yb = x[sl], y[sl]
-            with torch.no_grad():
-                clean_ok[sl] = (net.eval()(xb).argmax(1) == yb).cpu()
-            x_adv = atk(net, xb, yb, generator=gen)
-            with torch.no_grad():
-                robust_ok[sl] = (net(x_adv).argmax(1) == yb).cpu() & clean_ok[sl]
-            progress.advance(task, len(yb))
+    try:
+        with Progress(console=console, transient=True) as progress:
+            task = progress.add_task(f"{attack} {threat}", total=len(y))
+            for sl in chunks(len(y), step):
+                xb, yb = x[sl], y[sl]
+                with torch.no_grad():
+                    clean_ok[sl] = (net.eval()(xb).argmax(1) == yb).cpu()
+                x_adv = atk(net, xb, yb, generator=gen)
+                with torch.no_grad():
+                    robust_ok[sl] = (net(x_adv).argmax(1) == yb).cpu() & clean_ok[sl]
+                progress.advance(task, len(yb))
+    except (ValueError, RuntimeError) as err:  # options only checkable against the data (a patch too big)
+        fail(f"{attack}: {str(err).splitlines()[0] if str(err) else type(err).__name__}")
+        return
     clean_acc = clean_ok.float().mean().item()
     robust_acc = robust_ok.float().mean().item()
     seconds = round(time.perf_counter() - t0, 3)

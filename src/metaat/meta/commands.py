@@ -12,6 +12,14 @@ from typing import Annotated
 import typer
 
 
+def parse_stages(text: str) -> tuple[int, ...]:
+    """``"0,5,10"`` → (0, 5, 10); a one-line error for anything else."""
+    try:
+        return tuple(int(s) for s in text.split(",") if s.strip())
+    except ValueError:
+        raise ValueError(f"--stages must be comma-separated integers such as 0,5,10; got {text!r}") from None
+
+
 def register(app: typer.Typer) -> None:
     """Add the ``meta-pretrain`` command to ``app``."""
 
@@ -53,7 +61,7 @@ def register(app: typer.Typer) -> None:
                 n=n,
                 threats=tuple(threat) if threat else PretrainConfig.threats,
                 models=tuple(model) if model else PretrainConfig.models,
-                stages=tuple(int(s) for s in stages.split(",") if s.strip()),
+                stages=parse_stages(stages),
                 algorithm=algorithm,
                 meta_iters=iters,
                 inner_steps=inner_steps,

@@ -32,6 +32,11 @@ def checkpoint_paths(path: str | os.PathLike[str]) -> tuple[Path, Path]:
         return p, p.with_suffix(".json")
     if p.suffix == ".json":
         return p.with_suffix(".safetensors"), p
+    if p.is_file():
+        raise FileNotFoundError(
+            f"{p} is a file, not a model: give a model folder ({WEIGHTS_NAME} + {SPEC_NAME}), a run folder "
+            f"or the {WEIGHTS_NAME} file"
+        )
     return p / WEIGHTS_NAME, p / SPEC_NAME
 
 
@@ -41,6 +46,9 @@ def atomic_write(path: Path, write: Callable[[str], None]) -> None:
     os.close(fd)
     try:
         write(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; a saved model is an ordinary file
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -96,7 +104,9 @@ def save_model(model: nn.Module, path: str | os.PathLike[str]) -> Path:
     weights, sidecar = checkpoint_paths(path)
     weights.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in inner.state_dict().items()}
-    atomic_write(weights, lambda tmp: save_file(state, tmp, metadata={"format": "pt", "metaat_spec": spec_json}))
+    # One metadata entry: safetensors writes its metadata map in a per-process random order, so two
+    # entries would give identical weights different bytes (and checksums) from run to run.
+    atomic_write(weights, lambda tmp: save_file(state, tmp, metadata={"metaat_spec": spec_json}))
     meta = {
         "format": FORMAT,
         "version": FORMAT_VERSION,

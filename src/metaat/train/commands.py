@@ -125,7 +125,8 @@ def train_cmd(
             run_dir = out if out is not None else default_out(cfg)
         result = train(cfg, run_dir, resume=resume is not None, quiet=True if quiet else None)
     except (ValueError, TypeError, KeyError, FileNotFoundError, CheckpointError, TrainingError) as err:
-        fail(escape(str(err).strip("'\"")))
+        # str(KeyError) wraps its message in quotes; any other message is shown as it is
+        fail(escape(str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)))
         return
     if result.status == "interrupted":
         console.print(f"interrupted; resume with: metaat train --resume {run_dir}", highlight=False, soft_wrap=True)

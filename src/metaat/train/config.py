@@ -152,8 +152,11 @@ class TrainConfig:
             raise FileNotFoundError(f"no config file at {p}")
         try:
             values = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except UnicodeDecodeError as err:
+            raise ValueError(f"{p}: not a text file ({err.reason} at byte {err.start})") from err
         except yaml.YAMLError as err:
-            raise ValueError(f"{p}: not valid YAML ({err})") from err
+            first = " ".join(str(err).split())  # PyYAML's message spans several lines
+            raise ValueError(f"{p}: not valid YAML ({first})") from err
         if not isinstance(values, dict):
             raise ValueError(f"{p}: a config file must be a mapping of keys to values")
         try:
