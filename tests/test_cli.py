@@ -106,6 +106,12 @@ def test_attack_json_matches_the_library(model_dir: Path) -> None:
     assert 0.5 < report["clean"] and report["robust"] < report["clean"]
 
 
+def test_a_bare_norm_takes_its_default_radius_as_in_train(model_dir: Path) -> None:
+    result = invoke(*attack_args(model_dir, "--attack", "fgsm", "--threat", "l2", "--json"))
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["threat"] == "l2:1.5"
+
+
 def test_attack_is_reproducible(model_dir: Path) -> None:
     args = attack_args(model_dir, "--attack", "pgd", "-o", "steps=3", "--json")
     first, second = json.loads(invoke(*args).stdout), json.loads(invoke(*args).stdout)
@@ -118,7 +124,7 @@ def test_attack_is_reproducible(model_dir: Path) -> None:
         (("--attack", "pgdd"), "unknown attack 'pgdd'; valid attacks: "),
         (("--threat", "linf:0"), "eps must be a finite number > 0"),
         (("--threat", "linf:-0.1"), "eps must be a finite number > 0"),
-        (("--threat", "linf0.1"), "threat must look like 'linf:0.1'"),
+        (("--threat", "linf0.1"), "give 'norm:eps' (e.g. linf:0.1) or a bare norm"),
         (("--threat", "l3:0.1"), "unknown norm 'l3'; valid norms: linf, l2, l1"),
         (("--threat", "linf:abc"), "is not a number"),
         (("-o", "stepz=3"), "unknown option(s) stepz; valid options:"),

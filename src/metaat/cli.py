@@ -116,6 +116,7 @@ def attack_cmd(
     from metaat.attacks.base import chunks
     from metaat.models import resolve_model
     from metaat.runtime import resolve_device, seed_everything, set_threads
+    from metaat.train.config import resolve_threat
 
     try:
         set_threads(threads)
@@ -128,6 +129,7 @@ def attack_cmd(
             opts["path"] = str(generator)
         if batch_size is not None:
             opts["batch_size"] = batch_size
+        threat = resolve_threat(threat)  # a bare norm takes its default radius, as in train
         atk = attacks.create(attack, threat=threat, seed=seed, **opts)
     except (ValueError, TypeError, KeyError, FileNotFoundError, RuntimeError) as err:
         fail(str(err))

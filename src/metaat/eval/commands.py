@@ -105,13 +105,14 @@ def eval_cmd(
     from metaat.eval.state import StateMismatchError
     from metaat.runtime import resolve_device, seed_everything, set_threads
     from metaat.threats import parse_threats
+    from metaat.train.config import resolve_threat  # a bare norm takes its default radius, as in train
 
     err_console = Console(stderr=True)
     try:
         set_threads(threads)
         dev = resolve_device(device)
         seed_everything(seed)
-        threats = parse_threats(tuple(threat or DEFAULT_THREATS))
+        threats = parse_threats(tuple(resolve_threat(t) for t in threat) if threat else tuple(DEFAULT_THREATS))
         if suite not in ("quick", "apgd", "standard"):
             raise ValueError(f"unknown suite {suite!r}; valid suites: apgd, quick, standard")
         model, path, run = load_target(target)
