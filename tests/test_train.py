@@ -333,6 +333,7 @@ def test_config_round_trips_through_yaml_and_fills_default_radii(tmp_path: Path)
         ({"threats": ("linf:0.1", "linf:0.1")}, "duplicate threat models"),
         ({"threats": ("l3",)}, "give 'norm:eps'"),
         ({"colour": "red"}, "unknown config key.*colour; valid keys: data"),
+        ({"options": [1]}, r"options must be a mapping of defense options \(key: value\); got \[1\]"),
     ],
 )
 def test_config_errors_are_one_line_and_list_valid_values(changes: dict[str, Any], message: str) -> None:

@@ -97,6 +97,8 @@ class TrainConfig:
         resolved = tuple(resolve_threat(t) for t in threats)
         parse_threats(list(resolved))  # at least one, no duplicates
         object.__setattr__(self, "threats", resolved)
+        if self.options is not None and not isinstance(self.options, dict):
+            raise ValueError(f"options must be a mapping of defense options (key: value); got {self.options!r}")
         object.__setattr__(self, "options", dict(self.options or {}))
         object.__setattr__(self, "data_dir", None if self.data_dir in (None, "") else str(self.data_dir))
         for name in ("data", "model", "defense", "device"):
