@@ -193,3 +193,10 @@ def test_rng_state_round_trips_through_json_and_tensors() -> None:
     again = (torch.rand(3), torch.rand(3, generator=gen), np.random.rand(), random.random())
     assert torch.equal(expected[0], again[0]) and torch.equal(expected[1], again[1])
     assert expected[2:] == again[2:]
+
+
+def test_the_state_digest_survives_the_trip_through_json() -> None:
+    """int keys become strings and tuples lists on disk: the digest is taken as read back."""
+    state = {"defense": {"state": [{2: (1, 2), 10: 0.1}]}, "files": {}, "epoch": 1}
+    assert state_digest(state) == state_digest(json.loads(json.dumps(state)))
+    assert state_digest(state) != state_digest({**state, "epoch": 2})

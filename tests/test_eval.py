@@ -195,6 +195,14 @@ def test_a_hand_edited_or_damaged_state_file_is_refused(
         quick(model, x[:16], y[:16], state_path=state)
 
 
+def test_the_state_file_digest_survives_the_trip_through_json() -> None:
+    from metaat.eval.state import content_digest
+
+    data = {"sections": {"unseen": {3: (0.5, 0.25), 10: None}}, "clean": "101"}
+    assert content_digest(data) == content_digest(json.loads(json.dumps(data)))
+    assert content_digest(data) != content_digest({**data, "clean": "111"})
+
+
 def test_a_state_file_without_a_digest_still_resumes(model: nn.Module, data: Data, tmp_path: Path) -> None:
     """Files written before the digest existed carry none; intact ones resume to the same result."""
     x, y = data

@@ -71,7 +71,10 @@ def flags_from_text(text: str) -> torch.Tensor:
 
 def content_digest(data: dict[str, Any]) -> str:
     """SHA-256 of a state file's content without its own digest (canonical: sorted keys)."""
-    text = json.dumps({k: v for k, v in data.items() if k != DIGEST}, sort_keys=True)
+    # Through JSON and back first: the digest must be the same before the save and after the load
+    # (int keys become strings, tuples lists), whatever the in-memory types were.
+    plain = json.loads(json.dumps({k: v for k, v in data.items() if k != DIGEST}))
+    text = json.dumps(plain, sort_keys=True)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
