@@ -80,16 +80,17 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     return out
 
 
-def study_records(study: str) -> list[dict[str, Any]] | None:
-    """The study's per-threat records (headline ``suite: standard`` and superseded ones left out);
-    None, after one line on stderr naming the studies that do have records, when it has none."""
+def study_records(study: str, headline: bool = False) -> list[dict[str, Any]] | None:
+    """The study's per-threat records (headline ``suite: standard`` and superseded ones left out;
+    with ``headline``, only the headline ones); None, after one line on stderr naming the studies
+    that do have records, when it has none."""
     src = RESULTS / f"{study}.json"
     if not src.is_file():
         have = sorted(p.stem for p in RESULTS.glob("*.json") if '"records"' in p.read_text(encoding="utf-8"))
         print(f"no records for study {study!r} ({src}); studies with records: {', '.join(have)}", file=sys.stderr)
         return None
     every = json.loads(src.read_text(encoding="utf-8"))["records"]
-    return [r for r in every if r.get("suite") != "standard" and not r.get("superseded")]
+    return [r for r in every if (r.get("suite") == "standard") == headline and not r.get("superseded")]
 
 
 def write_result(name: str, out: dict[str, Any]) -> Path:

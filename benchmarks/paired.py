@@ -10,6 +10,9 @@ the per-point robust flags the evaluation wrote as it went), rebuilds each point
 (clean-correct and robust under every threat), checks that it reproduces the record's union, and
 counts the points robust under both, under only one, under neither. The exact two-sided McNemar
 test on the discordant points says how likely a gap that large is if the two were equally robust.
+For every headline record (``suite: standard``, the full AutoAttack run union-only on the same
+model and points) it also rebuilds the headline run's per-point union and lists, under
+``headline``, the points only one of the two protocols broke and the per-point worst case of both.
 Writes ``benchmarks/results/<study>_paired.json`` (``<study>_paired_vs_<reference>.json`` for a
 reference other than ``max``).
 """
@@ -27,20 +30,36 @@ from monitor_gap import study_records, write_result  # benchmarks/ is on the pat
 from study import eval_state_path, run_path
 
 
-def union_flags(state: dict[str, Any], threats: list[str]) -> list[bool]:
-    """Per test point: clean-correct and robust under every threat (full mode: each threat attacks
-    every clean-correct point, in chunks, in order)."""
+def union_flags(state: dict[str, Any], threats: list[str], union_only: bool = False) -> list[bool]:
+    """Per test point: clean-correct and robust under every threat. Full mode: each threat attacks
+    every clean-correct point, in chunks, in order; ``union_only`` (the headline runs): each threat
+    attacks only the points still robust after the threats before it."""
     clean = [c == "1" for c in state["clean"]]
-    pending = [i for i, ok in enumerate(clean) if ok]
     robust = list(clean)
     for threat in threats:
+        pending = [i for i, ok in enumerate(robust if union_only else clean) if ok]
         chunks = state["threats"][threat]["chunks"]
         flags = "".join(chunks[str(k)] for k in range(len(chunks)))
         if len(flags) != len(pending):
-            raise ValueError(f"{threat}: {len(flags)} flags for {len(pending)} clean-correct points (unfinished?)")
+            raise ValueError(f"{threat}: {len(flags)} flags for {len(pending)} pending points (unfinished?)")
         for i, f in zip(pending, flags, strict=True):
             robust[i] = robust[i] and f == "1"
     return robust
+
+
+def headline_agreement(standard: list[bool], study: list[bool]) -> dict[str, Any]:
+    """The headline run (full AutoAttack) against the study protocol (APGD-CE + APGD-T) on one model:
+    which points each left robust, and the per-point worst case of the two."""
+    n = len(study)
+    worst = [a and b for a, b in zip(standard, study, strict=True)]
+    return {
+        "n": n,
+        "union_standard": sum(standard) / n,
+        "union_study_protocol": sum(study) / n,
+        "union_worst_case": sum(worst) / n,
+        "broken_only_by_standard": sum(b and not a for a, b in zip(standard, study, strict=True)),
+        "broken_only_by_study_protocol": sum(a and not b for a, b in zip(standard, study, strict=True)),
+    }
 
 
 def mcnemar_exact(b: int, c: int) -> float:
@@ -108,10 +127,25 @@ def main(argv: list[str] | None = None) -> int:
         if method == args.reference or ref is None:
             continue
         rows.append({"method": method, "reference": args.reference, "seed": seed, **compare(union, ref)})
+    headline = []
+    for r in study_records(args.study, headline=True) or []:
+        run = run_path(args.study, r["method"], r["seed"])
+        path = eval_state_path(run, "standard", r["n"], int(r.get("test_start", 0)))
+        if not path.is_file() or (r["method"], r["seed"]) not in flags:
+            skipped.append(f"{r['method']} seed {r['seed']} headline: no state file or no study-protocol row")
+            continue
+        state = json.loads(path.read_text(encoding="utf-8"))
+        standard = union_flags(state, list(state["fingerprint"]["threats"]), union_only=True)
+        if abs(sum(standard) / len(standard) - r["robust"]["union"]) > 1e-9:
+            raise ValueError(f"{r['method']} seed {r['seed']}: the headline state's union differs from the record's")
+        headline.append(
+            {"method": r["method"], "seed": r["seed"], **headline_agreement(standard, flags[(r["method"], r["seed"])])}
+        )
     out = {
         "study": args.study,
         "what": "per-point union robustness of each row against the reference row on the same seed and points",
         "rows": rows,
+        "headline": headline,
         "skipped": skipped,
     }
     # max is the default reference; another reference gets its own file beside it
@@ -121,6 +155,13 @@ def main(argv: list[str] | None = None) -> int:
             f"{row['method']} vs {row['reference']} seed {row['seed']}: {row['difference_points']:+.1f} points "
             f"(only {row['method']} {row['only_method']}, only {row['reference']} {row['only_reference']} "
             f"of {row['n']}; McNemar p = {row['mcnemar_p']:.4f})"
+        )
+    for h in headline:
+        print(
+            f"{h['method']} seed {h['seed']} headline: AutoAttack standard {100 * h['union_standard']:.1f} %, "
+            f"APGD-CE + APGD-T {100 * h['union_study_protocol']:.1f} %, worst case {100 * h['union_worst_case']:.1f} % "
+            f"(broken only by standard {h['broken_only_by_standard']}, only by APGD-CE + APGD-T "
+            f"{h['broken_only_by_study_protocol']})"
         )
     print(f"wrote {dst}")
     return 0
