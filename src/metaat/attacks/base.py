@@ -150,8 +150,8 @@ class Attack(ABC):
         gen = generator if generator is not None else make_generator(self.config.seed)
         with attack_mode(model):
             x_adv = self.perturb(model, x.detach(), y.detach(), gen)
-        bad = int((~torch.isfinite(x_adv)).sum())
-        if bad:  # a diverging step or a model with non-finite gradients: never score NaN images
+        if not bool(torch.isfinite(x_adv).all()):  # a diverging step or non-finite gradients: never score NaN
+            bad = int((~torch.isfinite(x_adv)).sum())
             raise RuntimeError(
                 f"{self.name} produced {bad} non-finite pixel values (NaN/Inf); check the model's outputs"
             )

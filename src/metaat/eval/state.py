@@ -12,13 +12,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+
+from metaat.models.checkpoint import atomic_write, json_digest
 
 FORMAT = "metaat.eval-state"
 VERSION = 1
@@ -47,17 +48,11 @@ def model_digest(model: nn.Module) -> str:
 def atomic_write_text(path: Path, text: str) -> None:
     """Write ``text`` to a temporary file next to ``path``, then rename it onto ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; reports are ordinary files
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+
+    def write(tmp: str) -> None:
+        Path(tmp).write_text(text, encoding="utf-8")
+
+    atomic_write(path, write)
 
 
 def flags_to_text(flags: torch.Tensor) -> str:
@@ -70,12 +65,8 @@ def flags_from_text(text: str) -> torch.Tensor:
 
 
 def content_digest(data: dict[str, Any]) -> str:
-    """SHA-256 of a state file's content without its own digest (canonical: sorted keys)."""
-    # Through JSON and back first: the digest must be the same before the save and after the load
-    # (int keys become strings, tuples lists), whatever the in-memory types were.
-    plain = json.loads(json.dumps({k: v for k, v in data.items() if k != DIGEST}))
-    text = json.dumps(plain, sort_keys=True)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+    """SHA-256 of a state file's content without its own digest."""
+    return json_digest(data, DIGEST)
 
 
 def _is_flags(value: Any) -> bool:

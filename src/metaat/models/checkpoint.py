@@ -48,7 +48,7 @@ def atomic_write(path: Path, write: Callable[[str], None]) -> None:
         write(tmp)
         umask = os.umask(0)
         os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; a saved model is an ordinary file
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; models, states and reports are ordinary files
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -61,6 +61,16 @@ def _sha256(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def json_digest(data: dict[str, Any], without: str) -> str:
+    """SHA-256 of a JSON document's content, leaving out its own digest entry ``without``.
+
+    Taken through JSON and back first (int keys become strings, tuples lists), so the digest is the
+    same before a save and after the load, whatever the in-memory types were; keys are sorted.
+    """
+    plain = json.loads(json.dumps({k: v for k, v in data.items() if k != without}))
+    return hashlib.sha256(json.dumps(plain, sort_keys=True).encode("utf-8")).hexdigest()
 
 
 def is_sha256(value: Any) -> bool:

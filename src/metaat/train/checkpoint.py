@@ -34,6 +34,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from metaat.models import CheckpointError, get_spec, save_model
+from metaat.models.checkpoint import json_digest
 
 CHECKPOINT = "checkpoint"
 PREVIOUS = "checkpoint.prev"
@@ -187,12 +188,8 @@ def read_checkpoint(path: str | os.PathLike[str]) -> LoadedCheckpoint:
 
 
 def state_digest(payload: dict[str, Any]) -> str:
-    """SHA-256 of a checkpoint's JSON state without its own digest (canonical: sorted keys)."""
-    # Through JSON and back first: the digest must be the same before the save and after the load
-    # (int keys become strings, tuples lists), whatever the in-memory types were.
-    plain = json.loads(json.dumps({k: v for k, v in payload.items() if k != STATE_DIGEST}))
-    text = json.dumps(plain, sort_keys=True)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+    """SHA-256 of a checkpoint's JSON state without its own digest."""
+    return json_digest(payload, STATE_DIGEST)
 
 
 def _count(value: Any) -> bool:
