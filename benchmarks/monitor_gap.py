@@ -6,12 +6,14 @@ Every study run logs, after each epoch, metaat's own PGD-20 robust accuracy on 2
 ``metrics.jsonl``, ``eval.robust/<threat>``). The study record holds the reference package's number
 (APGD-CE + APGD-T) for the same final model on ``n`` points. This script puts them side by side for
 every record of ``benchmarks/results/<study>.json`` (headline ``suite: standard`` and superseded records
-left out)
-whose run directory is still on disk, and writes ``benchmarks/results/<study>_monitor_gap.json``:
+left out) whose ``metrics.jsonl`` is in its run folder or its kept evidence
+(``results/evidence/<study>/<method>/seed<k>``), and writes ``benchmarks/results/<study>_monitor_gap.json``:
 one row per (method, seed) with both numbers per threat and their difference (monitor − reference,
 in points), and the range of those differences per threat. The monitor reads the first 200 test
 points; the full protocol's records score test points 9,000-9,999, so there the gap also holds the
-difference between two samples of points. Why it matters: a training-time monitor is not an
+difference between two samples of points. A row whose log is gone from both places (records made
+before the evidence was kept, on a machine since replaced) is carried over from the file's previous
+version, marked ``kept_from``. Why it matters: a training-time monitor is not an
 evaluation, and this file says by how much.
 """
 
@@ -25,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from study import run_path  # benchmarks/ is on the path when run as a script
+from study import find_run_file  # benchmarks/ is on the path when run as a script
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -68,6 +70,16 @@ def gap_row(record: dict[str, Any], monitor: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def same_record(row: dict[str, Any], record: dict[str, Any]) -> bool:
+    """Whether an earlier gap ``row`` was computed for ``record``: the same reference number for
+    every threat it has (a rerun of the piece would differ in some)."""
+    threats = row.get("threats", {})
+    return bool(threats) and all(
+        record["robust"].get(name) is not None and t.get("reference") == round(100 * record["robust"][name], 2)
+        for name, t in threats.items()
+    )
+
+
 def summarise(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     """Per threat: the smallest, largest and median gap over the rows that have that threat."""
     out: dict[str, dict[str, float]] = {}
@@ -93,6 +105,16 @@ def study_records(study: str, headline: bool = False) -> list[dict[str, Any]] | 
     return [r for r in every if (r.get("suite") == "standard") == headline and not r.get("superseded")]
 
 
+def previous_output(name: str) -> dict[str, Any]:
+    """The current ``results/<name>.json`` (empty when there is none or it does not parse)."""
+    path = RESULTS / f"{name}.json"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 def write_result(name: str, out: dict[str, Any]) -> Path:
     """Write ``results/<name>.json`` with the command that produced it and when."""
     out = {**out, "command": "python " + " ".join(shlex.quote(a) for a in sys.argv)}
@@ -110,13 +132,18 @@ def main(argv: list[str] | None = None) -> int:
     if records is None:
         return 2
     rows, missing = [], []
+    previous = previous_output(f"{args.study}_monitor_gap")
+    earlier = {(e["method"], e["seed"]): e for e in previous.get("rows", [])}
     for r in records:
-        metrics = run_path(args.study, r["method"], r["seed"]) / "metrics.jsonl"
-        monitor = last_monitor(metrics) if metrics.is_file() else None
-        if monitor is None:
-            missing.append(f"{r['method']} seed {r['seed']}")
+        metrics = find_run_file(args.study, r["method"], r["seed"], "metrics.jsonl")
+        monitor = last_monitor(metrics) if metrics is not None else None
+        if monitor is not None:
+            rows.append(gap_row(r, monitor))
             continue
-        rows.append(gap_row(r, monitor))
+        missing.append(f"{r['method']} seed {r['seed']}")
+        kept = earlier.get((r["method"], r["seed"]))
+        if kept is not None and same_record(kept, r):  # keep it, saying since when
+            rows.append({**kept, "kept_from": kept.get("kept_from", previous.get("finished", "an earlier run"))})
     out = {
         "study": args.study,
         "what": "monitor (metaat PGD-20, last epoch) minus reference (APGD-CE + APGD-T), percentage points",
@@ -128,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, s in out["summary"].items():
         print(f"{name:6s} gap {s['min']:+.1f} .. {s['max']:+.1f} points (median {s['median']:+.1f}, {s['runs']} runs)")
     if missing:
-        print(f"no run on disk for: {', '.join(missing)}")
+        print(f"no metrics.jsonl in run folder or evidence for: {', '.join(missing)} (earlier rows kept where known)")
     print(f"wrote {dst}")
     return 0
 

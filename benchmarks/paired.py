@@ -6,28 +6,34 @@ Two rows' union accuracies on the same 1,000 points are not independent samples,
 difference is best judged point by point. For every record of ``benchmarks/results/<study>.json``
 (``suite: apgd``, not superseded) whose reference row ran the same seed, this reads both runs'
 evaluation state files (``runs/<study>/<method>/seed<k>/eval-apgd-<n>[-from<start>].state.json``,
-the per-point robust flags the evaluation wrote as it went), rebuilds each point's union flag
-(clean-correct and robust under every threat), checks that it reproduces the record's union, and
-counts the points robust under both, under only one, under neither. The exact two-sided McNemar
-test on the discordant points says how likely a gap that large is if the two were equally robust.
+the per-point robust flags the evaluation wrote as it went; the copy under
+``results/evidence/<study>/...`` when the run folder is gone), checks each file's own digest,
+rebuilds each point's union flag (clean-correct and robust under every threat), checks that it
+reproduces the record's union, and counts the points robust under both, under only one, under
+neither. The exact two-sided McNemar test on the discordant points says how likely a gap that
+large is if the two were equally robust.
 For every headline record (``suite: standard``, the full AutoAttack run union-only on the same
 model and points) it also rebuilds the headline run's per-point union and lists, under
 ``headline``, the points only one of the two protocols broke and the per-point worst case of both.
 Writes ``benchmarks/results/<study>_paired.json`` (``<study>_paired_vs_<reference>.json`` for a
-reference other than ``max``).
+reference other than ``max``). A row or headline entry whose state files are gone from both places
+(records made before the evidence was kept, on a machine since replaced) is carried over from the
+file's previous version, marked ``kept_from`` with the time that version was computed, and listed
+under ``skipped`` with the reason; it is never recomputed from anything else.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from pathlib import Path
 from typing import Any
 
-from monitor_gap import study_records, write_result  # benchmarks/ is on the path when run as a script
-from study import eval_state_path, run_path
+from monitor_gap import previous_output, study_records, write_result  # benchmarks/ is on the path as a script
+from study import eval_state_path, find_run_file
+
+from metaat.eval.state import read_state
 
 
 def union_flags(state: dict[str, Any], threats: list[str], union_only: bool = False) -> list[bool]:
@@ -88,9 +94,17 @@ def compare(a: list[bool], ref: list[bool]) -> dict[str, Any]:
     }
 
 
-def state_path(study: str, r: dict[str, Any]) -> Path:
-    """The state file ``study.py`` wrote while evaluating record ``r``."""
-    return eval_state_path(run_path(study, r["method"], r["seed"]), "apgd", r["n"], int(r.get("test_start", 0)))
+def state_path(study: str, r: dict[str, Any], suite: str = "apgd") -> Path | None:
+    """The state file ``study.py`` wrote while evaluating record ``r`` (its run folder's, else the
+    kept evidence copy); None when neither is there."""
+    name = eval_state_path(Path(), suite, r["n"], int(r.get("test_start", 0))).name
+    return find_run_file(study, r["method"], r["seed"], name)
+
+
+def carried(previous: dict[str, Any], key: str, keep: Any) -> list[dict[str, Any]]:
+    """Entries of ``previous[key]`` that ``keep`` accepts, marked with when they were computed."""
+    when = previous.get("finished", "an earlier run")
+    return [{**e, "kept_from": e.get("kept_from", when)} for e in previous.get(key, []) if keep(e)]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -109,17 +123,26 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    flags: dict[tuple[str, int], list[bool]] = {}
+    flags: dict[tuple[str, int], list[bool]] = {}  # per-point unions that reproduce their record
+    models: dict[tuple[str, int], tuple[str | None, list[bool]]] = {}  # every state read: model digest, union
     skipped = []
+    name = f"{args.study}_paired" + ("" if args.reference == "max" else f"_vs_{args.reference}")
     for r in records:
         path = state_path(args.study, r)
-        if not path.is_file():
-            skipped.append(f"{r['method']} seed {r['seed']}: no state file")
+        if path is None:
+            skipped.append(f"{r['method']} seed {r['seed']}: no state file in its run folder or evidence")
             continue
-        state = json.loads(path.read_text(encoding="utf-8"))
+        state = read_state(path)
         union = union_flags(state, list(state["fingerprint"]["threats"]))
+        models[(r["method"], r["seed"])] = (state["fingerprint"].get("model"), union)
         if abs(sum(union) / len(union) - r["robust"]["union"]) > 1e-9:
-            raise ValueError(f"{r['method']} seed {r['seed']}: the state's union differs from the record's")
+            # a retrained model's evaluation (study.py's study_protocol_rerun) that did not reproduce
+            # the record: good for its own headline comparison, not for the record's pairs
+            skipped.append(
+                f"{r['method']} seed {r['seed']}: the state's union {sum(union) / len(union):.3f} differs from the "
+                f"record's {r['robust']['union']:.3f} (another model); left out of the pairs"
+            )
+            continue
         flags[(r["method"], r["seed"])] = union
     rows = []
     for (method, seed), union in sorted(flags.items()):
@@ -127,20 +150,40 @@ def main(argv: list[str] | None = None) -> int:
         if method == args.reference or ref is None:
             continue
         rows.append({"method": method, "reference": args.reference, "seed": seed, **compare(union, ref)})
+    previous = previous_output(name)
+    current = {(str(r["method"]), int(r["seed"])) for r in records}
+    done = {(row["method"], row["seed"]) for row in rows}
+    # a pair whose per-point flags are gone keeps its earlier result (both rows still current records)
+    rows += carried(
+        previous,
+        "rows",
+        lambda e: (
+            e.get("reference") == args.reference
+            and (e["method"], e["seed"]) not in done
+            and {(e["method"], e["seed"]), (args.reference, e["seed"])} <= current
+            and not {(e["method"], e["seed"]), (args.reference, e["seed"])} <= set(flags)
+        ),
+    )
+    rows.sort(key=lambda e: (e["method"], e["seed"]))
     headline = []
-    for r in study_records(args.study, headline=True) or []:
-        run = run_path(args.study, r["method"], r["seed"])
-        path = eval_state_path(run, "standard", r["n"], int(r.get("test_start", 0)))
-        if not path.is_file() or (r["method"], r["seed"]) not in flags:
-            skipped.append(f"{r['method']} seed {r['seed']} headline: no state file or no study-protocol row")
+    headline_records = study_records(args.study, headline=True) or []
+    for r in headline_records:
+        path = state_path(args.study, r, "standard")
+        if path is None or (r["method"], r["seed"]) not in models:
+            skipped.append(f"{r['method']} seed {r['seed']} headline: no state file or no study-protocol flags")
             continue
-        state = json.loads(path.read_text(encoding="utf-8"))
+        state = read_state(path)
         standard = union_flags(state, list(state["fingerprint"]["threats"]), union_only=True)
         if abs(sum(standard) / len(standard) - r["robust"]["union"]) > 1e-9:
             raise ValueError(f"{r['method']} seed {r['seed']}: the headline state's union differs from the record's")
-        headline.append(
-            {"method": r["method"], "seed": r["seed"], **headline_agreement(standard, flags[(r["method"], r["seed"])])}
-        )
+        digest, study_flags = models[(r["method"], r["seed"])]
+        if digest != state["fingerprint"].get("model"):
+            skipped.append(f"{r['method']} seed {r['seed']} headline: the two protocols scored different models")
+            continue
+        headline.append({"method": r["method"], "seed": r["seed"], **headline_agreement(standard, study_flags)})
+    done = {(h["method"], h["seed"]) for h in headline}
+    wanted = {(str(r["method"]), int(r["seed"])) for r in headline_records}
+    headline += carried(previous, "headline", lambda e: (e["method"], e["seed"]) in wanted - done)
     out = {
         "study": args.study,
         "what": "per-point union robustness of each row against the reference row on the same seed and points",
@@ -149,19 +192,20 @@ def main(argv: list[str] | None = None) -> int:
         "skipped": skipped,
     }
     # max is the default reference; another reference gets its own file beside it
-    dst = write_result(f"{args.study}_paired" + ("" if args.reference == "max" else f"_vs_{args.reference}"), out)
+    dst = write_result(name, out)
     for row in rows:
         print(
             f"{row['method']} vs {row['reference']} seed {row['seed']}: {row['difference_points']:+.1f} points "
             f"(only {row['method']} {row['only_method']}, only {row['reference']} {row['only_reference']} "
             f"of {row['n']}; McNemar p = {row['mcnemar_p']:.4f})"
+            + (f" [kept from {row['kept_from']}]" if "kept_from" in row else "")
         )
     for h in headline:
         print(
             f"{h['method']} seed {h['seed']} headline: AutoAttack standard {100 * h['union_standard']:.1f} %, "
             f"APGD-CE + APGD-T {100 * h['union_study_protocol']:.1f} %, worst case {100 * h['union_worst_case']:.1f} % "
             f"(broken only by standard {h['broken_only_by_standard']}, only by APGD-CE + APGD-T "
-            f"{h['broken_only_by_study_protocol']})"
+            f"{h['broken_only_by_study_protocol']})" + (f" [kept from {h['kept_from']}]" if "kept_from" in h else "")
         )
     print(f"wrote {dst}")
     return 0

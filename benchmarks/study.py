@@ -27,6 +27,7 @@ import fcntl
 import json
 import os
 import shlex
+import shutil
 import sys
 import time
 from collections.abc import Iterator
@@ -38,6 +39,10 @@ from unseen_summary import summary as unseen_summary  # benchmarks/ is on the pa
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 RUNS = ROOT / "benchmarks" / "runs"
+# Copies of each finished piece's small files (evaluation state, training log, summary, config) are
+# kept in the repository under results/evidence/: the run folders (models included) are not, and a
+# machine can be replaced (2026-11-26: one was, and the first twelve records' per-point flags went with it).
+EVIDENCE_FILES = ("metrics.jsonl", "summary.json", "config.yaml")
 
 LINF, L2, L1 = "linf:0.1", "l2:1.5", "l1:10"
 UNSEEN_N = 200  # test points for the unseen-attack column (unseen_summary.py)
@@ -147,6 +152,37 @@ def piece_lock(study: str, method: str, seed: int) -> Path:
     return run_path(study, method, seed).with_suffix(".lock")
 
 
+def evidence_path(study: str, method: str, seed: int) -> Path:
+    """Where the repository keeps (method, seed)'s evidence: the same file names as its run folder."""
+    return RESULTS / "evidence" / study / method / f"seed{seed}"
+
+
+def find_run_file(study: str, method: str, seed: int, name: str) -> Path | None:
+    """``name`` from (method, seed)'s run folder, else from its kept evidence; None when neither has it."""
+    for base in (run_path(study, method, seed), evidence_path(study, method, seed)):
+        if (base / name).is_file():
+            return base / name
+    return None
+
+
+def keep_evidence(study: str, method: str, seed: int, states: list[Path]) -> list[Path]:
+    """Copy (method, seed)'s evaluation ``states`` and its small run files into its evidence folder
+    (atomically, a file at a time); returns what it copied. Each state file carries its own content
+    digest, so a copy edited by hand is refused when read back."""
+    src = run_path(study, method, seed)
+    dst = evidence_path(study, method, seed)
+    copied = []
+    for path in [*states, *(src / name for name in EVIDENCE_FILES)]:
+        if not path.is_file():
+            continue
+        dst.mkdir(parents=True, exist_ok=True)
+        tmp = dst / f".{path.name}.{os.getpid()}.tmp"
+        shutil.copyfile(path, tmp)
+        os.replace(tmp, dst / path.name)
+        copied.append(dst / path.name)
+    return copied
+
+
 def eval_state_path(run_dir: Path, suite: str, n: int, test_start: int) -> Path:
     """Where a run's resumable evaluation state lives; each slice of test points has its own file."""
     return run_dir / f"eval-{suite}-{n}{f'-from{test_start}' if test_start else ''}.state.json"
@@ -211,7 +247,9 @@ def run_one(method: str, seed: int, args: argparse.Namespace, study: str) -> dic
     resume = (run_dir / "checkpoint").is_dir() and not (run_dir / "final").is_dir()
     t0 = time.perf_counter()
     if not (run_dir / "final").is_dir():
-        train(cfg, run_dir, resume=resume, quiet=True)
+        outcome = train(cfg, run_dir, resume=resume, quiet=True)
+        if outcome.status == "interrupted":  # SIGINT / SIGTERM: the checkpoint is saved, the worker ends
+            raise SystemExit(f"[study] {method} seed {seed}: interrupted after a checkpoint; rerun to resume")
     train_wall = time.perf_counter() - t0
     summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
     cost = summary["cost"]
@@ -231,6 +269,7 @@ def run_one(method: str, seed: int, args: argparse.Namespace, study: str) -> dic
     )
     robust = {t.split(":")[0]: result.robust.get(t) for t in ALL}
     robust["union"] = result.union
+    rerun = study_protocol_rerun(method, seed, args, study, model, x, y) if args.suite == "standard" else None
     n_unseen = min(args.n, UNSEEN_N)
     # headline records (the full standard suite) hold the protocol's numbers only: the same model's
     # study record already has its unseen summary
@@ -257,6 +296,7 @@ def run_one(method: str, seed: int, args: argparse.Namespace, study: str) -> dic
         "suite": args.suite,
         "protocol": result.protocol,
         "unseen": unseen,
+        **({"study_protocol_rerun": rerun} if rerun else {}),
         "passes_per_example": cost.get("passes_per_example"),
         "forward_per_example": cost.get("forward_per_example"),
         "backward_per_example": cost.get("backward_per_example"),
@@ -270,6 +310,42 @@ def run_one(method: str, seed: int, args: argparse.Namespace, study: str) -> dic
         "environment": environment(),
         "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
         "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def study_protocol_rerun(
+    method: str, seed: int, args: argparse.Namespace, study: str, model: Any, x: Any, y: Any
+) -> dict[str, Any] | None:
+    """For a headline run: when the same model's study-protocol evaluation (``--suite apgd``, same
+    points) has a record but its per-point state file is gone (a run folder lost and its model
+    retrained), evaluate it again into its state file and keep that as evidence, so that
+    ``paired.py`` can set the two protocols side by side point by point. Returns the rerun's numbers
+    beside the record's (equal when training reproduced the model and the attacks did the same);
+    None when nothing needed doing. The record itself is never replaced."""
+    from metaat.eval import evaluate
+
+    apgd = argparse.Namespace(**{**vars(args), "suite": "apgd", "union_only": False})
+    state = eval_state_path(run_path(study, method, seed), "apgd", args.n, args.test_start)
+    if find_run_file(study, method, seed, state.name) is not None:
+        return None
+    want = wanted_key(method, seed, apgd)
+    recorded = [r for r in load_records(RESULTS / f"{study}.json") if record_key(r) == want and not r.get("superseded")]
+    if not recorded:
+        return None
+    print(f"[study] {method} seed {seed}: its study-protocol flags are gone; evaluating them again", flush=True)
+    result = evaluate(
+        model, x, y, list(ALL), suite="apgd", union_only=False, seed=seed, state_path=state, unseen=False, checks=False
+    )
+    keep_evidence(study, method, seed, [state])
+    old = recorded[-1]
+    names = [t.split(":")[0] for t in ALL]
+    return {
+        "clean": result.clean,
+        "robust": {**{k: result.robust.get(t) for k, t in zip(names, ALL, strict=True)}, "union": result.union},
+        "record_clean": old["clean"],
+        "record_robust": old["robust"],
+        "matches_record": result.clean == old["clean"] and result.union == old["robust"]["union"],
+        "seconds": result.timings.get("total"),
     }
 
 
@@ -458,8 +534,11 @@ def main(argv: list[str] | None = None) -> int:
     for method in methods:
         for seed in seeds:
             want = wanted_key(method, seed, args)
+            state = eval_state_path(run_path(study, method, seed), args.suite, args.n, args.test_start)
             if want in done:
                 print(f"[study] {method} seed {seed}: done, kept")
+                if not (evidence_path(study, method, seed) / state.name).is_file():
+                    keep_evidence(study, method, seed, [state])  # a record made before evidence was kept
                 continue
             with claimed(piece_lock(study, method, seed), wait=False) as mine:
                 if not mine:
@@ -471,6 +550,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"[study] {method} seed {seed}: training + evaluating ...", flush=True)
                 record = run_one(method, seed, args, study)
                 add_record(out, study, record)
+                keep_evidence(study, method, seed, [state])
             rb = record["robust"]
             print(
                 f"[study] {method} seed {seed}: clean {record['clean']:.3f} linf {rb['linf']:.3f} "

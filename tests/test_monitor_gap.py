@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
@@ -44,3 +45,41 @@ def test_an_unknown_study_is_one_clear_error(load_benchmark: Loader, capsys: pyt
     assert mg.main(["--study", "no_such_study"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "no_such_study" in err and "fmnist_small" in err
+
+
+def test_logs_come_from_the_run_folder_or_evidence_and_lost_rows_are_kept_only_for_the_same_record(
+    load_benchmark: Loader, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mg = load_benchmark("monitor_gap")
+    study = sys.modules["study"]
+    results = tmp_path / "results"
+    results.mkdir()
+    for module, attr, value in (
+        (study, "RESULTS", results),
+        (study, "RUNS", tmp_path / "runs"),
+        (mg, "RESULTS", results),
+    ):
+        monkeypatch.setattr(module, attr, value)
+
+    def record(method: str, linf: float) -> dict[str, object]:
+        return {"method": method, "seed": 0, "n": 1000, "suite": "apgd", "robust": {"linf": linf}}
+
+    records = [record("kept", 0.6), record("evidence", 0.5), record("rerun", 0.4)]
+    (results / "s.json").write_text(json.dumps({"records": records}), encoding="utf-8")
+    log = study.evidence_path("s", "evidence", 0) / "metrics.jsonl"
+    log.parent.mkdir(parents=True)
+    log.write_text(json.dumps({"epoch": 5, "eval": {"n": 200, "robust/linf:0.1": 0.55}}) + "\n", encoding="utf-8")
+
+    def earlier(method: str, reference: float) -> dict[str, object]:
+        gap = {"linf": {"monitor": 70.0, "reference": reference, "gap": 70.0 - reference}}
+        return {"method": method, "seed": 0, "epoch": 5, "monitor_n": 200, "reference_n": 1000, "threats": gap}
+
+    old = {"finished": "2026-01-01T00:00:00Z", "rows": [earlier("kept", 60.0), earlier("rerun", 45.0)]}
+    (results / "s_monitor_gap.json").write_text(json.dumps(old), encoding="utf-8")
+    assert mg.main(["--study", "s"]) == 0
+    out = json.loads((results / "s_monitor_gap.json").read_text(encoding="utf-8"))
+    rows = {r["method"]: r for r in out["rows"]}
+    assert set(rows) == {"kept", "evidence"}  # rerun's earlier row scored another model: dropped
+    assert rows["evidence"]["threats"]["linf"]["gap"] == 5.0 and "kept_from" not in rows["evidence"]
+    assert rows["kept"]["kept_from"] == "2026-01-01T00:00:00Z"
+    assert out["runs_missing"] == ["kept seed 0", "rerun seed 0"]

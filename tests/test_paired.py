@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import sys
 from collections.abc import Callable
+from pathlib import Path
 from types import ModuleType
 
 import pytest
+
+from metaat.eval.state import EvalState
 
 Loader = Callable[[str], ModuleType]  # the load_benchmark fixture (conftest.py)
 
@@ -62,3 +67,81 @@ def test_union_only_flags_and_the_headline_worst_case(load_benchmark: Loader) ->
     cells = paired.headline_agreement([True, True, False, True], [True, False, True, True])
     assert cells["union_worst_case"] == 0.5 and cells["union_standard"] == cells["union_study_protocol"] == 0.75
     assert (cells["broken_only_by_standard"], cells["broken_only_by_study_protocol"]) == (1, 1)
+
+
+def _write_state(path: Path, clean: str, flags: str, model: str = "m", union_only: bool = False) -> None:
+    """A real (digest-carrying) evaluation state file: one threat, one chunk."""
+    fingerprint = {"threats": ["linf:0.1"], "model": model, "union_only": union_only}
+    state = EvalState(fingerprint, path, clean, {"linf:0.1": {"chunks": {"0": flags}, "seconds": 1.0}})
+    state.save()
+
+
+def test_state_files_come_from_the_run_folder_or_its_evidence_and_lost_pairs_are_carried(
+    load_benchmark: Loader, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    paired = load_benchmark("paired")
+    study, mg = sys.modules["study"], sys.modules["monitor_gap"]
+    results, runs = tmp_path / "results", tmp_path / "runs"
+    results.mkdir()
+    for module, attr, value in ((study, "RESULTS", results), (study, "RUNS", runs), (mg, "RESULTS", results)):
+        monkeypatch.setattr(module, attr, value)
+    name = study.eval_state_path(Path(), "apgd", 4, 0).name
+
+    def record(method: str, union: float) -> dict[str, object]:
+        return {"method": method, "seed": 0, "n": 4, "test_start": 0, "suite": "apgd", "robust": {"union": union}}
+
+    records = [record("max", 0.5), record("a", 0.75), record("lost", 0.25)]
+    (results / "s.json").write_text(json.dumps({"records": records}), encoding="utf-8")
+    _write_state(study.run_path("s", "max", 0) / name, "1110", "110")  # robust: points 0, 1
+    _write_state(study.evidence_path("s", "a", 0) / name, "1111", "1011")  # only the evidence copy: 0, 2, 3
+    cells = {"n": 4, "both": 1, "only_method": 0, "only_reference": 1, "neither": 2, "mcnemar_p": 1.0}
+    earlier = {"method": "lost", "reference": "max", "seed": 0, **cells, "difference_points": -25.0}
+    old = {"finished": "2026-01-01T00:00:00Z", "rows": [earlier, {**earlier, "method": "gone"}]}
+    (results / "s_paired.json").write_text(json.dumps(old), encoding="utf-8")
+
+    assert paired.main(["--study", "s"]) == 0
+    out = json.loads((results / "s_paired.json").read_text(encoding="utf-8"))
+    rows = {r["method"]: r for r in out["rows"]}
+    assert set(rows) == {"a", "lost"}  # "gone" is no current record: dropped
+    assert (rows["a"]["both"], rows["a"]["only_method"], rows["a"]["only_reference"]) == (1, 2, 1)
+    assert "kept_from" not in rows["a"] and rows["lost"]["kept_from"] == "2026-01-01T00:00:00Z"
+    assert any("lost seed 0: no state file" in s for s in out["skipped"])
+    assert "[kept from 2026-01-01T00:00:00Z]" in capsys.readouterr().out
+
+    # an evidence copy edited by hand is refused, not read
+    copy = study.evidence_path("s", "a", 0) / name
+    copy.write_text(copy.read_text(encoding="utf-8").replace('"1011"', '"1111"'), encoding="utf-8")
+    with pytest.raises(ValueError, match="does not match its sha256"):
+        paired.main(["--study", "s"])
+
+
+def test_a_retrained_models_rerun_serves_its_headline_but_not_the_records_pairs(
+    load_benchmark: Loader, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    paired = load_benchmark("paired")
+    study, mg = sys.modules["study"], sys.modules["monitor_gap"]
+    results = tmp_path / "results"
+    results.mkdir()
+    monkeypatch.setattr(study, "RESULTS", results)
+    monkeypatch.setattr(study, "RUNS", tmp_path / "runs")
+    monkeypatch.setattr(mg, "RESULTS", results)
+    apgd, standard = (study.eval_state_path(Path(), suite, 4, 0).name for suite in ("apgd", "standard"))
+
+    def record(method: str, union: float, suite: str = "apgd") -> dict[str, object]:
+        return {"method": method, "seed": 0, "n": 4, "test_start": 0, "suite": suite, "robust": {"union": union}}
+
+    records = [record("max", 0.5), record("a", 0.5), record("a", 0.5, "standard")]
+    (results / "s.json").write_text(json.dumps({"records": records}), encoding="utf-8")
+    _write_state(study.run_path("s", "max", 0) / apgd, "1110", "110")
+    _write_state(study.run_path("s", "a", 0) / apgd, "1111", "1110", model="retrained")  # union 0.75, not 0.5
+    _write_state(study.run_path("s", "a", 0) / standard, "1111", "0110", model="retrained", union_only=True)
+    assert paired.main(["--study", "s"]) == 0
+    out = json.loads((results / "s_paired.json").read_text(encoding="utf-8"))
+    assert out["rows"] == [] and any("differs from the record's 0.500" in m for m in out["skipped"])
+    (h,) = out["headline"]
+    assert (h["union_standard"], h["union_study_protocol"], h["broken_only_by_standard"]) == (0.5, 0.75, 1)
+
+    _write_state(study.run_path("s", "a", 0) / standard, "1111", "0110", model="another", union_only=True)
+    assert paired.main(["--study", "s"]) == 0
+    out = json.loads((results / "s_paired.json").read_text(encoding="utf-8"))
+    assert any("scored different models" in m for m in out["skipped"])

@@ -196,3 +196,22 @@ def test_eval_progress_shares_per_threat_and_union_only_counts_out_of_the_surviv
     assert study.eval_progress(tmp_path / "missing.json") == ""
     (tmp_path / "bad.json").write_text("{not json", encoding="utf-8")
     assert study.eval_progress(tmp_path / "bad.json") == ""
+
+
+def test_a_finished_piece_keeps_its_small_files_as_evidence(study_tmp: ModuleType) -> None:
+    study = study_tmp
+    run = study.run_path("s", "max", 0)
+    run.mkdir(parents=True)
+    state = study.eval_state_path(run, "apgd", 10, 0)
+    for path, text in ((state, "{}"), (run / "metrics.jsonl", "{}\n"), (run / "summary.json", "{}")):
+        path.write_text(text, encoding="utf-8")
+    (run / "final").mkdir()  # models stay out of the repository
+    copied = study.keep_evidence("s", "max", 0, [state, run / "missing.state.json"])
+    kept = study.evidence_path("s", "max", 0)
+    assert sorted(p.name for p in copied) == sorted([state.name, "metrics.jsonl", "summary.json"])
+    assert sorted(p.name for p in kept.iterdir()) == sorted(p.name for p in copied)
+    assert kept.is_relative_to(study.RESULTS) and not kept.is_relative_to(study.RUNS)
+    assert study.find_run_file("s", "max", 0, "metrics.jsonl") == run / "metrics.jsonl"  # the run folder first
+    (run / "metrics.jsonl").unlink()
+    assert study.find_run_file("s", "max", 0, "metrics.jsonl") == kept / "metrics.jsonl"
+    assert study.find_run_file("s", "max", 0, "config.yaml") is None

@@ -92,6 +92,26 @@ def state_problem(data: dict[str, Any]) -> str | None:
     return None
 
 
+def read_state(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """A state file's content, after checking its format, its digest and its fields (ValueError,
+    naming the file and what is wrong, otherwise)."""
+    p = Path(path)
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{p}: not a readable evaluation state file ({err})") from err
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        found = data.get("format") if isinstance(data, dict) else type(data).__name__
+        raise ValueError(f"{p}: not a metaat evaluation state file (format {found!r})")
+    # Files written before the digest existed have none (their fields are still checked).
+    if DIGEST in data and data[DIGEST] != content_digest(data):
+        raise ValueError(f"{p}: its content does not match its {DIGEST} (edited by hand or corrupt); delete it")
+    problem = state_problem(data)
+    if problem:
+        raise ValueError(f"{p}: a damaged evaluation state file ({problem}); delete it")
+    return data
+
+
 class StateMismatchError(ValueError):
     """The state file belongs to a different evaluation (the message lists what differs)."""
 
@@ -116,19 +136,7 @@ class EvalState:
             state = cls(fingerprint, p)
             state.save()
             return state
-        try:
-            data = json.loads(p.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise ValueError(f"{p}: not a readable evaluation state file ({err})") from err
-        if not isinstance(data, dict) or data.get("format") != FORMAT:
-            found = data.get("format") if isinstance(data, dict) else type(data).__name__
-            raise ValueError(f"{p}: not a metaat evaluation state file (format {found!r})")
-        # Files written before the digest existed have none (their fields are still checked).
-        if DIGEST in data and data[DIGEST] != content_digest(data):
-            raise ValueError(f"{p}: its content does not match its {DIGEST} (edited by hand or corrupt); delete it")
-        problem = state_problem(data)
-        if problem:
-            raise ValueError(f"{p}: a damaged evaluation state file ({problem}); delete it")
+        data = read_state(p)
         old = data.get("fingerprint", {})
         differs = sorted(k for k in set(old) | set(fingerprint) if old.get(k) != fingerprint.get(k))
         if differs:
