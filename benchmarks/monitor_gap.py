@@ -6,8 +6,9 @@ Every study run logs, after each epoch, metaat's own PGD-20 robust accuracy on 2
 ``metrics.jsonl``, ``eval.robust/<threat>``). The study record holds the reference package's number
 (APGD-CE + APGD-T) for the same final model on ``n`` points. This script puts them side by side for
 every record of ``benchmarks/results/<study>.json`` (headline ``suite: standard`` and superseded records
-left out) whose ``metrics.jsonl`` is in its run folder or its kept evidence
-(``results/evidence/<study>/<method>/seed<k>``), and writes ``benchmarks/results/<study>_monitor_gap.json``:
+left out) whose ``metrics.jsonl``, logged to the record's last epoch, is in its run folder or its
+kept evidence (``results/evidence/<study>/<method>/seed<k>``), and writes
+``benchmarks/results/<study>_monitor_gap.json``:
 one row per (method, seed) with both numbers per threat and their difference (monitor − reference,
 in points), and the range of those differences per threat. The monitor reads the first 200 test
 points; the full protocol's records score test points 9,000-9,999, so there the gap also holds the
@@ -27,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from study import find_run_file  # benchmarks/ is on the path when run as a script
+from study import evidence_path, run_path  # benchmarks/ is on the path when run as a script
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -44,6 +45,21 @@ def last_monitor(metrics: Path) -> dict[str, Any] | None:
         if isinstance(row.get("eval"), dict) and "epoch" in row:
             last = row
     return last
+
+
+def finished_monitor(study: str, record: dict[str, Any]) -> dict[str, Any] | None:
+    """The last monitor of the run that made ``record``: from its run folder's ``metrics.jsonl``, else
+    its kept evidence, whichever has reached the record's epoch count (a run folder retraining the
+    same piece holds an unfinished log, which is not the record's model)."""
+    for base in (
+        run_path(study, record["method"], record["seed"]),
+        evidence_path(study, record["method"], record["seed"]),
+    ):
+        metrics = base / "metrics.jsonl"
+        monitor = last_monitor(metrics) if metrics.is_file() else None
+        if monitor is not None and int(monitor["epoch"]) == int(record["epochs"]):
+            return monitor
+    return None
 
 
 def gap_row(record: dict[str, Any], monitor: dict[str, Any]) -> dict[str, Any]:
@@ -135,8 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     previous = previous_output(f"{args.study}_monitor_gap")
     earlier = {(e["method"], e["seed"]): e for e in previous.get("rows", [])}
     for r in records:
-        metrics = find_run_file(args.study, r["method"], r["seed"], "metrics.jsonl")
-        monitor = last_monitor(metrics) if metrics is not None else None
+        monitor = finished_monitor(args.study, r)
         if monitor is not None:
             rows.append(gap_row(r, monitor))
             continue

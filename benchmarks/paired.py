@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from monitor_gap import previous_output, study_records, write_result  # benchmarks/ is on the path as a script
-from study import eval_state_path, find_run_file
+from study import eval_state_path, evidence_path, run_path
 
 from metaat.eval.state import read_state
 
@@ -94,11 +94,22 @@ def compare(a: list[bool], ref: list[bool]) -> dict[str, Any]:
     }
 
 
-def state_path(study: str, r: dict[str, Any], suite: str = "apgd") -> Path | None:
-    """The state file ``study.py`` wrote while evaluating record ``r`` (its run folder's, else the
-    kept evidence copy); None when neither is there."""
+def finished_state(
+    study: str, r: dict[str, Any], suite: str = "apgd", union_only: bool = False
+) -> tuple[dict[str, Any], list[bool]] | None:
+    """The finished evaluation state of record ``r``'s model and its per-point union: from the run
+    folder, else the kept evidence copy, whichever is complete (a run folder re-evaluating the same
+    piece holds an unfinished state); None when neither is. A damaged or edited file raises."""
     name = eval_state_path(Path(), suite, r["n"], int(r.get("test_start", 0))).name
-    return find_run_file(study, r["method"], r["seed"], name)
+    for base in (run_path(study, r["method"], r["seed"]), evidence_path(study, r["method"], r["seed"])):
+        if not (base / name).is_file():
+            continue
+        state = read_state(base / name)
+        try:
+            return state, union_flags(state, list(state["fingerprint"]["threats"]), union_only=union_only)
+        except (KeyError, ValueError):
+            continue  # not finished
+    return None
 
 
 def carried(previous: dict[str, Any], key: str, keep: Any) -> list[dict[str, Any]]:
@@ -128,12 +139,11 @@ def main(argv: list[str] | None = None) -> int:
     skipped = []
     name = f"{args.study}_paired" + ("" if args.reference == "max" else f"_vs_{args.reference}")
     for r in records:
-        path = state_path(args.study, r)
-        if path is None:
-            skipped.append(f"{r['method']} seed {r['seed']}: no state file in its run folder or evidence")
+        found = finished_state(args.study, r)
+        if found is None:
+            skipped.append(f"{r['method']} seed {r['seed']}: no finished state file in its run folder or evidence")
             continue
-        state = read_state(path)
-        union = union_flags(state, list(state["fingerprint"]["threats"]))
+        state, union = found
         models[(r["method"], r["seed"])] = (state["fingerprint"].get("model"), union)
         if abs(sum(union) / len(union) - r["robust"]["union"]) > 1e-9:
             # a retrained model's evaluation (study.py's study_protocol_rerun) that did not reproduce
@@ -168,12 +178,11 @@ def main(argv: list[str] | None = None) -> int:
     headline = []
     headline_records = study_records(args.study, headline=True) or []
     for r in headline_records:
-        path = state_path(args.study, r, "standard")
-        if path is None or (r["method"], r["seed"]) not in models:
-            skipped.append(f"{r['method']} seed {r['seed']} headline: no state file or no study-protocol flags")
+        found = finished_state(args.study, r, "standard", union_only=True)
+        if found is None or (r["method"], r["seed"]) not in models:
+            skipped.append(f"{r['method']} seed {r['seed']} headline: no finished state or no study-protocol flags")
             continue
-        state = read_state(path)
-        standard = union_flags(state, list(state["fingerprint"]["threats"]), union_only=True)
+        state, standard = found
         if abs(sum(standard) / len(standard) - r["robust"]["union"]) > 1e-9:
             raise ValueError(f"{r['method']} seed {r['seed']}: the headline state's union differs from the record's")
         digest, study_flags = models[(r["method"], r["seed"])]

@@ -62,13 +62,16 @@ def test_logs_come_from_the_run_folder_or_evidence_and_lost_rows_are_kept_only_f
         monkeypatch.setattr(module, attr, value)
 
     def record(method: str, linf: float) -> dict[str, object]:
-        return {"method": method, "seed": 0, "n": 1000, "suite": "apgd", "robust": {"linf": linf}}
+        return {"method": method, "seed": 0, "epochs": 5, "n": 1000, "suite": "apgd", "robust": {"linf": linf}}
 
     records = [record("kept", 0.6), record("evidence", 0.5), record("rerun", 0.4)]
     (results / "s.json").write_text(json.dumps({"records": records}), encoding="utf-8")
     log = study.evidence_path("s", "evidence", 0) / "metrics.jsonl"
     log.parent.mkdir(parents=True)
     log.write_text(json.dumps({"epoch": 5, "eval": {"n": 200, "robust/linf:0.1": 0.55}}) + "\n", encoding="utf-8")
+    retraining = study.run_path("s", "evidence", 0) / "metrics.jsonl"  # the same piece retraining: epoch 2 of 5
+    retraining.parent.mkdir(parents=True)
+    retraining.write_text(json.dumps({"epoch": 2, "eval": {"n": 200, "robust/linf:0.1": 0.9}}) + "\n", encoding="utf-8")
 
     def earlier(method: str, reference: float) -> dict[str, object]:
         gap = {"linf": {"monitor": 70.0, "reference": reference, "gap": 70.0 - reference}}

@@ -93,7 +93,8 @@ def test_state_files_come_from_the_run_folder_or_its_evidence_and_lost_pairs_are
     records = [record("max", 0.5), record("a", 0.75), record("lost", 0.25)]
     (results / "s.json").write_text(json.dumps({"records": records}), encoding="utf-8")
     _write_state(study.run_path("s", "max", 0) / name, "1110", "110")  # robust: points 0, 1
-    _write_state(study.evidence_path("s", "a", 0) / name, "1111", "1011")  # only the evidence copy: 0, 2, 3
+    _write_state(study.evidence_path("s", "a", 0) / name, "1111", "1011")  # the evidence copy: 0, 2, 3
+    _write_state(study.run_path("s", "a", 0) / name, "1111", "10")  # a re-evaluation under way: unfinished
     cells = {"n": 4, "both": 1, "only_method": 0, "only_reference": 1, "neither": 2, "mcnemar_p": 1.0}
     earlier = {"method": "lost", "reference": "max", "seed": 0, **cells, "difference_points": -25.0}
     old = {"finished": "2026-01-01T00:00:00Z", "rows": [earlier, {**earlier, "method": "gone"}]}
@@ -105,7 +106,7 @@ def test_state_files_come_from_the_run_folder_or_its_evidence_and_lost_pairs_are
     assert set(rows) == {"a", "lost"}  # "gone" is no current record: dropped
     assert (rows["a"]["both"], rows["a"]["only_method"], rows["a"]["only_reference"]) == (1, 2, 1)
     assert "kept_from" not in rows["a"] and rows["lost"]["kept_from"] == "2026-01-01T00:00:00Z"
-    assert any("lost seed 0: no state file" in s for s in out["skipped"])
+    assert any("lost seed 0: no finished state file" in s for s in out["skipped"])
     assert "[kept from 2026-01-01T00:00:00Z]" in capsys.readouterr().out
 
     # an evidence copy edited by hand is refused, not read
