@@ -537,8 +537,10 @@ def main(argv: list[str] | None = None) -> int:
             state = eval_state_path(run_path(study, method, seed), args.suite, args.n, args.test_start)
             if want in done:
                 print(f"[study] {method} seed {seed}: done, kept")
-                if not (evidence_path(study, method, seed) / state.name).is_file():
-                    keep_evidence(study, method, seed, [state])  # a record made before evidence was kept
+                # a record made before evidence was kept, its run folder still here (not retraining)
+                kept = (evidence_path(study, method, seed) / state.name).is_file()
+                if not kept and state.is_file() and (state.parent / "final").is_dir():
+                    keep_evidence(study, method, seed, [state])
                 continue
             with claimed(piece_lock(study, method, seed), wait=False) as mine:
                 if not mine:
