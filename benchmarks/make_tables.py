@@ -60,9 +60,14 @@ def headline_table(headline: list[dict[str, Any]], study: list[dict[str, Any]]) 
     lines = []
     for r in sorted(headline, key=lambda r: (-r["robust"]["union"], r["method"], r["seed"])):
         other = per_threat.get((r["method"], r["seed"], r["epochs"], r["n"]))
+        # a headline run on a retrained model carries its own study-protocol rerun (study.py): that is
+        # the same model's number; the per-threat record's is only when the rerun reproduced it
+        rerun = r.get("study_protocol_rerun")
+        same = rerun["robust"]["union"] if rerun else (other["robust"]["union"] if other else None)
         union = 100 * r["robust"]["union"]
-        ref = f"{100 * other['robust']['union']:.1f}" if other else "–"
-        diff = f"{union - 100 * other['robust']['union']:+.1f}" if other else "–"
+        mark = "" if not rerun or rerun.get("matches_record") else " (retrained model)"
+        ref = f"{100 * same:.1f}{mark}" if same is not None else "–"
+        diff = f"{union - 100 * same:+.1f}" if same is not None else "–"
         mode = "union only" if (r.get("protocol") or {}).get("union_only") else "every threat"
         lines.append(
             f"| {r['method']} | {r['seed']} | {100 * r['clean']:.1f} | **{union:.1f}** | {ref} | {diff} | "

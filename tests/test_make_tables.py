@@ -148,6 +148,12 @@ def test_headline_records_get_their_own_table_and_are_never_averaged(load_benchm
     lines = mt.headline_table(headline, records).splitlines()
     assert lines[2] == "| metaat | 0 | 80.0 | **47.0** | 50.0 | -3.0 | 1,000 | standard (union only) |"
     assert lines[3] == "| msd | 1 | 80.0 | **45.0** | – | – | 1,000 | standard (every threat) |"
+    # a headline run on a retrained model sits beside that model's own study-protocol rerun
+    head["study_protocol_rerun"] = {"robust": {"union": 0.49}, "matches_record": False}
+    line = mt.headline_table([head], records).splitlines()[2]
+    assert line == "| metaat | 0 | 80.0 | **47.0** | 49.0 (retrained model) | -2.0 | 1,000 | standard (union only) |"
+    head["study_protocol_rerun"] = {"robust": {"union": 0.50}, "matches_record": True}
+    assert "| 50.0 | -3.0 |" in mt.headline_table([head], records)
 
 
 def test_an_unknown_study_is_one_clear_error_and_the_readme_is_untouched(
