@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from study import evidence_path, run_path  # benchmarks/ is on the path when run as a script
+from study import run_dirs  # benchmarks/ is on the path when run as a script
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -51,10 +51,7 @@ def finished_monitor(study: str, record: dict[str, Any]) -> dict[str, Any] | Non
     """The last monitor of the run that made ``record``: from its run folder's ``metrics.jsonl``, else
     its kept evidence, whichever has reached the record's epoch count (a run folder retraining the
     same piece holds an unfinished log, which is not the record's model)."""
-    for base in (
-        run_path(study, record["method"], record["seed"]),
-        evidence_path(study, record["method"], record["seed"]),
-    ):
+    for base in run_dirs(study, record["method"], record["seed"]):
         metrics = base / "metrics.jsonl"
         monitor = last_monitor(metrics) if metrics.is_file() else None
         if monitor is not None and int(monitor["epoch"]) == int(record["epochs"]):

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from monitor_gap import previous_output, study_records, write_result  # benchmarks/ is on the path as a script
-from study import eval_state_path, evidence_path, run_path
+from study import eval_state_path, run_dirs
 
 from metaat.eval.state import read_state
 
@@ -101,7 +101,7 @@ def finished_state(
     folder, else the kept evidence copy, whichever is complete (a run folder re-evaluating the same
     piece holds an unfinished state); None when neither is. A damaged or edited file raises."""
     name = eval_state_path(Path(), suite, r["n"], int(r.get("test_start", 0))).name
-    for base in (run_path(study, r["method"], r["seed"]), evidence_path(study, r["method"], r["seed"])):
+    for base in run_dirs(study, r["method"], r["seed"]):
         if not (base / name).is_file():
             continue
         state = read_state(base / name)

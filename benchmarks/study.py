@@ -157,9 +157,14 @@ def evidence_path(study: str, method: str, seed: int) -> Path:
     return RESULTS / "evidence" / study / method / f"seed{seed}"
 
 
+def run_dirs(study: str, method: str, seed: int) -> tuple[Path, Path]:
+    """Where (method, seed)'s files are looked for, in order: its run folder, then its kept evidence."""
+    return run_path(study, method, seed), evidence_path(study, method, seed)
+
+
 def find_run_file(study: str, method: str, seed: int, name: str) -> Path | None:
     """``name`` from (method, seed)'s run folder, else from its kept evidence; None when neither has it."""
-    for base in (run_path(study, method, seed), evidence_path(study, method, seed)):
+    for base in run_dirs(study, method, seed):
         if (base / name).is_file():
             return base / name
     return None
