@@ -162,14 +162,6 @@ def run_dirs(study: str, method: str, seed: int) -> tuple[Path, Path]:
     return run_path(study, method, seed), evidence_path(study, method, seed)
 
 
-def find_run_file(study: str, method: str, seed: int, name: str) -> Path | None:
-    """``name`` from (method, seed)'s run folder, else from its kept evidence; None when neither has it."""
-    for base in run_dirs(study, method, seed):
-        if (base / name).is_file():
-            return base / name
-    return None
-
-
 def keep_evidence(study: str, method: str, seed: int, states: list[Path]) -> list[Path]:
     """Copy (method, seed)'s evaluation ``states`` and its small run files into its evidence folder
     (atomically, a file at a time); returns what it copied. Each state file carries its own content
@@ -322,16 +314,17 @@ def study_protocol_rerun(
     method: str, seed: int, args: argparse.Namespace, study: str, model: Any, x: Any, y: Any
 ) -> dict[str, Any] | None:
     """For a headline run: when the same model's study-protocol evaluation (``--suite apgd``, same
-    points) has a record but its per-point state file is gone (a run folder lost and its model
-    retrained), evaluate it again into its state file and keep that as evidence, so that
-    ``paired.py`` can set the two protocols side by side point by point. Returns the rerun's numbers
-    beside the record's (equal when training reproduced the model and the attacks did the same);
-    None when nothing needed doing. The record itself is never replaced."""
+    points) has a record but no kept evidence of its per-point flags (a run folder lost and its model
+    retrained, or a record made before evidence was kept), evaluate it into the run folder's state
+    file — resuming a cut-off rerun, and at once when that file is already complete — and keep that
+    as evidence, so that ``paired.py`` can set the two protocols side by side point by point. Returns
+    the rerun's numbers beside the record's (equal when training reproduced the model and the
+    attacks did the same); None when nothing needed doing. The record itself is never replaced."""
     from metaat.eval import evaluate
 
     apgd = argparse.Namespace(**{**vars(args), "suite": "apgd", "union_only": False})
     state = eval_state_path(run_path(study, method, seed), "apgd", args.n, args.test_start)
-    if find_run_file(study, method, seed, state.name) is not None:
+    if (evidence_path(study, method, seed) / state.name).is_file():
         return None
     want = wanted_key(method, seed, apgd)
     recorded = [r for r in load_records(RESULTS / f"{study}.json") if record_key(r) == want and not r.get("superseded")]

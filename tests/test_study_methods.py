@@ -211,7 +211,39 @@ def test_a_finished_piece_keeps_its_small_files_as_evidence(study_tmp: ModuleTyp
     assert sorted(p.name for p in copied) == sorted([state.name, "metrics.jsonl", "summary.json"])
     assert sorted(p.name for p in kept.iterdir()) == sorted(p.name for p in copied)
     assert kept.is_relative_to(study.RESULTS) and not kept.is_relative_to(study.RUNS)
-    assert study.find_run_file("s", "max", 0, "metrics.jsonl") == run / "metrics.jsonl"  # the run folder first
-    (run / "metrics.jsonl").unlink()
-    assert study.find_run_file("s", "max", 0, "metrics.jsonl") == kept / "metrics.jsonl"
-    assert study.find_run_file("s", "max", 0, "config.yaml") is None
+    assert study.run_dirs("s", "max", 0) == (run, kept)  # readers look in the run folder first
+
+
+class _Result:
+    clean, union, robust, timings = 0.9, 0.5, {"linf:0.1": 0.7, "l2:1.5": 0.6, "l1:10": 0.55}, {"total": 1.0}
+
+
+def test_a_headline_run_reevaluates_lost_study_flags_resuming_a_cut_off_rerun(
+    study_tmp: ModuleType, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import argparse
+
+    import metaat.eval
+
+    study = study_tmp
+    calls: list[Path] = []
+
+    def evaluate(*args: object, state_path: Path, **kwargs: object) -> _Result:
+        calls.append(state_path)
+        return _Result()
+
+    monkeypatch.setattr(metaat.eval, "evaluate", evaluate)
+    args = argparse.Namespace(epochs=5, train_subset=None, n=10, test_start=0, suite="standard", union_only=True)
+    rerun = study.study_protocol_rerun
+    assert rerun("max", 0, args, "s", None, None, None) is None and calls == []  # no study record: nothing to do
+    record = {"method": "max", "seed": 0, "epochs": 5, "n": 10, "test_start": 0, "suite": "apgd"}
+    study.RESULTS.joinpath("s.json").write_text(
+        json.dumps({"records": [{**record, "clean": 0.9, "robust": {"union": 0.5}}]}), encoding="utf-8"
+    )
+    state = study.eval_state_path(study.run_path("s", "max", 0), "apgd", 10, 0)
+    state.parent.mkdir(parents=True)
+    state.write_text("{}", encoding="utf-8")  # a rerun cut off part-way: evaluate resumes it, not skipped
+    out = rerun("max", 0, args, "s", None, None, None)
+    assert calls == [state] and out is not None and out["matches_record"]
+    assert (study.evidence_path("s", "max", 0) / state.name).is_file()  # kept, so the next headline skips it
+    assert rerun("max", 0, args, "s", None, None, None) is None and calls == [state]
