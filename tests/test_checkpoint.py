@@ -195,6 +195,21 @@ def test_rng_state_round_trips_through_json_and_tensors() -> None:
     assert expected[2:] == again[2:]
 
 
+def test_rng_state_holds_cuda_generators_only_when_asked() -> None:
+    """Under DDP every rank must save the same keys, whether or not CUDA was initialised on it (a CPU
+    run's rank 0 on a GPU machine initialises CUDA to read the GPU's name; the others do not)."""
+    gen = torch.Generator().manual_seed(5)
+    assert sorted(rng_state({"attack": gen})[0]) == ["rng.gen.attack", "rng.torch"]
+    if torch.cuda.is_available():
+        torch.cuda.init()
+        assert sorted(rng_state({"attack": gen})[0]) == ["rng.gen.attack", "rng.torch"]
+        with_cuda, meta = rng_state({"attack": gen}, cuda=True)
+        assert "rng.cuda.0" in with_cuda
+        expected = torch.rand(3, device="cuda")
+        load_rng_state(with_cuda, meta, {"attack": gen})
+        assert torch.equal(torch.rand(3, device="cuda"), expected)
+
+
 def test_the_state_digest_survives_the_trip_through_json() -> None:
     """int keys become strings and tuples lists on disk: the digest is taken as read back."""
     state = {"defense": {"state": [{2: (1, 2), 10: 0.1}]}, "files": {}, "epoch": 1}

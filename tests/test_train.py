@@ -145,6 +145,7 @@ def test_run_folder_holds_config_metrics_checkpoint_and_loadable_models(tmp_path
     assert TrainConfig.from_yaml(tmp_path / "config.yaml").options == {"steps": 2}
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["cost"]["passes_per_example"] == 3.0
+    assert summary["device"] == ("cuda" if torch.cuda.is_available() else "cpu")  # the device it trained on
     final = models.load_model(tmp_path / "final")
     ckpt = models.load_model(tmp_path / "checkpoint")
     for a, b in zip(final.state_dict().values(), ckpt.state_dict().values(), strict=True):

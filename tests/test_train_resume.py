@@ -37,8 +37,8 @@ def checkpoint_state(run_dir: Path) -> dict[str, object] | None:
         return None
 
 
-def kill_after_a_mid_epoch_checkpoint(run_dir: Path, sig: int) -> subprocess.Popen[bytes]:
-    proc = metaat(*ARGS, "--out", str(run_dir))
+def kill_after_a_mid_epoch_checkpoint(run_dir: Path, sig: int, *extra: str) -> subprocess.Popen[bytes]:
+    proc = metaat(*ARGS, *extra, "--out", str(run_dir))
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
         state = checkpoint_state(run_dir)

@@ -273,10 +273,18 @@ def load_module_tensors(modules: dict[str, nn.Module], tensors: dict[str, torch.
 # -- random number generators ------------------------------------------------------------------------
 
 
-def rng_state(generators: dict[str, torch.Generator]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Torch (CPU, CUDA) and named generator states as uint8 tensors; numpy and python as JSON."""
+def rng_state(
+    generators: dict[str, torch.Generator], *, cuda: bool = False
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Torch (CPU, and CUDA when ``cuda``) and named generator states as uint8 tensors; numpy and
+    python as JSON.
+
+    ``cuda`` is the caller's choice (training on CUDA), never whether CUDA happens to be initialised:
+    under DDP every rank must hold the same keys, and on a GPU machine a CPU run's rank 0 initialises
+    CUDA (reading the GPU's name for the run's environment) while the other ranks do not.
+    """
     tensors = {"rng.torch": torch.get_rng_state()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
+    if cuda:
         for i, s in enumerate(torch.cuda.get_rng_state_all()):
             tensors[f"rng.cuda.{i}"] = s
     for name, gen in generators.items():

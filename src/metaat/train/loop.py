@@ -258,8 +258,11 @@ class _Trainer:
             t, meta = optimizer_state(opt, f"optim.defense.{name}")
             tensors.update(t)
             defense_opts[name] = meta
-        local_rng, rng_meta = rng_state({"attack": self.generator})
-        for key in sorted(local_rng):
+        local_rng, rng_meta = rng_state({"attack": self.generator}, cuda=self.device.type == "cuda")
+        keys = sorted(local_rng)
+        if any(other != keys for other in distributed.gather_json(keys, self.info)):
+            raise TrainingError(f"ranks hold different random-generator states ({keys} on rank {self.info.rank})")
+        for key in keys:
             for rank, value in enumerate(distributed.gather_tensor(local_rng[key], self.info)):
                 tensors[f"rank{rank}.{key}"] = value
         if self.last_good is not None:
@@ -610,6 +613,7 @@ class _Trainer:
                 "final_model": str(final),
                 "defense": repr(self.defense),
                 "world_size": self.info.world_size,
+                "device": str(self.device),
                 "environment": environment(),
             }
             (self.run_dir / SUMMARY).write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n", encoding="utf-8")
