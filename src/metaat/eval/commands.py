@@ -72,9 +72,16 @@ def eval_cmd(
     threat: Annotated[
         list[str] | None, typer.Option("--threat", help="threat, repeatable (default: linf:0.1 l2:1.5 l1:10)")
     ] = None,
-    n: Annotated[int, typer.Option(help="number of test points")] = 1000,
+    n: Annotated[
+        int, typer.Option("--n", "--points", help="number of test points (--points under torchrun, see below)")
+    ] = 1000,
     start: Annotated[
-        int, typer.Option(help="index of the first test point (the full benchmark scores --start 9000 --n 1000)")
+        int,
+        typer.Option(
+            "--start",
+            "--start-at",
+            help="index of the first test point (the full benchmark scores --start 9000 --n 1000)",
+        ),
     ] = 0,
     suite: Annotated[str, typer.Option(help="quick | apgd | standard")] = "apgd",
     union_only: Annotated[
@@ -95,7 +102,13 @@ def eval_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON on stdout")] = False,
 ) -> None:
     """Evaluate a model: clean, per-threat and union robust accuracy, unseen attacks, gradient-masking
-    checks; writes report.json, report.md and report.html."""
+    checks; writes report.json, report.md and report.html.
+
+    Under ``torchrun --nproc_per_node=N -m metaat.cli eval ...`` the attack chunks are split over the
+    N processes (gloo on CPU, nccl on GPU, one GPU each) and merged: the same flags as one process;
+    rank 0 runs the unseen attacks and checks and writes the report. There, spell ``--n`` as
+    ``--points`` and ``--start`` as ``--start-at``: torchrun's own parser reads ``--n`` and ``--start``
+    as abbreviations of its options (``--nnodes``…, ``--start-method``) before metaat sees them."""
     from rich.progress import Progress
 
     import metaat.data as datasets
@@ -103,14 +116,17 @@ def eval_cmd(
     from metaat.eval.evaluate import DEFAULT_THREATS, evaluate
     from metaat.eval.report import build_report, read_run_config, write_reports
     from metaat.eval.state import StateMismatchError
+    from metaat.eval.union import Shard
     from metaat.runtime import resolve_device, seed_everything, set_threads
     from metaat.threats import parse_threats
+    from metaat.train import distributed
     from metaat.train.config import resolve_threat  # a bare norm takes its default radius, as in train
 
     err_console = Console(stderr=True)
+    dist_info = distributed.DistInfo()
     try:
         set_threads(threads)
-        dev = resolve_device(device)
+        dist_info, dev = distributed.init_from_env(resolve_device(device))
         seed_everything(seed)
         threats = parse_threats(tuple(resolve_threat(t) for t in threat) if threat else tuple(DEFAULT_THREATS))
         if suite not in ("quick", "apgd", "standard"):
@@ -132,11 +148,24 @@ def eval_cmd(
         state_path = state or out_dir / DEFAULT_STATE
         model = model.to(dev)
     except (ValueError, TypeError, KeyError, FileNotFoundError, RuntimeError) as err:
+        distributed.shutdown(dist_info)
         fail(str(err))
         return
+    shard = None
+    if dist_info.enabled:
+        shard = Shard(
+            dist_info.rank,
+            dist_info.world_size,
+            lambda t: distributed.all_reduce_sum(t, dist_info),
+            lambda value: distributed.gather_json(value, dist_info),
+        )
+        state_path = state_path.with_name(
+            f"{state_path.stem}.rank{dist_info.rank}-of-{dist_info.world_size}{state_path.suffix}"
+        )
+    main = not dist_info.enabled or dist_info.is_main
 
     def run_evaluation() -> Any:
-        with Progress(console=err_console, transient=True) as bar:
+        with Progress(console=err_console, transient=True, disable=not main) as bar:
             tasks: dict[str, Any] = {}
 
             def progress(stage: str, done: int, total: int) -> None:
@@ -158,6 +187,7 @@ def eval_cmd(
                 batch_size=batch_size,
                 holdout=holdout,
                 progress=progress,
+                shard=shard,
             )
 
     try:
@@ -168,14 +198,22 @@ def eval_cmd(
                 raise
             state_path.unlink(missing_ok=True)  # a stale default state from another evaluation
             result = run_evaluation()
-        report = build_report(
-            result, model=_model_card(model, path), dataset={"name": name, "split": "test", "start": start}, run_dir=run
-        )
-        paths = write_reports(report, out_dir)
+        if main:
+            report = build_report(
+                result,
+                model=_model_card(model, path),
+                dataset={"name": name, "split": "test", "start": start},
+                run_dir=run,
+            )
+            paths = write_reports(report, out_dir)
         if state is None:
             state_path.unlink(missing_ok=True)
     except (ValueError, TypeError, KeyError, FileNotFoundError, RuntimeError, OSError) as err:
+        distributed.shutdown(dist_info)
         fail(str(err))
+        return
+    distributed.shutdown(dist_info)
+    if not main:
         return
     if as_json:
         typer.echo(json.dumps({k: v for k, v in report.items() if k != "examples"}, indent=2, ensure_ascii=False))

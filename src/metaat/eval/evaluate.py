@@ -26,7 +26,7 @@ from metaat.attacks.base import attack_mode, auto_chunk, check_model_inputs
 from metaat.eval.checks import CheckConfig, CheckResult, run_checks
 from metaat.eval.state import EvalState, flags_from_text, flags_to_text, model_digest, tensor_digest
 from metaat.eval.suites import Suite, make_suite
-from metaat.eval.union import Progress, fraction, model_device, predict, worst_case_ensemble
+from metaat.eval.union import Progress, Shard, fraction, model_device, predict, worst_case_ensemble
 from metaat.eval.unseen import UnseenConfig, run_unseen
 from metaat.threats import ThreatModel, lp_norm, parse_threats
 
@@ -200,6 +200,7 @@ def evaluate(
     holdout: tuple[torch.Tensor, torch.Tensor] | None = None,
     examples: int = 3,
     progress: Progress | None = None,
+    shard: Shard | None = None,
 ) -> EvalResult:
     """Evaluate ``model`` on the first ``n`` points of ``(x, y)`` under ``threats``.
 
@@ -210,6 +211,12 @@ def evaluate(
     ``unseen`` / ``checks``: True, False or a config. ``holdout``: points to learn universal
     attacks on (default: two-fold on the evaluated points). ``progress(stage, done, total)`` is
     called after every chunk. The model's mode and ``requires_grad`` flags are restored.
+
+    ``shard``: this process's share when the evaluation is split over processes (``torchrun``; see
+    :class:`~metaat.eval.union.Shard`). Every process must be given the same arguments and its own
+    ``state_path``; each attacks its share of the chunks, all get the merged flags (the same as one
+    process's), and only rank 0 runs the examples, unseen attacks and checks (the others return
+    without them).
     """
     t_start = time.perf_counter()
     parsed = parse_threats(list(threats) if not isinstance(threats, str) else threats)
@@ -237,6 +244,8 @@ def evaluate(
         "checks": dataclasses.asdict(check_cfg) if check_cfg else None,
         "examples": examples,
     }
+    if shard is not None:  # only then: one process's earlier state files keep their fingerprint
+        fingerprint["shard"] = f"{shard.rank} of {shard.world}"
     state = EvalState.open(state_path, _jsonable(fingerprint))
     timings: dict[str, Any] = {}
 
@@ -264,12 +273,19 @@ def evaluate(
         seed=seed,
         state=state,
         progress=progress,
+        shard=shard,
     )
     timings["threats"] = {o.threat: round(o.seconds, 3) for o in outcomes}
     flags = {"clean": clean, **{o.threat: o.flags for o in outcomes}, "union": union}
     warnings = _merge_warnings(state, the_suite)
+    if shard is not None and warnings is not None:  # every process's, each once, in rank order
+        warnings = list(dict.fromkeys(w for ws in shard.gather(warnings) for w in ws))
+
+    main = shard is None or shard.rank == 0
 
     def section(name: str, compute: Any) -> Any:
+        if not main:
+            return None
         if name not in state.sections:
             t = time.perf_counter()
             state.record_section(name, compute())
@@ -303,7 +319,7 @@ def evaluate(
                 )
             ],
         )
-        check_out = tuple(CheckResult.from_dict(c) for c in raw)
+        check_out = tuple(CheckResult.from_dict(c) for c in raw or ())
     timings["total"] = round(time.perf_counter() - t_start, 3)
     protocol = {
         **protocol,
@@ -312,6 +328,8 @@ def evaluate(
         "seed": seed,
         "reference_warnings": warnings or [],
     }
+    if shard is not None:
+        protocol["processes"] = shard.world
     return EvalResult(
         n=int(x.shape[0]),
         threats=tuple(str(t) for t in parsed),
@@ -326,7 +344,7 @@ def evaluate(
         seed=seed,
         unseen=unseen_out,
         checks=check_out,
-        examples=tuple(shown),
+        examples=tuple(shown or ()),
     )
 
 

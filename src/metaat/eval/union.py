@@ -6,8 +6,13 @@ already broken cannot become robust again), the work shrinks, and the per-threat
 first become upper bounds (a point that was not attacked counts as robust for that threat).
 
 Points go through the suite in chunks; after each chunk its flags are written to the state file,
-so an interrupted run resumes at the next chunk. Every adversarial input is verified here — inside
-the threat set, finite, in [0, 1] — and its prediction recomputed, never taken from the attack.
+so an interrupted run resumes at the next chunk. Split over several processes (a :class:`Shard`
+each, ``torchrun``), process ``r`` of ``w`` attacks chunks ``r, r + w, r + 2w, …`` of every threat and
+the flags are summed across processes after each threat: the chunks, their points and their seeds
+are the single process's, so the flags are too (on the same kind of device).
+
+Every adversarial input is verified here — inside the threat set, finite, in [0, 1] — and its
+prediction recomputed, never taken from the attack.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -26,6 +32,28 @@ from metaat.threats import ThreatModel, in_threat
 
 Progress = Callable[[str, int, int], None]
 """``progress(stage, done, total)`` — called after every chunk (a raising callback aborts the run)."""
+
+
+@dataclass(frozen=True)
+class Shard:
+    """This process's share of an evaluation split over ``world`` processes.
+
+    ``merge`` sums a tensor over all processes and returns the sum on every one (an all-reduce);
+    ``gather`` returns every process's JSON-able value, in rank order. Every process must call them
+    the same number of times, in the same order.
+    """
+
+    rank: int
+    world: int
+    merge: Callable[[torch.Tensor], torch.Tensor]
+    gather: Callable[[Any], list[Any]]
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.rank < self.world:
+            raise ValueError(f"shard rank must be in [0, {self.world}), got {self.rank}")
+
+    def owns(self, chunk_index: int) -> bool:
+        return chunk_index % self.world == self.rank
 
 
 @dataclass(frozen=True)
@@ -82,8 +110,11 @@ def attack_threat(
     seed: int,
     state: EvalState,
     progress: Progress | None = None,
+    shard: Shard | None = None,
 ) -> tuple[torch.Tensor, float]:
-    """Robust flags of the ``pending`` points (others False) and the seconds spent, chunk by chunk."""
+    """Robust flags of the ``pending`` points (others False) and the seconds spent, chunk by chunk
+    (with a ``shard``: this process's chunks, then every process's flags merged; the seconds are
+    summed over processes, so they count the work rather than the wall time)."""
     key = str(threat)
     flags = torch.zeros(x.shape[0], dtype=torch.bool)
     idx = pending.nonzero().squeeze(1)
@@ -91,6 +122,8 @@ def attack_threat(
     device = model_device(model)
     n_chunks = (idx.numel() + chunk - 1) // chunk
     for j in range(n_chunks):
+        if shard is not None and not shard.owns(j):
+            continue
         ids = idx[j * chunk : (j + 1) * chunk]
         saved = state.chunk(key, j)
         if saved is None or saved.numel() != ids.numel():
@@ -104,7 +137,11 @@ def attack_threat(
         flags[ids] = saved
         if progress is not None:
             progress(key, min((j + 1) * chunk, idx.numel()), idx.numel())
-    return flags, float(state.threats[key].get("seconds", 0.0))
+    seconds = float(state.threats[key].get("seconds", 0.0))
+    if shard is not None:
+        merged = shard.merge(torch.cat([flags.double(), torch.tensor([seconds], dtype=torch.float64)]))
+        flags, seconds = merged[:-1] > 0.5, float(merged[-1])
+    return flags, seconds
 
 
 def worst_case_ensemble(
@@ -120,6 +157,7 @@ def worst_case_ensemble(
     seed: int,
     state: EvalState,
     progress: Progress | None = None,
+    shard: Shard | None = None,
 ) -> tuple[list[ThreatOutcome], torch.Tensor]:
     """Per-threat outcomes and the union flags (robust under every threat)."""
     union = clean.clone()
@@ -127,7 +165,7 @@ def worst_case_ensemble(
     for k, threat in enumerate(threats):
         pending = union.clone() if union_only else clean.clone()
         flags, seconds = attack_threat(
-            model, x, y, pending, threat, suite, chunk=chunk, seed=seed, state=state, progress=progress
+            model, x, y, pending, threat, suite, chunk=chunk, seed=seed, state=state, progress=progress, shard=shard
         )
         upper = union_only and k > 0
         if upper:

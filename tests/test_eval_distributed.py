@@ -1,0 +1,74 @@
+"""``torchrun --nproc_per_node=2 -m metaat.cli eval``: the attack chunks split over two gloo processes
+and merged give the single process's flags, point for point."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import metaat.data as datasets
+import metaat.models as models
+
+# --points: torchrun's parser takes --n for an abbreviation of its own options
+ARGS = [
+    "--data", "synthetic", "--points", "24", "--batch-size", "8", "--no-unseen", "--threads", "1", "--device", "cpu",
+    "--threat", "linf:0.05", "--threat", "l2:0.5", "--threat", "l1:4",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A trained 12x12 MLP: breakable, but not by every attack on every point."""
+    torch.manual_seed(0)
+    x, y = datasets.load("synthetic", "train", n=1000, noise=0.5)
+    net = models.create("mlp", num_classes=10, in_channels=1, image_size=12, hidden=32)
+    opt = torch.optim.Adam(net.parameters(), 1e-2)
+    for i in range(0, 1000, 100):
+        loss = nn.functional.cross_entropy(net(x[i : i + 100]), y[i : i + 100])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    run = tmp_path_factory.mktemp("runs") / "small"
+    models.save_model(net, run / "checkpoint")
+    (run / "config.yaml").write_text("data: synthetic\ndefense: standard\nthreats: [linf:0.1]\nseed: 0\n")
+    return run
+
+
+def metaat_eval(run_dir: Path, out: Path, *extra: str, processes: int = 1) -> dict[str, object]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    launch = [sys.executable]
+    if processes > 1:
+        launch += ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
+    args = ["-m", "metaat.cli", "eval", str(run_dir), *ARGS, *extra, "--out", str(out)]
+    run = subprocess.run([*launch, *args], env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert not list(out.glob(".eval-state*.json")), "every process removes its default state file"
+    return json.loads((out / "report.json").read_text())  # type: ignore[no-any-return]
+
+
+def same_numbers(a: dict[str, object], b: dict[str, object]) -> None:
+    for key in ("clean", "robust", "union", "attacked"):
+        assert a[key] == b[key], (key, a[key], b[key])
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available")
+@pytest.mark.parametrize("union_only", [False, True])
+def test_two_processes_give_the_single_process_numbers(run_dir: Path, tmp_path: Path, union_only: bool) -> None:
+    # Full mode with the gradient-masking checks (rank 0 runs them on the merged flags); union-only
+    # without (its per-threat pending sets come from the previous threat's merged flags).
+    extra = ("--suite", "apgd", *(["--union-only", "--no-checks"] if union_only else []))
+    one = metaat_eval(run_dir, tmp_path / "one", *extra)
+    two = metaat_eval(run_dir, tmp_path / "two", *extra, processes=2)
+    same_numbers(one, two)
+    assert 0 < float(two["union"]) < float(two["clean"])  # type: ignore[arg-type]
+    assert two["protocol"]["processes"] == 2 and "processes" not in one["protocol"]  # type: ignore[index, operator]
+    checks = [(c["name"], c.get("threat"), c["status"]) for c in two["checks"]]  # type: ignore[union-attr]
+    assert checks == [(c["name"], c.get("threat"), c["status"]) for c in one["checks"]]  # type: ignore[union-attr]
+    assert bool(checks) != union_only
