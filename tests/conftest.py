@@ -1,5 +1,6 @@
 """Shared test settings: one torch thread (tiny models run ~10x slower on two contended threads),
-and ``load_benchmark``, which imports a script from ``benchmarks/`` by name."""
+``load_benchmark``, which imports a script from ``benchmarks/`` by name, and ``tiny_mlp`` /
+``save_small_run``, a small model trained in a second on synthetic data."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from types import ModuleType
 
 import pytest
 import torch
+from torch import nn
 
 torch.set_num_threads(1)
 
@@ -33,3 +35,29 @@ def _load(name: str) -> ModuleType:
 @pytest.fixture
 def load_benchmark() -> Callable[[str], ModuleType]:
     return _load
+
+
+def tiny_mlp(image_size: int = 12, seed: int = 0) -> nn.Module:
+    """A 32-unit MLP trained for one pass over 1,000 noisy synthetic images: breakable, not perfect."""
+    import metaat.data as datasets
+    import metaat.models as models
+
+    torch.manual_seed(seed)
+    x, y = datasets.load("synthetic", "train", n=1000, noise=0.5, image_size=image_size)
+    net = models.create("mlp", num_classes=10, in_channels=1, image_size=image_size, hidden=32)
+    opt = torch.optim.Adam(net.parameters(), 1e-2)
+    for i in range(0, 1000, 100):
+        loss = nn.functional.cross_entropy(net(x[i : i + 100]), y[i : i + 100])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return net.eval()
+
+
+def save_small_run(run: Path) -> Path:
+    """``run`` as a run folder: :func:`tiny_mlp` saved as checkpoint/, a config.yaml naming its data."""
+    import metaat.models as models
+
+    models.save_model(tiny_mlp(), run / "checkpoint")
+    (run / "config.yaml").write_text("data: synthetic\ndefense: standard\nthreats: [linf:0.1]\nseed: 0\n")
+    return run

@@ -26,10 +26,9 @@ import matplotlib.image
 import numpy as np
 import pytest
 import torch
-from torch import nn
+from conftest import tiny_mlp
 
 import metaat.data as datasets
-import metaat.models as models
 from metaat.eval import CheckConfig, UnseenConfig, evaluate
 from metaat.eval.compare import leaderboard, write_leaderboard
 from metaat.eval.report import build_report, write_reports
@@ -196,15 +195,7 @@ def report_html(tmp_path_factory: pytest.TempPathFactory) -> Path:
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        torch.manual_seed(0)
-        x, y = datasets.load("synthetic", "train", n=1000, noise=0.5, image_size=16)
-        net = models.create("mlp", num_classes=10, in_channels=1, image_size=16, hidden=32)
-        opt = torch.optim.Adam(net.parameters(), 1e-2)
-        for i in range(0, 1000, 100):
-            loss = nn.functional.cross_entropy(net(x[i : i + 100]), y[i : i + 100])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+        net = tiny_mlp(image_size=16)
         xt, yt = datasets.load("synthetic", "test", n=24, noise=0.5, image_size=16)
         unseen = UnseenConfig(n=24, sweep_factors=(0.5, 1.0, 2.0), sweep_steps=3, universal_steps=2, severities=(1, 5))
         result = evaluate(

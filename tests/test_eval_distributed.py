@@ -11,10 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch import nn
-
-import metaat.data as datasets
-import metaat.models as models
+from conftest import save_small_run
 
 # --points: torchrun's parser takes --n for an abbreviation of its own options
 ARGS = [
@@ -25,20 +22,7 @@ ARGS = [
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A trained 12x12 MLP: breakable, but not by every attack on every point."""
-    torch.manual_seed(0)
-    x, y = datasets.load("synthetic", "train", n=1000, noise=0.5)
-    net = models.create("mlp", num_classes=10, in_channels=1, image_size=12, hidden=32)
-    opt = torch.optim.Adam(net.parameters(), 1e-2)
-    for i in range(0, 1000, 100):
-        loss = nn.functional.cross_entropy(net(x[i : i + 100]), y[i : i + 100])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    run = tmp_path_factory.mktemp("runs") / "small"
-    models.save_model(net, run / "checkpoint")
-    (run / "config.yaml").write_text("data: synthetic\ndefense: standard\nthreats: [linf:0.1]\nseed: 0\n")
-    return run
+    return save_small_run(tmp_path_factory.mktemp("runs") / "small")
 
 
 def metaat_eval(run_dir: Path, out: Path, *extra: str, processes: int = 1) -> dict[str, object]:
