@@ -28,7 +28,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from study import run_dirs  # benchmarks/ is on the path when run as a script
+from study import eval_state_path, run_dirs, union_flags  # benchmarks/ is on the path when run as a script
+
+from metaat.eval.state import read_state
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -47,14 +49,36 @@ def last_monitor(metrics: Path) -> dict[str, Any] | None:
     return last
 
 
+def evaluated_here(base: Path, record: dict[str, Any]) -> bool:
+    """Whether ``base`` (a run folder or its evidence) holds the finished evaluation that made
+    ``record``: the same clean and union counts. A piece retrained after its run folder was lost holds
+    another model, whose log must not be set against the record's numbers."""
+    path = base / eval_state_path(Path(), record["suite"], record["n"], int(record.get("test_start", 0))).name
+    if not path.is_file():
+        return False
+    state = read_state(path)
+    fingerprint = state["fingerprint"]
+    try:
+        union = union_flags(state, list(fingerprint["threats"]), union_only=bool(fingerprint.get("union_only")))
+    except (KeyError, ValueError):
+        return False  # not finished
+    n = len(union)
+    clean = sum(c == "1" for c in state["clean"])
+    return (
+        n == record["n"] and clean == round(record["clean"] * n) and sum(union) == round(record["robust"]["union"] * n)
+    )
+
+
 def finished_monitor(study: str, record: dict[str, Any]) -> dict[str, Any] | None:
     """The last monitor of the run that made ``record``: from its run folder's ``metrics.jsonl``, else
-    its kept evidence, whichever has reached the record's epoch count (a run folder retraining the
-    same piece holds an unfinished log, which is not the record's model)."""
+    its kept evidence — only where the record's own evaluation lies beside it (:func:`evaluated_here`)
+    and the log has reached the record's epoch count."""
     for base in run_dirs(study, record["method"], record["seed"]):
         metrics = base / "metrics.jsonl"
         monitor = last_monitor(metrics) if metrics.is_file() else None
-        if monitor is not None and int(monitor["epoch"]) == int(record["epochs"]):
+        if monitor is None or int(monitor["epoch"]) != int(record["epochs"]):
+            continue
+        if evaluated_here(base, record):
             return monitor
     return None
 
@@ -167,7 +191,10 @@ def main(argv: list[str] | None = None) -> int:
     for name, s in out["summary"].items():
         print(f"{name:6s} gap {s['min']:+.1f} .. {s['max']:+.1f} points (median {s['median']:+.1f}, {s['runs']} runs)")
     if missing:
-        print(f"no metrics.jsonl in run folder or evidence for: {', '.join(missing)} (earlier rows kept where known)")
+        print(
+            f"no log of the run that made the record (run folder or evidence) for: {', '.join(missing)} "
+            "(earlier rows kept where known)"
+        )
     print(f"wrote {dst}")
     return 0
 

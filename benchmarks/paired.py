@@ -31,26 +31,9 @@ from pathlib import Path
 from typing import Any
 
 from monitor_gap import previous_output, study_records, write_result  # benchmarks/ is on the path as a script
-from study import eval_state_path, run_dirs
+from study import eval_state_path, run_dirs, union_flags
 
 from metaat.eval.state import read_state
-
-
-def union_flags(state: dict[str, Any], threats: list[str], union_only: bool = False) -> list[bool]:
-    """Per test point: clean-correct and robust under every threat. Full mode: each threat attacks
-    every clean-correct point, in chunks, in order; ``union_only`` (the headline runs): each threat
-    attacks only the points still robust after the threats before it."""
-    clean = [c == "1" for c in state["clean"]]
-    robust = list(clean)
-    for threat in threats:
-        pending = [i for i, ok in enumerate(robust if union_only else clean) if ok]
-        chunks = state["threats"][threat]["chunks"]
-        flags = "".join(chunks[str(k)] for k in range(len(chunks)))
-        if len(flags) != len(pending):
-            raise ValueError(f"{threat}: {len(flags)} flags for {len(pending)} pending points (unfinished?)")
-        for i, f in zip(pending, flags, strict=True):
-            robust[i] = robust[i] and f == "1"
-    return robust
 
 
 def headline_agreement(standard: list[bool], study: list[bool]) -> dict[str, Any]:

@@ -162,6 +162,23 @@ def run_dirs(study: str, method: str, seed: int) -> tuple[Path, Path]:
     return run_path(study, method, seed), evidence_path(study, method, seed)
 
 
+def union_flags(state: dict[str, Any], threats: list[str], union_only: bool = False) -> list[bool]:
+    """Per test point: clean-correct and robust under every threat. Full mode: each threat attacks
+    every clean-correct point, in chunks, in order; ``union_only`` (the headline runs): each threat
+    attacks only the points still robust after the threats before it."""
+    clean = [c == "1" for c in state["clean"]]
+    robust = list(clean)
+    for threat in threats:
+        pending = [i for i, ok in enumerate(robust if union_only else clean) if ok]
+        chunks = state["threats"][threat]["chunks"]
+        flags = "".join(chunks[str(k)] for k in range(len(chunks)))
+        if len(flags) != len(pending):
+            raise ValueError(f"{threat}: {len(flags)} flags for {len(pending)} pending points (unfinished?)")
+        for i, f in zip(pending, flags, strict=True):
+            robust[i] = robust[i] and f == "1"
+    return robust
+
+
 def keep_evidence(study: str, method: str, seed: int, states: list[Path]) -> list[Path]:
     """Copy (method, seed)'s evaluation ``states`` and its small run files into its evidence folder
     (atomically, a file at a time); returns what it copied. Each state file carries its own content

@@ -10,6 +10,8 @@ from types import ModuleType
 
 import pytest
 
+from metaat.eval.state import EvalState
+
 Loader = Callable[[str], ModuleType]  # the load_benchmark fixture (conftest.py)
 
 
@@ -62,27 +64,41 @@ def test_logs_come_from_the_run_folder_or_evidence_and_lost_rows_are_kept_only_f
         monkeypatch.setattr(module, attr, value)
 
     def record(method: str, linf: float) -> dict[str, object]:
-        return {"method": method, "seed": 0, "epochs": 5, "n": 1000, "suite": "apgd", "robust": {"linf": linf}}
+        robust = {"linf": linf, "union": linf}
+        return {"method": method, "seed": 0, "epochs": 5, "n": 10, "suite": "apgd", "clean": 0.8, "robust": robust}
 
-    records = [record("kept", 0.6), record("evidence", 0.5), record("rerun", 0.4)]
+    def run_files(base: Path, epoch: int, monitor: float, flags: str | None) -> None:
+        """metrics.jsonl ending at ``epoch``; with ``flags``, a finished evaluation state beside it
+        (8 of 10 points clean, ``flags`` their L∞ outcomes)."""
+        base.mkdir(parents=True, exist_ok=True)
+        line = {"epoch": epoch, "eval": {"n": 200, "robust/linf:0.1": monitor}}
+        (base / "metrics.jsonl").write_text(json.dumps(line) + "\n", encoding="utf-8")
+        if flags is not None:
+            chunks = {"linf:0.1": {"chunks": {"0": flags}, "seconds": 1.0}}
+            EvalState({"threats": ["linf:0.1"]}, base / "eval-apgd-10.state.json", "1111111100", chunks).save()
+
+    records = [record("kept", 0.6), record("evidence", 0.5), record("rerun", 0.4), record("retrained", 0.5)]
     (results / "s.json").write_text(json.dumps({"records": records}), encoding="utf-8")
-    log = study.evidence_path("s", "evidence", 0) / "metrics.jsonl"
-    log.parent.mkdir(parents=True)
-    log.write_text(json.dumps({"epoch": 5, "eval": {"n": 200, "robust/linf:0.1": 0.55}}) + "\n", encoding="utf-8")
-    retraining = study.run_path("s", "evidence", 0) / "metrics.jsonl"  # the same piece retraining: epoch 2 of 5
-    retraining.parent.mkdir(parents=True)
-    retraining.write_text(json.dumps({"epoch": 2, "eval": {"n": 200, "robust/linf:0.1": 0.9}}) + "\n", encoding="utf-8")
+    run_files(study.evidence_path("s", "evidence", 0), 5, 0.55, "11111000")  # union 5 of 10: the record's
+    run_files(study.run_path("s", "evidence", 0), 2, 0.9, None)  # the same piece retraining: epoch 2 of 5
+    # Retrained to the end after its run folder was lost: another model (its evaluation gives 4 of 10).
+    run_files(study.run_path("s", "retrained", 0), 5, 0.9, "11110000")
 
     def earlier(method: str, reference: float) -> dict[str, object]:
         gap = {"linf": {"monitor": 70.0, "reference": reference, "gap": 70.0 - reference}}
         return {"method": method, "seed": 0, "epoch": 5, "monitor_n": 200, "reference_n": 1000, "threats": gap}
 
-    old = {"finished": "2026-01-01T00:00:00Z", "rows": [earlier("kept", 60.0), earlier("rerun", 45.0)]}
+    old = {
+        "finished": "2026-01-01T00:00:00Z",
+        "rows": [earlier("kept", 60.0), earlier("rerun", 45.0), earlier("retrained", 50.0)],
+    }
     (results / "s_monitor_gap.json").write_text(json.dumps(old), encoding="utf-8")
     assert mg.main(["--study", "s"]) == 0
     out = json.loads((results / "s_monitor_gap.json").read_text(encoding="utf-8"))
     rows = {r["method"]: r for r in out["rows"]}
-    assert set(rows) == {"kept", "evidence"}  # rerun's earlier row scored another model: dropped
+    assert set(rows) == {"kept", "evidence", "retrained"}  # rerun's earlier row scored another model: dropped
     assert rows["evidence"]["threats"]["linf"]["gap"] == 5.0 and "kept_from" not in rows["evidence"]
     assert rows["kept"]["kept_from"] == "2026-01-01T00:00:00Z"
-    assert out["runs_missing"] == ["kept seed 0", "rerun seed 0"]
+    assert rows["retrained"]["kept_from"] == "2026-01-01T00:00:00Z"  # not the retrained model's 90 %
+    assert rows["retrained"]["threats"]["linf"]["monitor"] == 70.0
+    assert out["runs_missing"] == ["kept seed 0", "rerun seed 0", "retrained seed 0"]
