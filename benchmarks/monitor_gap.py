@@ -28,9 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from study import eval_state_path, run_dirs, union_flags  # benchmarks/ is on the path when run as a script
-
-from metaat.eval.state import read_state
+from study import finished_state_in, run_dirs  # benchmarks/ is on the path when run as a script
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -53,15 +51,10 @@ def evaluated_here(base: Path, record: dict[str, Any]) -> bool:
     """Whether ``base`` (a run folder or its evidence) holds the finished evaluation that made
     ``record``: the same clean and union counts. A piece retrained after its run folder was lost holds
     another model, whose log must not be set against the record's numbers."""
-    path = base / eval_state_path(Path(), record["suite"], record["n"], int(record.get("test_start", 0))).name
-    if not path.is_file():
+    found = finished_state_in(base, record, record["suite"])
+    if found is None:
         return False
-    state = read_state(path)
-    fingerprint = state["fingerprint"]
-    try:
-        union = union_flags(state, list(fingerprint["threats"]), union_only=bool(fingerprint.get("union_only")))
-    except (KeyError, ValueError):
-        return False  # not finished
+    state, union = found
     n = len(union)
     clean = sum(c == "1" for c in state["clean"])
     return (

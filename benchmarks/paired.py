@@ -27,13 +27,10 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-from pathlib import Path
 from typing import Any
 
 from monitor_gap import previous_output, study_records, write_result  # benchmarks/ is on the path as a script
-from study import eval_state_path, run_dirs, union_flags
-
-from metaat.eval.state import read_state
+from study import finished_state_in, run_dirs
 
 
 def headline_agreement(standard: list[bool], study: list[bool]) -> dict[str, Any]:
@@ -77,21 +74,14 @@ def compare(a: list[bool], ref: list[bool]) -> dict[str, Any]:
     }
 
 
-def finished_state(
-    study: str, r: dict[str, Any], suite: str = "apgd", union_only: bool = False
-) -> tuple[dict[str, Any], list[bool]] | None:
+def finished_state(study: str, r: dict[str, Any], suite: str = "apgd") -> tuple[dict[str, Any], list[bool]] | None:
     """The finished evaluation state of record ``r``'s model and its per-point union: from the run
     folder, else the kept evidence copy, whichever is complete (a run folder re-evaluating the same
     piece holds an unfinished state); None when neither is. A damaged or edited file raises."""
-    name = eval_state_path(Path(), suite, r["n"], int(r.get("test_start", 0))).name
     for base in run_dirs(study, r["method"], r["seed"]):
-        if not (base / name).is_file():
-            continue
-        state = read_state(base / name)
-        try:
-            return state, union_flags(state, list(state["fingerprint"]["threats"]), union_only=union_only)
-        except (KeyError, ValueError):
-            continue  # not finished
+        found = finished_state_in(base, r, suite)
+        if found is not None:
+            return found
     return None
 
 
@@ -161,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     headline = []
     headline_records = study_records(args.study, headline=True) or []
     for r in headline_records:
-        found = finished_state(args.study, r, "standard", union_only=True)
+        found = finished_state(args.study, r, "standard")
         if found is None or (r["method"], r["seed"]) not in models:
             skipped.append(f"{r['method']} seed {r['seed']} headline: no finished state or no study-protocol flags")
             continue

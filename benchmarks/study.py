@@ -179,6 +179,23 @@ def union_flags(state: dict[str, Any], threats: list[str], union_only: bool = Fa
     return robust
 
 
+def finished_state_in(base: Path, r: dict[str, Any], suite: str = "apgd") -> tuple[dict[str, Any], list[bool]] | None:
+    """Record ``r``'s evaluation state in ``base`` (a run folder or its evidence) and its per-point
+    union (union-only when its fingerprint says so), or None when the file is absent or unfinished.
+    A damaged or edited file raises."""
+    from metaat.eval.state import read_state
+
+    path = base / eval_state_path(Path(), suite, r["n"], int(r.get("test_start", 0))).name
+    if not path.is_file():
+        return None
+    state = read_state(path)
+    fingerprint = state["fingerprint"]
+    try:
+        return state, union_flags(state, list(fingerprint["threats"]), union_only=bool(fingerprint.get("union_only")))
+    except (KeyError, ValueError):
+        return None  # not finished
+
+
 def keep_evidence(study: str, method: str, seed: int, states: list[Path]) -> list[Path]:
     """Copy (method, seed)'s evaluation ``states`` and its small run files into its evidence folder
     (atomically, a file at a time); returns what it copied. Each state file carries its own content

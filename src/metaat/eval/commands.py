@@ -209,10 +209,10 @@ def eval_cmd(
         if state is None:
             state_path.unlink(missing_ok=True)
     except (ValueError, TypeError, KeyError, FileNotFoundError, RuntimeError, OSError) as err:
-        distributed.shutdown(dist_info)
         fail(str(err))
         return
-    distributed.shutdown(dist_info)
+    finally:
+        distributed.shutdown(dist_info)
     if not main:
         return
     if as_json:
