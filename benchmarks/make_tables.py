@@ -146,7 +146,7 @@ def table(rows: list[dict[str, Any]]) -> str:
             f"| {row['method']} | {mean_std(row['clean'])} | {mean_std(row['linf'])} | {mean_std(row['l2'])} | "
             f"{mean_std(row['l1'])} | **{mean_std(row['union'])}** | {mean_std(row['unseen'])} | "
             f"{mean_std(row['passes'], 1, 2)} | "
-            f"{mean_std(row['seconds'], 1, 0)} | {', '.join(map(str, row['seeds']))} |"
+            f"{mean_std(row['seconds'], 1, 0)}{_gpu_mark(row['records'])} | {', '.join(map(str, row['seeds']))} |"
             + (f" {paired_delta(row, reference)} |" if reference else "")
         )
     return head + "\n".join(lines) + "\n"
@@ -193,14 +193,38 @@ def _unseen_points(records: list[dict[str, Any]]) -> str:
     return " / ".join(f"{n:,}" for n in counts) or "–"
 
 
+def _gpu_mark(records: list[dict[str, Any]]) -> str:
+    """`` (GPU)`` after a row's seconds when any of its records trained on a GPU (not comparable with CPU rows)."""
+    return " (GPU)" if any(str(r.get("device", "cpu")).startswith("cuda") for r in records) else ""
+
+
+def _where(r: dict[str, Any]) -> str:
+    torch = r["environment"]["torch"]
+    chunk = f", attack chunks of {r['eval_chunk']:,}" if r.get("eval_chunk", 128) != 128 else ""
+    return f"{r['hardware']}, torch {torch}{chunk}"
+
+
 def _hardware(records: list[dict[str, Any]]) -> str:
-    """The hardware most records ran on, and the records that ran elsewhere (e.g. with 2 threads), named."""
-    counts: dict[str, int] = {}
+    """Where most records ran, and the records that ran elsewhere (other threads, a GPU), grouped and named."""
+    groups: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
     for r in records:
-        counts[r["hardware"]] = counts.get(r["hardware"], 0) + 1
-    main = max(counts, key=lambda h: counts[h])
-    others = [f"{r['method']} seed {r['seed']}: {r['hardware']}" for r in records if r["hardware"] != main]
+        groups[_where(r)][r["method"]].append(r["seed"])
+    main = max(groups, key=lambda h: sum(map(len, groups[h].values())))
+    others = [
+        "; ".join(f"{m} {', '.join(map(str, sorted(seeds)))}" for m, seeds in sorted(names.items())) + f" on {where}"
+        for where, names in groups.items()
+        if where != main
+    ]
     return main + (f" (except {'; '.join(others)})" if others else "")
+
+
+def _gpu_note(records: list[dict[str, Any]]) -> str:
+    if not any(_gpu_mark([r]) for r in records):
+        return ""
+    return (
+        " Rows marked (GPU) trained on the GPU named above, several study processes sharing it: their "
+        "seconds per epoch are not comparable with the CPU rows'."
+    )
 
 
 def _points(r: dict[str, Any]) -> str:
@@ -233,11 +257,12 @@ def describe(records: list[dict[str, Any]]) -> str:
         f"patch) on the first {_unseen_points(records)} of those points (`benchmarks/unseen_summary.py`; "
         f"metaat's own attacks, "
         f"a secondary number; mean over the seeds that have one). Rows with one seed ran seed 0 only: "
-        f"compare rows on the same seeds. Hardware: {_hardware(records)}, "
-        f"torch {r0['environment']['torch']}, metaat {r0['metaat_version']}; "
+        f"compare rows on the same seeds. Hardware: {_hardware(records)}; "
+        f"metaat {r0['metaat_version']}; "
         f"seconds per epoch (of the images trained on) are "
         f"attack + update time measured while other jobs shared the machine (compare passes per example "
-        f"for cost; `benchmarks/train_speed.py` times methods side by side). Every record in the JSON keeps the "
+        f"for cost; `benchmarks/train_speed.py` times methods side by side).{_gpu_note(records)} "
+        f"Every record in the JSON keeps the "
         f"command that produced it, e.g. `{r0['command']}`."
     )
 

@@ -244,12 +244,23 @@ def load_records(path: Path) -> list[dict[str, Any]]:
     return list(data.get("records", []))
 
 
+def hardware_label(run_dir: Path, trained_on: str, evaluated_on: str, here: str) -> str:
+    """Where a record ran: ``here``, or, when its model trained on another device (a GPU run evaluated on
+    a CPU), both machines, the training one as the run's ``environment.json`` names it."""
+    env = run_dir / "environment.json"
+    if trained_on.split(":")[0] == evaluated_on.split(":")[0] or not env.is_file():
+        return here
+    return f"trained on {json.loads(env.read_text(encoding='utf-8'))['hardware']}, evaluated on {here}"
+
+
 def run_one(method: str, seed: int, args: argparse.Namespace, study: str) -> dict[str, Any]:
     import torch
 
     import metaat
     import metaat.data as data
+    from metaat.attacks.base import auto_chunk
     from metaat.eval import evaluate
+    from metaat.eval.union import model_device
     from metaat.models import resolve_model
     from metaat.runtime import environment, hardware_summary, set_threads
     from metaat.train import TrainConfig, train
@@ -272,7 +283,7 @@ def run_one(method: str, seed: int, args: argparse.Namespace, study: str) -> dic
         checkpoint_every=100,  # a cut-off piece loses at most 100 steps (results are unchanged by it)
         seed=seed,
         threads=args.threads,
-        device="cpu",
+        device=args.device,
     )
     set_threads(args.threads)
     resume = (run_dir / "checkpoint").is_dir() and not (run_dir / "final").is_dir()
@@ -284,7 +295,7 @@ def run_one(method: str, seed: int, args: argparse.Namespace, study: str) -> dic
     train_wall = time.perf_counter() - t0
     summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
     cost = summary["cost"]
-    model = resolve_model(run_dir)
+    model = resolve_model(run_dir, device=args.device)
     x, y = data.load("fashion-mnist", "test", n=args.n, start=args.test_start)
     result = evaluate(
         model,
@@ -297,6 +308,7 @@ def run_one(method: str, seed: int, args: argparse.Namespace, study: str) -> dic
         state_path=eval_state_path(run_dir, args.suite, args.n, args.test_start),
         unseen=False,
         checks=False,
+        batch_size=args.eval_batch,
     )
     robust = {t.split(":")[0]: result.robust.get(t) for t in ALL}
     robust["union"] = result.union
@@ -310,6 +322,7 @@ def run_one(method: str, seed: int, args: argparse.Namespace, study: str) -> dic
         else unseen_summary(model.eval(), x[:n_unseen], y[:n_unseen], ALL, seed=seed, start=args.test_start)
     )
     epochs = int(summary.get("epochs_completed", args.epochs))
+    hardware = hardware_label(run_dir, summary.get("device", args.device), args.device, hardware_summary())
     seconds = float(cost.get("attack_seconds", 0.0)) + float(cost.get("update_seconds", 0.0))
     return {
         "method": method,
@@ -332,11 +345,13 @@ def run_one(method: str, seed: int, args: argparse.Namespace, study: str) -> dic
         "forward_per_example": cost.get("forward_per_example"),
         "backward_per_example": cost.get("backward_per_example"),
         "seconds_per_epoch": seconds / max(1, epochs),
+        "eval_chunk": args.eval_batch or auto_chunk(model_device(model)),
         "eval_seconds": result.timings.get("total"),  # this process's share when the evaluation resumed
         "eval_threat_seconds": result.timings.get("threats"),
         "train_wall_this_session": train_wall,
         "threads": torch.get_num_threads(),
-        "hardware": hardware_summary(),
+        "device": summary.get("device", args.device),  # where it trained (the evaluation ran on args.device)
+        "hardware": hardware,
         "metaat_version": metaat.__version__,
         "environment": environment(),
         "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
@@ -528,6 +543,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--suite", default="apgd", choices=("quick", "apgd", "standard"))
     p.add_argument("--union-only", action="store_true")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument(
+        "--eval-batch",
+        type=int,
+        default=None,
+        help="points per attack chunk (default: 128 on cpu, 1024 on cuda); an evaluation resumes only with "
+        "the chunk it began with",
+    )
+    p.add_argument(
+        "--device",
+        default="cpu",
+        help="cpu (the study's rows so far) or cuda; the record says where it ran and make_tables.py names "
+        "rows that ran on other hardware",
+    )
     p.add_argument("--study", default=None, help="results name (default fmnist_study, or fmnist_quick)")
     p.add_argument("--metaat-option", action="append", default=[], help="key=value for the metaat rows")
     p.add_argument("--plan", action="store_true", help="print what is done and what is left, run nothing")

@@ -65,12 +65,24 @@ def test_train_threats_names_the_exceptions(load_benchmark: Loader) -> None:
 
 def test_hardware_names_the_records_that_ran_elsewhere(load_benchmark: Loader) -> None:
     mt = load_benchmark("make_tables")
-    records = [_record("a", 0, 0.4, None, ALL), _record("a", 1, 0.4, None, ALL), _record("b", 2, 0.4, None, ALL)]
-    for r, threads in zip(records, (1, 1, 2), strict=True):
+    records = [_record(m, s, 0.4, None, ALL) for m, s in (("a", 0), ("a", 1), ("b", 2), ("c", 0), ("c", 1))]
+    for r, threads in zip(records, (1, 1, 2, 1, 1), strict=True):
         r["hardware"] = f"x86_64, 2 cores, torch threads {threads}"
-    expected = "x86_64, 2 cores, torch threads 1 (except b seed 2: x86_64, 2 cores, torch threads 2)"
+        r["environment"] = {"torch": "2.13.0+cpu"}
+    records[3:] = [
+        {**r, "hardware": "GPU H100", "environment": {"torch": "2.11"}, "device": "cuda"} for r in records[3:]
+    ]
+    records[4]["eval_chunk"] = 1024
+    expected = (
+        "x86_64, 2 cores, torch threads 1, torch 2.13.0+cpu (except b 2 on x86_64, 2 cores, torch threads 2, "
+        "torch 2.13.0+cpu; c 0 on GPU H100, torch 2.11; c 1 on GPU H100, torch 2.11, attack chunks of 1,024)"
+    )
     assert mt._hardware(records) == expected
-    assert mt._hardware(records[:2]) == "x86_64, 2 cores, torch threads 1"
+    assert mt._hardware(records[:2]) == "x86_64, 2 cores, torch threads 1, torch 2.13.0+cpu"
+    rows = {row["method"]: row for row in mt.aggregate(records)}
+    assert "(GPU)" in mt.table(list(rows.values())).split("| c |")[1].split("\n")[0]
+    assert "(GPU)" not in mt.table([rows["a"]])
+    assert mt._gpu_note(records) and not mt._gpu_note(records[:3])
 
 
 def test_unseen_summary_on_a_tiny_model(load_benchmark: Loader) -> None:

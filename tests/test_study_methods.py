@@ -247,3 +247,12 @@ def test_a_headline_run_reevaluates_lost_study_flags_resuming_a_cut_off_rerun(
     assert calls == [state] and out is not None and out["matches_record"]
     assert (study.evidence_path("s", "max", 0) / state.name).is_file()  # kept, so the next headline skips it
     assert rerun("max", 0, args, "s", None, None, None) is None and calls == [state]
+
+
+def test_a_record_names_both_machines_when_its_model_trained_elsewhere(study_tmp: ModuleType, tmp_path: Path) -> None:
+    label = study_tmp.hardware_label
+    assert label(tmp_path, "cuda", "cpu", "x86_64, 2 cores") == "x86_64, 2 cores"  # no environment.json
+    (tmp_path / "environment.json").write_text(json.dumps({"hardware": "GPU H100"}), encoding="utf-8")
+    assert label(tmp_path, "cpu", "cpu", "x86_64, 2 cores") == "x86_64, 2 cores"
+    assert label(tmp_path, "cuda:0", "cuda", "GPU H100") == "GPU H100"
+    assert label(tmp_path, "cuda", "cpu", "x86_64, 2 cores") == "trained on GPU H100, evaluated on x86_64, 2 cores"
