@@ -1,0 +1,112 @@
+"""benchmarks/merge_study.py: records another machine finished come in only with the state that backs
+them, and run folders only where nothing here has or holds them."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from metaat.eval.state import EvalState
+
+Loader = Callable[[str], ModuleType]  # the load_benchmark fixture (conftest.py)
+
+
+def _record(method: str, seed: int, union: float) -> dict[str, object]:
+    return {
+        "method": method,
+        "seed": seed,
+        "epochs": 5,
+        "train_subset": None,
+        "n": 4,
+        "test_start": 0,
+        "suite": "apgd",
+        "clean": 0.75,
+        "robust": {"union": union},
+    }
+
+
+def _state(folder: Path, flags: str) -> None:
+    """A real (digest-carrying) evaluation state of 4 points, all clean-correct, one threat."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "eval-apgd-4.state.json"
+    EvalState({"threats": ["linf:0.1"]}, path, "1111", {"linf:0.1": {"chunks": {"0": flags}, "seconds": 1.0}}).save()
+
+
+@pytest.fixture
+def merge(load_benchmark: Loader, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    """merge_study.py, with this checkout's study in ``tmp_path/here`` (its ``study`` module patched)."""
+    module = load_benchmark("merge_study")
+    study = sys.modules["study"]
+    monkeypatch.setattr(study, "RESULTS", tmp_path / "here" / "results")
+    monkeypatch.setattr(study, "RUNS", tmp_path / "here" / "runs")
+    study.RESULTS.mkdir(parents=True)
+    return module
+
+
+def test_backed_records_merge_with_their_evidence_and_an_unbacked_one_is_refused(
+    merge: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    study = sys.modules["study"]
+    other = tmp_path / "other"
+    results = other / "benchmarks" / "results"
+    results.mkdir(parents=True)
+    records = [_record("a", 0, 0.5), _record("b", 0, 0.75), _record("c", 1, 0.25), _record("d", 0, 0.5)]
+    (results / "s.json").write_text(json.dumps({"records": records}), encoding="utf-8")
+    ev_a, run_a = merge.other_dirs(other, "s", "a", 0)
+    _state(ev_a, "1100")  # backs a's union 0.5, from its evidence
+    (ev_a / "summary.json").write_text('{"device": "cuda"}', encoding="utf-8")
+    _state(merge.other_dirs(other, "s", "b", 0)[1], "1110")  # b: from its run folder
+    _state(merge.other_dirs(other, "s", "c", 1)[0], "1110")  # c's record says 0.25: another model's flags
+    study.add_record(study.RESULTS / "s.json", "s", _record("d", 0, 0.5))  # d is done here already
+
+    assert merge.main([str(other), "--study", "s"]) == 1  # c refused, the rest merged
+    out = capsys.readouterr()
+    assert "[merge] 1 record(s) already here" in out.out and "merged: a seed 0" in out.out
+    assert "c seed 1" in out.err and "union 0.7500" in out.err and "c seed 1" not in out.out
+    here = {(r["method"], r["seed"]) for r in study.load_records(study.RESULTS / "s.json")}
+    assert here == {("a", 0), ("b", 0), ("d", 0)}
+    kept = study.evidence_path("s", "a", 0)
+    assert sorted(p.name for p in kept.iterdir()) == ["eval-apgd-4.state.json", "summary.json"]
+    assert study.finished_state_in(study.evidence_path("s", "b", 0), _record("b", 0, 0.75)) is not None
+    assert merge.main([str(other), "--study", "s"]) == 1  # rerun: nothing twice, c still refused
+    assert len(study.load_records(study.RESULTS / "s.json")) == 3
+    assert merge.main([str(tmp_path / "nowhere"), "--study", "s"]) == 2
+
+
+def test_runs_copy_finished_models_only_where_none_is_here_or_held(merge: ModuleType, tmp_path: Path) -> None:
+    study = sys.modules["study"]
+    other = tmp_path / "other"
+    (other / "benchmarks" / "results").mkdir(parents=True)
+    (other / "benchmarks" / "results" / "s.json").write_text('{"records": []}', encoding="utf-8")
+    for method in ("trained", "held", "finished-here", "part-trained"):
+        run = merge.other_dirs(other, "s", method, 0)[1]
+        (run / "checkpoint").mkdir(parents=True)
+        if method != "part-trained":
+            (run / "final").mkdir()
+            (run / "final" / "model.safetensors").write_bytes(b"weights")
+        for name in ("summary.json", "environment.json", "eval-apgd-4.state.json", "notes.txt"):
+            (run / name).write_text("{}", encoding="utf-8")
+    mine = study.run_path("s", "trained", 0)
+    (mine / "checkpoint").mkdir(parents=True)  # part-trained here: replaced by the finished one
+    (study.run_path("s", "finished-here", 0) / "final").mkdir(parents=True)
+    with study.claimed(study.piece_lock("s", "held", 0)):
+        # flock is per open file: a second open in this process conflicts as another process would
+        report = merge.merge(other, "s", runs=True)
+    assert report["runs"] == ["trained seed 0"]
+    assert sorted(report["skipped"]) == [
+        "finished-here seed 0: a finished model here already",
+        "held seed 0: a worker here holds it",
+    ]
+    assert sorted(p.name for p in mine.iterdir()) == [
+        "environment.json",
+        "eval-apgd-4.state.json",
+        "final",
+        "summary.json",
+    ]  # no checkpoint, nothing unknown
+    assert (mine / "final" / "model.safetensors").read_bytes() == b"weights"
+    assert not study.run_path("s", "part-trained", 0).exists()
