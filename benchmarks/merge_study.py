@@ -43,7 +43,7 @@ from study import (
     run_path,
 )
 
-RUN_FILES = (*EVIDENCE_FILES, "environment.json")
+RUN_FILES = EVIDENCE_FILES
 
 
 def _state_name(r: dict[str, Any]) -> str:

@@ -42,7 +42,7 @@ RUNS = ROOT / "benchmarks" / "runs"
 # Copies of each finished piece's small files (evaluation state, training log, summary, config) are
 # kept in the repository under results/evidence/: the run folders (models included) are not, and a
 # machine can be replaced (2026-11-26: one was, and the first twelve records' per-point flags went with it).
-EVIDENCE_FILES = ("metrics.jsonl", "summary.json", "config.yaml")
+EVIDENCE_FILES = ("metrics.jsonl", "summary.json", "config.yaml", "environment.json")
 
 LINF, L2, L1 = "linf:0.1", "l2:1.5", "l1:10"
 UNSEEN_N = 200  # test points for the unseen-attack column (unseen_summary.py)
@@ -581,6 +581,8 @@ def main(argv: list[str] | None = None) -> int:
     study = args.study or ("fmnist_quick" if args.quick else "fmnist_study")
     if args.test_start is None:
         args.test_start = TEST_START.get(study, 0)
+    if args.eval_batch is not None and args.eval_batch < 1:
+        p.error(f"--eval-batch must be >= 1, got {args.eval_batch}")
     if args.n < 1 or args.test_start < 0 or args.test_start + args.n > TEST_SIZE:
         p.error(f"--test-start {args.test_start} --n {args.n}: the test points must lie in 0..{TEST_SIZE - 1}")
     RESULTS.mkdir(parents=True, exist_ok=True)
