@@ -17,6 +17,7 @@ import json
 import shlex
 import sys
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from study import RESULTS, RUNS, atomic_write_json  # noqa: E402
@@ -82,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def table(cells: dict[str, dict[str, float]]) -> str:
+def table(cells: dict[str, dict[str, Any]]) -> str:
     """Robust accuracy (%) per model (rows) and threat (columns), as Markdown; ``–`` where not run."""
     threats = [(norm, eps) for norm, grid in GRID.items() for eps in grid]
     symbol = {"linf": "L∞", "l2": "L2", "l1": "L1"}
@@ -90,7 +91,9 @@ def table(cells: dict[str, dict[str, float]]) -> str:
     head += "|---|" + "---:|" * (len(threats) + 1) + "\n"
     lines = []
     for name in MODELS:
-        mine = {(c["norm"], c["eps"]): c for c in cells.values() if c["model"] == name}
+        mine: dict[tuple[str, float], dict[str, Any]] = {
+            (c["norm"], c["eps"]): c for c in cells.values() if c["model"] == name
+        }
         if not mine:
             continue
         clean = next(iter(mine.values()))["clean"]

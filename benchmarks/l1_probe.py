@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         wrong = model(x).scatter(1, y[:, None], float("-inf")).argsort(dim=1, descending=True)
     pick = torch.randint(0, 3, (len(y),), generator=make_generator(args.seed + 1))
     targets = {"top1": wrong[:, 0], "top3": wrong.gather(1, pick[:, None]).squeeze(1)}
-    cases = [(s, f, sp, loss, None) for s, f, sp, loss in VARIANTS]
+    cases: list[tuple[int, float, float, str, str | None]] = [(s, f, sp, loss, None) for s, f, sp, loss in VARIANTS]
     cases += [(s, f, sp, "ce", target) for s, f, sp, target in TARGETED]
     with attack_mode(model):
         for steps, frac, sparsity, loss, target in cases:

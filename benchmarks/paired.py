@@ -96,10 +96,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--study", default="fmnist_study")
     parser.add_argument("--reference", default="max", help="the row every other row is compared with")
     args = parser.parse_args(argv)
-    found = study_records(args.study)
-    if found is None:
+    every = study_records(args.study)
+    if every is None:
         return 2
-    records = [r for r in found if r.get("suite") == "apgd"]
+    records = [r for r in every if r.get("suite") == "apgd"]
     methods = sorted({str(r["method"]) for r in records})
     if args.reference not in methods:
         print(
