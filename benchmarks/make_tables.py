@@ -193,9 +193,13 @@ def _unseen_points(records: list[dict[str, Any]]) -> str:
     return " / ".join(f"{n:,}" for n in counts) or "–"
 
 
+def _trained_on_gpu(r: dict[str, Any]) -> bool:
+    return str(r.get("device", "cpu")).startswith("cuda")
+
+
 def _gpu_mark(records: list[dict[str, Any]]) -> str:
     """`` (GPU)`` after a row's seconds when any of its records trained on a GPU (not comparable with CPU rows)."""
-    return " (GPU)" if any(str(r.get("device", "cpu")).startswith("cuda") for r in records) else ""
+    return " (GPU)" if any(map(_trained_on_gpu, records)) else ""
 
 
 def _where(r: dict[str, Any]) -> str:
@@ -219,7 +223,7 @@ def _hardware(records: list[dict[str, Any]]) -> str:
 
 
 def _gpu_note(records: list[dict[str, Any]]) -> str:
-    if not any(_gpu_mark([r]) for r in records):
+    if not any(map(_trained_on_gpu, records)):
         return ""
     return (
         " Rows marked (GPU) trained on the GPU named above, several study processes sharing it: their "

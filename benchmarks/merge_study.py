@@ -34,20 +34,14 @@ from study import (
     add_record,
     claimed,
     done_keys,
-    eval_state_path,
-    evidence_path,
     finished_state_in,
+    keep_evidence,
     load_records,
     piece_lock,
     record_key,
+    record_state_path,
     run_path,
 )
-
-RUN_FILES = EVIDENCE_FILES
-
-
-def _state_name(r: dict[str, Any]) -> str:
-    return eval_state_path(Path(), r["suite"], r["n"], int(r.get("test_start", 0))).name
 
 
 def other_dirs(root: Path, study: str, method: str, seed: int) -> tuple[Path, Path]:
@@ -86,7 +80,7 @@ def copy_run(src: Path, dst: Path) -> None:
     tmp.mkdir(parents=True)
     shutil.copytree(src / "final", tmp / "final")
     for path in src.iterdir():
-        if path.is_file() and (path.name in RUN_FILES or path.name.startswith("eval-")):
+        if path.is_file() and (path.name in EVIDENCE_FILES or path.name.startswith("eval-")):
             shutil.copy2(path, tmp / path.name)
     shutil.rmtree(dst, ignore_errors=True)  # a part-trained folder here, superseded by a finished one
     tmp.rename(dst)
@@ -111,11 +105,7 @@ def merge(root: Path, study: str, runs: bool = False) -> dict[str, list[str]]:
         except ValueError as exc:
             report["refused"].append(str(exc))
             continue
-        dst = evidence_path(study, r["method"], r["seed"])
-        dst.mkdir(parents=True, exist_ok=True)
-        for file in (_state_name(r), *EVIDENCE_FILES):
-            if (base / file).is_file():
-                shutil.copyfile(base / file, dst / file)
+        keep_evidence(study, r["method"], r["seed"], [record_state_path(base, r, r["suite"])], src=base)
         add_record(out, study, r)
         done.add(record_key(r))
         report["merged"].append(name)
@@ -147,7 +137,11 @@ def main(argv: list[str] | None = None) -> int:
     if not src.is_file():
         print(f"merge_study: no {src}", file=sys.stderr)
         return 2
-    report = merge(args.root, args.study, runs=args.runs)
+    try:
+        report = merge(args.root, args.study, runs=args.runs)
+    except (OSError, ValueError) as exc:  # an unreadable records file: nothing was merged yet
+        print(f"merge_study: {src}: {exc}", file=sys.stderr)
+        return 2
     print(f"[merge] {len(report.pop('already here'))} record(s) already here")
     for what, names in report.items():
         for name in names:

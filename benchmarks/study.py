@@ -185,7 +185,7 @@ def finished_state_in(base: Path, r: dict[str, Any], suite: str = "apgd") -> tup
     A damaged or edited file raises."""
     from metaat.eval.state import read_state
 
-    path = base / eval_state_path(Path(), suite, r["n"], int(r.get("test_start", 0))).name
+    path = record_state_path(base, r, suite)
     if not path.is_file():
         return None
     state = read_state(path)
@@ -196,11 +196,16 @@ def finished_state_in(base: Path, r: dict[str, Any], suite: str = "apgd") -> tup
         return None  # not finished
 
 
-def keep_evidence(study: str, method: str, seed: int, states: list[Path]) -> list[Path]:
-    """Copy (method, seed)'s evaluation ``states`` and its small run files into its evidence folder
-    (atomically, a file at a time); returns what it copied. Each state file carries its own content
-    digest, so a copy edited by hand is refused when read back."""
-    src = run_path(study, method, seed)
+def record_state_path(base: Path, r: dict[str, Any], suite: str) -> Path:
+    """Where, in ``base`` (a run folder or its evidence), record ``r``'s ``suite`` evaluation state lies."""
+    return eval_state_path(base, suite, r["n"], int(r.get("test_start", 0)))
+
+
+def keep_evidence(study: str, method: str, seed: int, states: list[Path], src: Path | None = None) -> list[Path]:
+    """Copy (method, seed)'s evaluation ``states`` and the small run files of ``src`` (default: its run
+    folder) into its evidence folder (atomically, a file at a time); returns what it copied. Each
+    state file carries its own content digest, so a copy edited by hand is refused when read back."""
+    src = src or run_path(study, method, seed)
     dst = evidence_path(study, method, seed)
     copied = []
     for path in [*states, *(src / name for name in EVIDENCE_FILES)]:

@@ -110,3 +110,16 @@ def test_runs_copy_finished_models_only_where_none_is_here_or_held(merge: Module
     ]  # no checkpoint, nothing unknown
     assert (mine / "final" / "model.safetensors").read_bytes() == b"weights"
     assert not study.run_path("s", "part-trained", 0).exists()
+
+
+def test_an_unreadable_records_file_is_one_clear_error_and_merges_nothing(
+    merge: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    study = sys.modules["study"]
+    results = tmp_path / "other" / "benchmarks" / "results"
+    results.mkdir(parents=True)
+    (results / "s.json").write_text('{"records": [', encoding="utf-8")  # cut off mid-write
+    assert merge.main([str(tmp_path / "other"), "--study", "s"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "s.json" in err
+    assert not (study.RESULTS / "s.json").exists()
