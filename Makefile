@@ -45,7 +45,7 @@ test-deps:
 lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/ruff format --check src tests benchmarks
-	$(VENV)/bin/mypy src benchmarks
+	$(VENV)/bin/mypy src benchmarks tests
 
 test: setup test-deps lint
 	$(PY) -m pytest -q

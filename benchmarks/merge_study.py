@@ -40,6 +40,7 @@ from study import (
     piece_lock,
     record_key,
     record_state_path,
+    reproduces,
     run_path,
 )
 
@@ -61,11 +62,10 @@ def backing(root: Path, study: str, r: dict[str, Any]) -> Path:
         found = finished_state_in(base, r, r["suite"])
         if found is None:
             continue
-        union = found[1]
-        value = sum(union) / len(union)
-        if abs(value - r["robust"]["union"]) <= 1e-9:
+        if reproduces(r, *found):
             return base
-        seen.append(f"{base}: union {value:.4f}")
+        union = found[1]
+        seen.append(f"{base}: union {sum(union) / len(union):.4f}")
     why = "; ".join(seen) or "no finished evaluation state in its evidence or run folder"
     raise ValueError(
         f"{r['method']} seed {r['seed']} ({r['suite']}): not merged, its record's union "

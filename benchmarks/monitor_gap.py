@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from study import finished_state_in, run_dirs  # benchmarks/ is on the path when run as a script
+from study import finished_state_in, reproduces, run_dirs  # benchmarks/ is on the path when run as a script
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -52,14 +52,7 @@ def evaluated_here(base: Path, record: dict[str, Any]) -> bool:
     ``record``: the same clean and union counts. A piece retrained after its run folder was lost holds
     another model, whose log must not be set against the record's numbers."""
     found = finished_state_in(base, record, record["suite"])
-    if found is None:
-        return False
-    state, union = found
-    n = len(union)
-    clean = sum(c == "1" for c in state["clean"])
-    return (
-        n == record["n"] and clean == round(record["clean"] * n) and sum(union) == round(record["robust"]["union"] * n)
-    )
+    return found is not None and reproduces(record, *found)
 
 
 def finished_monitor(study: str, record: dict[str, Any]) -> dict[str, Any] | None:

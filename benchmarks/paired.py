@@ -30,7 +30,7 @@ import sys
 from typing import Any
 
 from monitor_gap import previous_output, study_records, write_result  # benchmarks/ is on the path as a script
-from study import finished_state_in, run_dirs
+from study import finished_state_in, reproduces, run_dirs
 
 
 def headline_agreement(standard: list[bool], study: list[bool]) -> dict[str, Any]:
@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         state, union = found
         models[(r["method"], r["seed"])] = (state["fingerprint"].get("model"), union)
-        if abs(sum(union) / len(union) - r["robust"]["union"]) > 1e-9:
+        if not reproduces(r, state, union):
             # a retrained model's evaluation (study.py's study_protocol_rerun) that did not reproduce
             # the record: good for its own headline comparison, not for the record's pairs
             skipped.append(
@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
             skipped.append(f"{r['method']} seed {r['seed']} headline: no finished state or no study-protocol flags")
             continue
         state, standard = found
-        if abs(sum(standard) / len(standard) - r["robust"]["union"]) > 1e-9:
+        if not reproduces(r, state, standard):
             raise ValueError(f"{r['method']} seed {r['seed']}: the headline state's union differs from the record's")
         digest, study_flags = models[(r["method"], r["seed"])]
         if digest != state["fingerprint"].get("model"):

@@ -196,6 +196,15 @@ def finished_state_in(base: Path, r: dict[str, Any], suite: str = "apgd") -> tup
         return None  # not finished
 
 
+def reproduces(r: dict[str, Any], state: dict[str, Any], union: list[bool]) -> bool:
+    """Whether a finished evaluation (``state`` and its per-point ``union``) is the one that made
+    record ``r``: the same number of points, clean-correct points and union-robust points. A retrained
+    model's evaluation, or one of another slice, is not."""
+    n = len(union)
+    clean = sum(c == "1" for c in state["clean"])
+    return n == r["n"] and clean == round(r["clean"] * n) and sum(union) == round(r["robust"]["union"] * n)
+
+
 def record_state_path(base: Path, r: dict[str, Any], suite: str) -> Path:
     """Where, in ``base`` (a run folder or its evidence), record ``r``'s ``suite`` evaluation state lies."""
     return eval_state_path(base, suite, r["n"], int(r.get("test_start", 0)))

@@ -16,8 +16,8 @@ from conftest import save_small_run
 from typer.testing import CliRunner
 
 import metaat.data as datasets
+import metaat.eval.commands as commands
 import metaat.models as models
-from metaat.eval import commands
 
 FAST = ["--data", "synthetic", "--n", "16", "--suite", "quick", "--no-unseen", "--no-checks", "--threads", "1"]
 

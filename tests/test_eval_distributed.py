@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -25,7 +26,7 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save_small_run(tmp_path_factory.mktemp("runs") / "small")
 
 
-def metaat_eval(run_dir: Path, out: Path, *extra: str, processes: int = 1) -> dict[str, object]:
+def metaat_eval(run_dir: Path, out: Path, *extra: str, processes: int = 1) -> dict[str, Any]:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     launch = [sys.executable]
     if processes > 1:
@@ -34,10 +35,10 @@ def metaat_eval(run_dir: Path, out: Path, *extra: str, processes: int = 1) -> di
     run = subprocess.run([*launch, *args], env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     assert not list(out.glob(".eval-state*.json")), "every process removes its default state file"
-    return json.loads((out / "report.json").read_text())  # type: ignore[no-any-return]
+    return json.loads((out / "report.json").read_text())
 
 
-def same_numbers(a: dict[str, object], b: dict[str, object]) -> None:
+def same_numbers(a: dict[str, Any], b: dict[str, Any]) -> None:
     for key in ("clean", "robust", "union", "attacked"):
         assert a[key] == b[key], (key, a[key], b[key])
 
@@ -51,8 +52,8 @@ def test_two_processes_give_the_single_process_numbers(run_dir: Path, tmp_path: 
     one = metaat_eval(run_dir, tmp_path / "one", *extra)
     two = metaat_eval(run_dir, tmp_path / "two", *extra, processes=2)
     same_numbers(one, two)
-    assert 0 < float(two["union"]) < float(two["clean"])  # type: ignore[arg-type]
-    assert two["protocol"]["processes"] == 2 and "processes" not in one["protocol"]  # type: ignore[index, operator]
-    checks = [(c["name"], c.get("threat"), c["status"]) for c in two["checks"]]  # type: ignore[union-attr]
-    assert checks == [(c["name"], c.get("threat"), c["status"]) for c in one["checks"]]  # type: ignore[union-attr]
+    assert 0 < float(two["union"]) < float(two["clean"])
+    assert two["protocol"]["processes"] == 2 and "processes" not in one["protocol"]
+    checks = [(c["name"], c.get("threat"), c["status"]) for c in two["checks"]]
+    assert checks == [(c["name"], c.get("threat"), c["status"]) for c in one["checks"]]
     assert bool(checks) != union_only

@@ -169,7 +169,7 @@ def test_headline_records_get_their_own_table_and_are_never_averaged(load_benchm
 
 
 def test_an_unknown_study_is_one_clear_error_and_the_readme_is_untouched(
-    load_benchmark: Loader, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    load_benchmark: Loader, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     mt = load_benchmark("make_tables")
     (tmp_path / "results").mkdir()
@@ -177,7 +177,8 @@ def test_an_unknown_study_is_one_clear_error_and_the_readme_is_untouched(
     (tmp_path / "results" / "speed.json").write_text('{"results": []}')  # not a study
     readme = tmp_path / "README.md"
     readme.write_text(f"x\n{mt.START}\nold\n{mt.END}\n")
-    mt.ROOT, mt.RESULTS = tmp_path, tmp_path / "results"
+    monkeypatch.setattr(mt, "ROOT", tmp_path)
+    monkeypatch.setattr(mt, "RESULTS", tmp_path / "results")
     with pytest.raises(SystemExit):
         mt.main(["--study", "small", "--study", "nope"])
     err = capsys.readouterr().err
@@ -186,10 +187,11 @@ def test_an_unknown_study_is_one_clear_error_and_the_readme_is_untouched(
 
 
 def test_superseded_records_are_kept_but_not_shown_and_the_test_slice_is_named(
-    load_benchmark: Loader, tmp_path: Path
+    load_benchmark: Loader, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     mt = load_benchmark("make_tables")
-    mt.RESULTS, mt.ROOT = tmp_path / "benchmarks" / "results", tmp_path
+    monkeypatch.setattr(mt, "RESULTS", tmp_path / "benchmarks" / "results")
+    monkeypatch.setattr(mt, "ROOT", tmp_path)
     mt.RESULTS.mkdir(parents=True)
     env = {"torch": "2.13.0+cpu", "pyautoattack": "0.2.0"}
     common = {"epochs": 5, "n": 1000, "suite": "apgd", "hardware": "x86_64", "environment": env}
@@ -220,10 +222,11 @@ def test_the_readme_benchmark_section_is_what_the_records_give(load_benchmark: L
 
 
 def test_check_reports_a_stale_section_and_writes_nothing(
-    load_benchmark: Loader, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    load_benchmark: Loader, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     mt = load_benchmark("make_tables")
-    mt.RESULTS, mt.ROOT = tmp_path / "benchmarks" / "results", tmp_path
+    monkeypatch.setattr(mt, "RESULTS", tmp_path / "benchmarks" / "results")
+    monkeypatch.setattr(mt, "ROOT", tmp_path)
     mt.RESULTS.mkdir(parents=True)
     env = {"torch": "2.13.0+cpu", "pyautoattack": "0.2.0"}
     rec = {**_record("a", 0, 0.5, None, ALL), "epochs": 5, "n": 1000, "suite": "apgd", "hardware": "x86_64"}

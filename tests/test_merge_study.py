@@ -25,7 +25,7 @@ def _record(method: str, seed: int, union: float) -> dict[str, object]:
         "n": 4,
         "test_start": 0,
         "suite": "apgd",
-        "clean": 0.75,
+        "clean": 1.0,
         "robust": {"union": union},
     }
 

@@ -12,6 +12,8 @@ from torch import nn
 import metaat.attacks as attacks
 import metaat.defenses as defenses
 import metaat.models as models
+from metaat.attacks.pgd import PGDConfig
+from metaat.defenses.sat import SATConfig
 from metaat.eval import evaluate
 from metaat.options import check_options
 from metaat.runtime import check_out_dir
@@ -39,8 +41,10 @@ def test_attack_options_of_the_wrong_type_are_refused(options: dict[str, Any], m
 
 def test_well_typed_options_pass_unchanged() -> None:
     attack = attacks.create("pgd", threat="linf:0.1", step_size=1, batch_size=None, targeted=True)
+    assert isinstance(attack.config, PGDConfig)
     assert attack.config.step_size == 1 and isinstance(attack.config.step_size, int)  # checked, not converted
     sat = defenses.create("sat", ["linf:0.1", "l2:1.5", "l1:10"], weights=[1, 1, 2])
+    assert isinstance(sat.config, SATConfig)
     assert sat.config.weights is not None and list(sat.config.weights) == [1, 1, 2]
 
 

@@ -7,6 +7,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 
@@ -18,7 +19,7 @@ Loader = Callable[[str], ModuleType]  # the load_benchmark fixture (conftest.py)
 def test_union_flags_need_clean_and_every_threat(load_benchmark: Loader) -> None:
     study = load_benchmark("study")  # union_flags lives in study.py; paired and monitor_gap use it
     # 6 points, points 1 and 4 misclassified clean; the 4 clean-correct ones attacked in chunks of 3
-    state = {
+    state: dict[str, Any] = {
         "clean": "101101",
         "threats": {"a": {"chunks": {"0": "111", "1": "0"}}, "b": {"chunks": {"0": "101", "1": "1"}}},
     }
@@ -57,6 +58,16 @@ def test_an_unknown_reference_lists_the_studys_methods(
     assert len(err.splitlines()) == 1 and "'nope'" in err and "metaat" in err and "max" in err
 
 
+def test_a_state_reproduces_a_record_only_with_its_points_clean_and_union_counts(load_benchmark: Loader) -> None:
+    study = load_benchmark("study")
+    state = {"clean": "1011"}
+    record = {"n": 4, "clean": 0.75, "robust": {"union": 0.5}}
+    assert study.reproduces(record, state, [True, False, True, False])
+    assert not study.reproduces(record, state, [True, True, True, False])  # another union
+    assert not study.reproduces(record, {"clean": "1111"}, [True, False, True, False])  # another model's clean
+    assert not study.reproduces({**record, "n": 8}, state, [True, False, True, False])  # another slice
+
+
 def test_union_only_flags_and_the_headline_worst_case(load_benchmark: Loader) -> None:
     paired, study = load_benchmark("paired"), load_benchmark("study")
     # union-only: threat b attacks only the points still robust after a (points 0 and 2 of 0, 2, 3)
@@ -87,10 +98,11 @@ def test_state_files_come_from_the_run_folder_or_its_evidence_and_lost_pairs_are
         monkeypatch.setattr(module, attr, value)
     name = study.eval_state_path(Path(), "apgd", 4, 0).name
 
-    def record(method: str, union: float) -> dict[str, object]:
-        return {"method": method, "seed": 0, "n": 4, "test_start": 0, "suite": "apgd", "robust": {"union": union}}
+    def record(method: str, clean: float, union: float) -> dict[str, object]:
+        r = {"method": method, "seed": 0, "n": 4, "test_start": 0, "suite": "apgd", "clean": clean}
+        return {**r, "robust": {"union": union}}
 
-    records = [record("max", 0.5), record("a", 0.75), record("lost", 0.25)]
+    records = [record("max", 0.75, 0.5), record("a", 1.0, 0.75), record("lost", 1.0, 0.25)]
     (results / "s.json").write_text(json.dumps({"records": records}), encoding="utf-8")
     _write_state(study.run_path("s", "max", 0) / name, "1110", "110")  # robust: points 0, 1
     _write_state(study.evidence_path("s", "a", 0) / name, "1111", "1011")  # the evidence copy: 0, 2, 3
@@ -128,10 +140,11 @@ def test_a_retrained_models_rerun_serves_its_headline_but_not_the_records_pairs(
     monkeypatch.setattr(mg, "RESULTS", results)
     apgd, standard = (study.eval_state_path(Path(), suite, 4, 0).name for suite in ("apgd", "standard"))
 
-    def record(method: str, union: float, suite: str = "apgd") -> dict[str, object]:
-        return {"method": method, "seed": 0, "n": 4, "test_start": 0, "suite": suite, "robust": {"union": union}}
+    def record(method: str, clean: float, union: float, suite: str = "apgd") -> dict[str, object]:
+        r = {"method": method, "seed": 0, "n": 4, "test_start": 0, "suite": suite, "clean": clean}
+        return {**r, "robust": {"union": union}}
 
-    records = [record("max", 0.5), record("a", 0.5), record("a", 0.5, "standard")]
+    records = [record("max", 0.75, 0.5), record("a", 1.0, 0.5), record("a", 1.0, 0.5, "standard")]
     (results / "s.json").write_text(json.dumps({"records": records}), encoding="utf-8")
     _write_state(study.run_path("s", "max", 0) / apgd, "1110", "110")
     _write_state(study.run_path("s", "a", 0) / apgd, "1111", "1110", model="retrained")  # union 0.75, not 0.5

@@ -17,10 +17,11 @@ Loader = Callable[[str], ModuleType]  # the load_benchmark fixture (conftest.py)
 
 
 @pytest.fixture
-def study_tmp(load_benchmark: Loader, tmp_path: Path) -> ModuleType:
+def study_tmp(load_benchmark: Loader, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
     """study.py with its results and runs folders in ``tmp_path`` (results folder created)."""
     study = load_benchmark("study")
-    study.RESULTS, study.RUNS = tmp_path / "results", tmp_path / "runs"
+    monkeypatch.setattr(study, "RESULTS", tmp_path / "results")
+    monkeypatch.setattr(study, "RUNS", tmp_path / "runs")
     study.RESULTS.mkdir()
     return study
 
@@ -51,12 +52,13 @@ def test_unknown_method_lists_the_valid_ones(load_benchmark: Loader, capsys: pyt
 
 
 def test_plan_reports_done_part_trained_and_the_training_left(
-    load_benchmark: Loader, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    load_benchmark: Loader, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     study = load_benchmark("study")
     results, runs = tmp_path / "results", tmp_path / "runs"
     results.mkdir()
-    study.RESULTS, study.RUNS = results, runs
+    monkeypatch.setattr(study, "RESULTS", results)
+    monkeypatch.setattr(study, "RUNS", runs)
     part = runs / "s" / "max" / "seed0"
     part.mkdir(parents=True)
     epochs = [1, 2, 2]  # epoch 2 logged twice around a resume counts once
@@ -93,14 +95,14 @@ def test_plan_reports_done_part_trained_and_the_training_left(
 
 
 def test_a_piece_claimed_by_another_worker_is_skipped_and_shown_as_running(
-    study_tmp: ModuleType, capsys: pytest.CaptureFixture[str]
+    study_tmp: ModuleType, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     study = study_tmp
 
     def never(*_: object) -> None:
         raise AssertionError("a claimed piece must not run twice")
 
-    study.run_one = never
+    monkeypatch.setattr(study, "run_one", never)
     with study.claimed(study.RUNS / "s" / "max" / "seed0.lock") as mine:  # "another worker" holds it
         assert mine
         assert study.main(["--study", "s", "--methods", "max", "--seeds", "0"]) == 0
