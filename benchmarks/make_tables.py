@@ -215,7 +215,9 @@ def _hardware(records: list[dict[str, Any]]) -> str:
         groups[_where(r)][r["method"]].append(r["seed"])
     main = max(groups, key=lambda h: sum(map(len, groups[h].values())))
     others = [
-        "; ".join(f"{m} {', '.join(map(str, sorted(seeds)))}" for m, seeds in sorted(names.items())) + f" on {where}"
+        "; ".join(f"{m} {', '.join(map(str, sorted(seeds)))}" for m, seeds in sorted(names.items()))
+        + ("" if where.startswith("trained on") else " on")  # "pgd-l2 0, 1 trained on X, evaluated on Y"
+        + f" {where}"
         for where, names in groups.items()
         if where != main
     ]

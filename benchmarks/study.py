@@ -53,8 +53,10 @@ TEST_SIZE = 10_000  # Fashion-MNIST's test split
 TEST_START = {"fmnist_study": 9000}
 ALL = (LINF, L2, L1)
 
-# The previous metaat default (until 2026-11-26): a learned attacker takes the first step, no L1 prior.
+# Earlier metaat defaults. v1 (until 2026-11-26): a learned attacker takes the first step, no L1 prior.
+# v2 (2026-11-26 to 2026-11-27): plain PGD steps only, with the L1 prior.
 V1: dict[str, Any] = {"learned_start": True, "l1_weight": 1.0}
+V2: dict[str, Any] = {"learned_start": False}
 # method -> (defense, training threats, defense options)
 METHODS: dict[str, tuple[str, tuple[str, ...], dict[str, Any]]] = {
     "standard": ("standard", (LINF,), {}),
@@ -76,15 +78,21 @@ METHODS: dict[str, tuple[str, tuple[str, ...], dict[str, Any]]] = {
     "sat-l1x2": ("sat", ALL, {"weights": [1.0, 1.0, 2.0]}),
     "metaat": ("metaat", ALL, {}),
     # ablations of metaat's default recipe: each switches one part off, or one optional part on
-    "metaat-learned": ("metaat", ALL, {"learned_start": True}),  # a learned attacker takes the first step
     "metaat-no-l1-prior": ("metaat", ALL, {"l1_weight": 1.0}),
     "metaat-no-adaptive": ("metaat", ALL, {"adaptive": False}),
     "metaat-no-consistency": ("metaat", ALL, {"consistency": 0.0}),
     "metaat-no-pgd": ("metaat", ALL, {"pgd_every": 0}),
-    # metaat at SAT's / E-AT's cost: 9 refinement steps instead of 3 (about 10.75 passes per example)
-    "metaat-refine9": ("metaat", ALL, {"refine_steps": 9}),
-    "metaat-learned-no-distill": ("metaat", ALL, {"learned_start": True, "distill": 0.0}),
-    "metaat-learned+lookahead": ("metaat", ALL, {"learned_start": True, "lookahead": True}),
+    "metaat-no-distill": ("metaat", ALL, {"distill": 0.0}),
+    "metaat+lookahead": ("metaat", ALL, {"lookahead": True}),
+    # v2: the default from 2026-11-26 to 2026-11-27 (PGD steps only, no learned attacker), which is
+    # also the ablation "learned start off", and the rows run on it
+    "metaat-v2": ("metaat", ALL, V2),
+    "metaat-v2-no-l1-prior": ("metaat", ALL, {**V2, "l1_weight": 1.0}),
+    "metaat-v2-no-adaptive": ("metaat", ALL, {**V2, "adaptive": False}),
+    "metaat-v2-no-consistency": ("metaat", ALL, {**V2, "consistency": 0.0}),
+    "metaat-v2-no-pgd": ("metaat", ALL, {**V2, "pgd_every": 0}),
+    # metaat-v2 at SAT's / E-AT's cost: 9 refinement steps instead of 3 (about 10.75 passes per example)
+    "metaat-v2-refine9": ("metaat", ALL, {**V2, "refine_steps": 9}),
     # v1: the previous default (learned warm start, no L1 prior) and the ablations run on it
     "metaat-v1": ("metaat", ALL, V1),
     "metaat-v1-no-refine": ("metaat", ALL, {**V1, "refine_steps": 0}),
@@ -101,22 +109,22 @@ METHODS: dict[str, tuple[str, tuple[str, ...], dict[str, Any]]] = {
     "metaat-v1-no-refine-pgd2": ("metaat", ALL, {**V1, "refine_steps": 0, "pgd_every": 2}),
 }
 QUICK_METHODS = ("standard", "pgd-linf", "sat", "metaat")
-# the full study (make bench): every defense, metaat and the ablations of its current default; the v1
-# rows are the reduced study's history and run only when named. Ordered by what a partly finished
-# study most needs: metaat and the target baselines first, then the single-norm and other defenses,
-# then the ablations (the full study costs far more than one session; each piece is kept as it ends).
-# sat-l1x2 (SAT with metaat's L1 prior) follows sat: on the reduced study it matched or beat metaat,
-# so it is the control that says whether metaat's recipe adds anything beyond the prior.
-# The four cheap rows (standard, fast, l2l, mat: 1-3 passes, 70 pass-epochs for both seeds together)
-# come next: they fill the table and the cost axis of the plot for less than one seed of msd.
-# metaat-refine9 (metaat's recipe with a 1 + 9 step attack) follows them: at full scale sat-l1x2
-# (PGD-10 with the same L1 prior) beat metaat by 4.8 points, and this row says whether metaat's
-# extras add anything once its attack is as strong.
+# the full study (make bench): every defense, metaat and the ablations of its current default; the
+# v1 and v2 rows are history (earlier defaults) and run only when named, except metaat-v2 and
+# metaat-v2-refine9, which the full study keeps: metaat-v2 is the ablation "no learned attacker" and
+# the row the default was chosen against, metaat-v2-refine9 (1 + 9 PGD steps, SAT's cost) says whether
+# the recipe's extras add anything once its attack is as strong as PGD-10. Ordered by what a partly
+# finished study most needs: metaat and the target baselines first, then the single-norm and other
+# defenses, then the ablations (the full study costs far more than one session; each piece is kept
+# as it ends). sat-l1x2 (SAT with metaat's L1 prior) follows sat: the control that says whether
+# metaat's recipe adds anything beyond the prior. The four cheap rows (standard, fast, l2l, mat: 1-3
+# passes, 70 pass-epochs for both seeds together) fill the table and the plot's cost axis next.
 PRIORITY = (
-    "metaat", "max", "sat", "sat-l1x2", "standard", "fast", "l2l", "mat", "metaat-refine9", "msd", "avg", "mng",
-    "pgd-linf", "pgd-l2", "pgd-l1", "eat", "trades",
+    "metaat", "max", "sat", "sat-l1x2", "standard", "fast", "l2l", "mat", "metaat-v2", "metaat-v2-refine9", "msd",
+    "avg", "mng", "pgd-linf", "pgd-l2", "pgd-l1", "eat", "trades",
 )  # fmt: skip
-FULL_METHODS = PRIORITY + tuple(m for m in METHODS if m not in PRIORITY and not m.startswith("metaat-v1"))
+HISTORY = ("metaat-v1", "metaat-v2")  # rows of earlier defaults: run only when named (or in PRIORITY)
+FULL_METHODS = PRIORITY + tuple(m for m in METHODS if m not in PRIORITY and not m.startswith(HISTORY))
 
 
 def atomic_write_json(path: Path, data: Any) -> None:

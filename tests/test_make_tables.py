@@ -73,9 +73,11 @@ def test_hardware_names_the_records_that_ran_elsewhere(load_benchmark: Loader) -
         {**r, "hardware": "GPU H100", "environment": {"torch": "2.11"}, "device": "cuda"} for r in records[3:]
     ]
     records[4]["eval_chunk"] = 1024
+    records[3]["hardware"] = "trained on GPU H100, evaluated on x86_64"
     expected = (
         "x86_64, 2 cores, torch threads 1, torch 2.13.0+cpu (except b 2 on x86_64, 2 cores, torch threads 2, "
-        "torch 2.13.0+cpu; c 0 on GPU H100, torch 2.11; c 1 on GPU H100, torch 2.11, attack chunks of 1,024)"
+        "torch 2.13.0+cpu; c 0 trained on GPU H100, evaluated on x86_64, torch 2.11; "
+        "c 1 on GPU H100, torch 2.11, attack chunks of 1,024)"
     )
     assert mt._hardware(records) == expected
     assert mt._hardware(records[:2]) == "x86_64, 2 cores, torch threads 1, torch 2.13.0+cpu"

@@ -28,8 +28,8 @@ CASES: list[tuple[str, dict[str, Any]]] = [
     ("l2l", {"steps": 2, "random_start": True, "clean_weight": 0.5}),
     ("mat", {}),
     ("mat", {"universal": False, "steps": 1}),
-    # metaat with its learned attacker switched on (the default recipe uses plain PGD steps instead)
-    ("metaat", {"learned_start": True}),
+    # metaat's default recipe: its learned attacker takes the first step
+    ("metaat", {}),
     ("metaat", {"learned_start": True, "pgd_every": 2, "lookahead": True, "attacker_steps": 2, "refine_steps": 0}),
     ("metaat", {"learned_start": True, "pgd_every": 0, "adaptive": False, "random_start": False, "consistency": 0}),
     ("metaat", {"learned_start": True, "pgd_every": 1, "distill": 1.0, "pgd_steps": 1}),
@@ -37,12 +37,12 @@ CASES: list[tuple[str, dict[str, Any]]] = [
 ]
 
 
-def test_default_metaat_trains_without_a_learned_attacker() -> None:
-    """The default recipe (plain PGD steps): no generator to build, train or checkpoint; the loss
-    still reaches every model parameter and the input is left untouched."""
+def test_metaat_without_its_learned_attacker_has_no_generator() -> None:
+    """``learned_start=false`` (plain PGD steps, the previous default): no generator to build, train or
+    checkpoint; the loss still reaches every model parameter and the input is left untouched."""
     torch.manual_seed(0)
     model = _tiny_model().train()
-    defense = defenses.create("metaat", list(THREATS), pgd_every=2)
+    defense = defenses.create("metaat", list(THREATS), pgd_every=2, learned_start=False)
     defense.setup(model, torch.device("cpu"), 10, (1, 12, 12))
     assert defense.modules() == {} and defense.optimizers() == {}
     x, y = data.load("synthetic", "train", n=32)
@@ -164,7 +164,7 @@ def test_l1_weight_scales_the_l1_share_on_top_of_either_sampler() -> None:
     [
         ("metaat", {"pgd_every": -1}, "pgd_every"),
         ("metaat", {"lookahead": True, "pgd_every": 0, "learned_start": True}, "lookahead needs"),
-        ("metaat", {"lookahead": True}, "needs learned_start=true"),
+        ("metaat", {"lookahead": True, "learned_start": False}, "needs learned_start=true"),
         ("metaat", {"refine_steps": -1}, "refine_steps"),
         ("metaat", {"refine_step_size": 1.5}, "refine_step_size"),
         ("metaat", {"l1_weight": 0.0}, "l1_weight"),
@@ -216,15 +216,20 @@ def test_short_metaat_run_beats_standard_on_every_threat(tmp_path: Path) -> None
         key = f"robust/{threat}"
         assert meta.metrics["eval"][key] > standard.metrics["eval"][key] + 0.05, (key, meta.metrics, standard.metrics)
     assert meta.cost["passes_per_example"] < 6.5
-    # the default recipe trains no generator: asking its run for a learned attack is a clear error
+    # the default recipe's attacker is saved with the run and is an attack in its own right
+    assert isinstance(
+        attacks.create("learned", threat=THREATS[0], path=str(tmp_path / "metaat")).attacker, LearnedAttacker
+    )  # type: ignore[attr-defined]
+    # without it (learned_start=false) there is no generator: asking for a learned attack is a clear error
+    _fit("metaat", tmp_path / "pgd-start", epochs=1, options={"learned_start": False})
     with pytest.raises(ValueError, match="has no generator"):
-        attacks.create("learned", threat=THREATS[0], path=str(tmp_path / "metaat"))
+        attacks.create("learned", threat=THREATS[0], path=str(tmp_path / "pgd-start"))
 
 
 @pytest.mark.parametrize(
     ("name", "options"),
-    [("metaat", {}), ("metaat", {"learned_start": True}), ("mng", {"steps": 1}), ("mat", {})],
-    ids=["metaat", "metaat-learned", "mng", "mat"],
+    [("metaat", {}), ("metaat", {"learned_start": False}), ("mng", {"steps": 1}), ("mat", {})],
+    ids=["metaat", "metaat-pgd-start", "mng", "mat"],
 )
 def test_resume_is_exact(tmp_path: Path, name: str, options: dict[str, Any]) -> None:
     straight = _fit(name, tmp_path / "a", epochs=2, options=options, n=256, eval_n=0)
@@ -245,10 +250,11 @@ def test_resume_is_exact(tmp_path: Path, name: str, options: dict[str, Any]) -> 
     for key, value in a.model_state.items():
         assert torch.equal(value, b.model_state[key]), key
     defense_keys = [k for k in a.tensors if k.startswith(("defense.", "optim.defense."))]
-    assert bool(defense_keys) == (options != {} or name != "metaat")  # generators/banks are checkpointed
+    learned = name == "metaat" and options.get("learned_start", True)
+    assert bool(defense_keys) == (learned or name != "metaat")  # generators/banks are checkpointed
     for key in defense_keys:
         assert torch.equal(a.tensors[key], b.tensors[key]), key
-    if options.get("learned_start"):  # the run's attacker is an attack
+    if learned:  # the run's attacker is an attack
         atk = attacks.create("learned", threat=THREATS[0], path=str(tmp_path / "a"))
         assert isinstance(atk.attacker, LearnedAttacker)  # type: ignore[attr-defined]
     assert a.state["defense"]["state"] == b.state["defense"]["state"]

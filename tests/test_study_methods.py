@@ -38,7 +38,8 @@ def test_full_study_runs_each_current_row_once_in_priority_order(load_benchmark:
     study = load_benchmark("study")
     full = study.FULL_METHODS
     assert len(full) == len(set(full))
-    assert set(full) == {m for m in study.METHODS if not m.startswith("metaat-v1")}
+    history = {m for m in study.METHODS if m.startswith(("metaat-v1", "metaat-v2"))}
+    assert set(full) == set(study.METHODS) - history | {"metaat-v2", "metaat-v2-refine9"}
     assert full[: len(study.PRIORITY)] == study.PRIORITY
     assert full[0] == "metaat" and {"sat", "avg", "max", "msd"} <= set(study.PRIORITY)
 
@@ -48,7 +49,7 @@ def test_unknown_method_lists_the_valid_ones(load_benchmark: Loader, capsys: pyt
     with pytest.raises(SystemExit):
         study.main(["--methods", "metaat,nope"])
     err = capsys.readouterr().err
-    assert "unknown method(s) ['nope']" in err and "metaat-learned" in err
+    assert "unknown method(s) ['nope']" in err and "metaat-v2" in err
 
 
 def test_plan_reports_done_part_trained_and_the_training_left(
@@ -80,17 +81,17 @@ def test_plan_reports_done_part_trained_and_the_training_left(
     results.joinpath("s.json").write_text(json.dumps({"records": records}))
     speed = {"results": [{"seconds_per_60k_epoch": 300.0, "passes_per_example": 10.0}]}
     results.joinpath("train_speed.json").write_text(json.dumps(speed))
-    methods = ["--methods", "sat,max,msd,metaat-learned+lookahead", "--seeds", "0,1"]
+    methods = ["--methods", "sat,max,msd,metaat+lookahead", "--seeds", "0,1"]
     assert study.main(["--plan", "--study", "s", *methods]) == 0
     out = capsys.readouterr().out
     assert "| sat | 0 | done | 11.00 | 0 |" in out
     assert "| max | 0 | 2.00 of 5 epochs | 33.00 | 99 |" in out  # 3 epochs left at 33 passes
     assert "| max | 1 | 2.50 of 5 epochs | 33.00 | 82 |" in out  # 2.5 epochs left
-    assert "| metaat-learned+lookahead | 0 | not started | ? | ? |" in out
+    assert "| metaat+lookahead | 0 | not started | ? | ? |" in out
     assert "| msd | 0 | trained, evaluation left (linf 100 %, l1 33 %) |" in out
     # 55 (sat seed 1) + 99 + 82.5 pass-epochs, at 30 s each
     assert "training left: 236 pass-epochs, about 2.0 h at 2 threads" in out
-    assert "passes unknown for metaat-learned+lookahead" in out
+    assert "passes unknown for metaat+lookahead" in out
     assert not (runs / "s" / "sat").exists()  # --plan runs nothing
 
 
