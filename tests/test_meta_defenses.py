@@ -217,9 +217,8 @@ def test_short_metaat_run_beats_standard_on_every_threat(tmp_path: Path) -> None
         assert meta.metrics["eval"][key] > standard.metrics["eval"][key] + 0.05, (key, meta.metrics, standard.metrics)
     assert meta.cost["passes_per_example"] < 6.5
     # the default recipe's attacker is saved with the run and is an attack in its own right
-    assert isinstance(
-        attacks.create("learned", threat=THREATS[0], path=str(tmp_path / "metaat")).attacker, LearnedAttacker
-    )  # type: ignore[attr-defined]
+    learned = attacks.create("learned", threat=THREATS[0], path=str(tmp_path / "metaat"))
+    assert isinstance(learned.attacker, LearnedAttacker)  # type: ignore[attr-defined]
     # without it (learned_start=false) there is no generator: asking for a learned attack is a clear error
     _fit("metaat", tmp_path / "pgd-start", epochs=1, options={"learned_start": False})
     with pytest.raises(ValueError, match="has no generator"):

@@ -2,8 +2,8 @@
 Fashion-MNIST against L∞ 0.1, L2 1.5 and L1 10 with metaat's own recipe, then its robustness
 report (reference APGD-CE + APGD-T per threat, union, unseen attacks, gradient-masking checks).
 
-It is sized to finish in about 10 minutes on 2 CPU cores (2 epochs over the first 20,000 training
-images, a 200-point report); ``--train-subset 0 --epochs 5 --n 1000`` is the full-size job. Every
+It is sized to finish in about 10 minutes on 2 CPU cores (2 epochs over the first 10,000 training
+images, a 100-point report); ``--train-subset 0 --epochs 5 --n 1000`` is the full-size job. Every
 knob is an option, and a killed demo resumes from its last checkpoint when run again.
 """
 
@@ -21,8 +21,8 @@ def demo_cmd(
     out: Annotated[Path, typer.Option(help="run folder")] = Path("runs/demo"),
     defense: Annotated[str, typer.Option(help="defense to train (metaat list defenses)")] = "metaat",
     epochs: Annotated[int, typer.Option(help="training epochs")] = 2,
-    train_subset: Annotated[int | None, typer.Option(help="train on the first N images (0: all 60,000)")] = 20000,
-    n: Annotated[int, typer.Option(help="test points in the robustness report")] = 200,
+    train_subset: Annotated[int | None, typer.Option(help="train on the first N images (0: all 60,000)")] = 10000,
+    n: Annotated[int, typer.Option(help="test points in the robustness report")] = 100,
     suite: Annotated[str, typer.Option(help="quick | apgd | standard")] = "apgd",
     unseen: Annotated[bool, typer.Option("--unseen/--no-unseen", help="run the unseen attacks")] = True,
     seed: Annotated[int, typer.Option(help="random seed")] = 0,
