@@ -118,7 +118,7 @@ QUICK_METHODS = ("standard", "pgd-linf", "sat", "metaat")
 # defenses, then the ablations (the full study costs far more than one session; each piece is kept
 # as it ends). sat-l1x2 (SAT with metaat's L1 prior) follows sat: the control that says whether
 # metaat's recipe adds anything beyond the prior. The four cheap rows (standard, fast, l2l, mat: 1-3
-# passes, 70 pass-epochs for both seeds together) fill the table and the plot's cost axis next.
+# passes, 80 pass-epochs for both seeds together) fill the table and the plot's cost axis next.
 PRIORITY = (
     "metaat", "max", "sat", "sat-l1x2", "standard", "fast", "l2l", "mat", "metaat-v2", "metaat-v2-refine9", "msd",
     "avg", "mng", "pgd-linf", "pgd-l2", "pgd-l1", "eat", "trades",
