@@ -259,3 +259,12 @@ def test_a_record_names_both_machines_when_its_model_trained_elsewhere(study_tmp
     assert label(tmp_path, "cpu", "cpu", "x86_64, 2 cores") == "x86_64, 2 cores"
     assert label(tmp_path, "cuda:0", "cuda", "GPU H100") == "GPU H100"
     assert label(tmp_path, "cuda", "cpu", "x86_64, 2 cores") == "trained on GPU H100, evaluated on x86_64, 2 cores"
+
+
+def test_a_row_not_run_yet_takes_the_passes_of_its_twin_with_the_other_start(study_tmp: ModuleType) -> None:
+    study = study_tmp
+    records = [{"method": "metaat-v2-no-pgd", "passes_per_example": 6.0}, {"method": "sat", "passes_per_example": 11}]
+    (study.RESULTS / "x.json").write_text(json.dumps({"records": records}), encoding="utf-8")
+    passes = study.known_passes()
+    assert passes["metaat-no-pgd"] == 6.0 and passes["sat"] == 11.0  # learned start: the same passes
+    assert "metaat" not in passes and "metaat+lookahead" not in passes  # other options: no twin
