@@ -144,7 +144,11 @@ def main(argv: list[str] | None = None) -> int:
     results, runs = study_script.RESULTS, study_script.RUNS
     path = results / f"{args.study}.json"
     with claimed(runs / args.study / "records.lock"):
-        records = load_records(path)
+        try:
+            records = load_records(path)
+        except (OSError, ValueError) as exc:  # unreadable or damaged: nothing is touched
+            print(f"relabel: {path}: {exc}", file=sys.stderr)
+            return 2
         problems = check(records, pairs, previous)
         pieces = {
             (name, int(r["seed"]))
@@ -169,20 +173,11 @@ def main(argv: list[str] | None = None) -> int:
                 for old, new in pairs.items()
             ]
         )
-        derived = sorted(results.glob(f"{args.study}_paired*.json")) + sorted(
-            results.glob(f"{args.study}_monitor_gap.json")
-        )
-        for file in derived:
-            data = rename_in(json.loads(file.read_text(encoding="utf-8")), pairs)
-            target = file
-            for old, new in pairs.items():
-                if file.name == f"{args.study}_paired_vs_{old}.json":
-                    target = file.with_name(f"{args.study}_paired_vs_{new}.json")
-            atomic_write_json(file, data)
-            if target != file:
-                file.rename(target.with_suffix(".json.relabel"))
-        for staged in results.glob(f"{args.study}_paired_vs_*.json.relabel"):
-            staged.rename(staged.with_suffix(""))
+        monitor = results / f"{args.study}_monitor_gap.json"
+        for file in [*sorted(results.glob(f"{args.study}_paired*.json")), *([monitor] if monitor.is_file() else [])]:
+            atomic_write_json(file, rename_in(json.loads(file.read_text(encoding="utf-8")), pairs))
+        paired = f"{args.study}_paired_vs_{{}}.json"  # a file named after its reference row follows it
+        move_all([(results / paired.format(old), results / paired.format(new)) for old, new in pairs.items()])
         out = [relabelled(r, r["method"], pairs[r["method"]]) if r["method"] in pairs else r for r in records]
         atomic_write_json(path, {"study": args.study, "records": out})
     for old, new in pairs.items():

@@ -96,3 +96,13 @@ def test_a_changed_configuration_a_collision_or_a_held_piece_changes_nothing(
     assert (study.run_path("s", "metaat", 0) / "summary.json").read_text() == '{"was": "metaat"}'
     assert relabel.main(["--study", "s", "--previous-default", "learned_start=false", "a=b"]) == 2
     assert "expected DEFENSE.OPTION=VALUE" in capsys.readouterr().err
+
+
+def test_a_damaged_records_file_is_one_clear_error_and_nothing_moves(
+    relabel: ModuleType, capsys: pytest.CaptureFixture[str]
+) -> None:
+    study = sys.modules["study"]
+    (study.RESULTS / "s.json").write_text('{"records": [', encoding="utf-8")
+    assert relabel.main(["--study", "s", *PREVIOUS, "metaat=metaat-v2", "metaat-learned=metaat"]) == 2
+    assert "relabel:" in capsys.readouterr().err and (study.RESULTS / "s_paired_vs_metaat.json").is_file()
+    assert (study.run_path("s", "metaat", 0) / "summary.json").read_text() == '{"was": "metaat"}'
