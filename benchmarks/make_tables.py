@@ -1,13 +1,15 @@
 """Turn the study records into the README's benchmark table and the cost-vs-robustness plot.
 
     python benchmarks/make_tables.py [--study fmnist_study] [--no-readme]
-    python benchmarks/make_tables.py --study fmnist_study --title "Full protocol" --study fmnist_small --title "Reduced"
+    python benchmarks/make_tables.py --study fmnist_study --title "Full protocol"
+    python benchmarks/make_tables.py --study fmnist_small --title "Reduced" --readme benchmarks/README.md
 
 Reads ``benchmarks/results/<study>.json`` (one record per method and seed, written by
 ``study.py``), aggregates mean ± std over seeds (headline records, ``--suite standard``, get a table
 of their own and are never averaged with the per-threat rows), and writes ``benchmarks/results/<study>_table.md``,
-``benchmarks/results/<study>_union_vs_cost.svg`` and the README section between the
-``benchmark:start`` / ``benchmark:end`` markers. Nothing here is typed by hand: every number comes
+``benchmarks/results/<study>_union_vs_cost.svg`` and the section between the
+``benchmark:start`` / ``benchmark:end`` markers of the README (``--readme``: another Markdown file,
+its links relative to that file). Nothing here is typed by hand: every number comes
 from the records.
 """
 
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import statistics
 import sys
@@ -273,8 +276,17 @@ def describe(records: list[dict[str, Any]]) -> str:
     )
 
 
-def section(study: str, write: bool = True) -> tuple[str, str]:
-    """(the study's table as Markdown, its README text); with ``write``, the table and plot files too."""
+def _link(path: Path, folder: Path) -> str:
+    """``path`` as a link from a Markdown file in ``folder`` (forward slashes on every OS)."""
+    return Path(os.path.relpath(path, folder)).as_posix()
+
+
+def section(study: str, write: bool = True, page: Path | None = None) -> tuple[str, str]:
+    """(the study's table as Markdown, its README text); with ``write``, the table and plot files too.
+
+    ``page`` is the Markdown file the text goes into (default: the project's README): links are
+    written relative to its folder."""
+    here = (page or ROOT / "README.md").parent
     src = RESULTS / f"{study}.json"
     every = json.loads(src.read_text(encoding="utf-8"))["records"]
     kept = [r for r in every if not r.get("superseded")]  # kept in the JSON with the reason, not shown
@@ -291,11 +303,11 @@ def section(study: str, write: bool = True) -> tuple[str, str]:
     if write:
         (RESULTS / f"{study}_table.md").write_text(md, encoding="utf-8")
         plot(rows, svg, f"{study}: union robust accuracy vs training cost")
-    figure = f"![union robust accuracy vs cost]({svg.relative_to(ROOT)})\n\n" if len(rows) > 1 else ""
+    figure = f"![union robust accuracy vs cost]({_link(svg, here)})\n\n" if len(rows) > 1 else ""
     gone = len(every) - len(kept)
     note = f" ({gone} superseded record(s) stay in that file, each saying why, and are not shown.)" if gone else ""
     head = describe(records or headline) if kept else "No record on the current protocol yet."
-    text = f"{head}\n\n{md}\n{figure}Records: `{src.relative_to(ROOT)}`.{note}"
+    text = f"{head}\n\n{md}\n{figure}Records: `{_link(src, here)}`.{note}"
     return md, text
 
 
@@ -308,6 +320,11 @@ def main(argv: list[str] | None = None) -> int:
         help="a results name (repeat for several: each gets its own README subsection, in order)",
     )
     p.add_argument("--title", action="append", default=None, help="a heading per --study, in the same order")
+    p.add_argument(
+        "--readme",
+        default="README.md",
+        help="the Markdown file (relative to the project root) whose benchmark:start/end section is written",
+    )
     p.add_argument("--no-readme", action="store_true")
     p.add_argument(
         "--check",
@@ -319,13 +336,16 @@ def main(argv: list[str] | None = None) -> int:
     titles = args.title or []
     if titles and len(titles) != len(studies):
         p.error(f"{len(titles)} --title for {len(studies)} --study; give one per study or none")
+    readme = ROOT / args.readme
+    if not readme.is_file():
+        p.error(f"no file {readme}; --readme names a Markdown file under {ROOT}")
     missing = [s for s in studies if not (RESULTS / f"{s}.json").is_file()]
     if missing:
         known = sorted(f.stem for f in RESULTS.glob("*.json") if '"records"' in f.read_text(encoding="utf-8"))
         p.error(f"no records for {', '.join(missing)} in {RESULTS}; studies with records: {', '.join(known) or 'none'}")
     parts = []
     for i, study in enumerate(studies):
-        md, text = section(study, write=not args.check)
+        md, text = section(study, write=not args.check, page=readme)
         if not args.check:
             print(md)
         if len(studies) > 1 or titles:
@@ -336,8 +356,7 @@ def main(argv: list[str] | None = None) -> int:
     command = "python benchmarks/make_tables.py " + " ".join(shlex.quote(a) for a in shown)
     parts.append(f"Regenerate this section: `{command.strip()}`.")
     block = "\n\n".join(parts)
-    readme = ROOT / "README.md"
-    body = readme.read_text(encoding="utf-8") if readme.is_file() else ""
+    body = readme.read_text(encoding="utf-8")
     if START not in body or END not in body:
         if args.check:
             print(f"{readme} has no {START} ... {END} section", file=sys.stderr)
@@ -347,12 +366,12 @@ def main(argv: list[str] | None = None) -> int:
     current, tail = rest.split(END, 1)
     if args.check:
         if current.strip() == block.strip():
-            print("README's benchmark section matches the records")
+            print(f"{args.readme}'s benchmark section matches the records")
             return 0
         old, new = current.strip().splitlines(), block.strip().splitlines()
         diff = [f"- {a}\n+ {b}" for a, b in zip(old, new, strict=False) if a != b][:3]
         print(
-            f"README's benchmark section differs from the records ({len(old)} vs {len(new)} lines); first "
+            f"{args.readme}'s benchmark section differs from the records ({len(old)} vs {len(new)} lines); first "
             f"differences:\n" + "\n".join(d[:400] for d in diff) + f"\nrun: {command.strip()}",
             file=sys.stderr,
         )

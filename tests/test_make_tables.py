@@ -209,18 +209,46 @@ def test_superseded_records_are_kept_but_not_shown_and_the_test_slice_is_named(
     assert mt.section("t")[1].startswith("No record on the current protocol yet.")
 
 
-def test_the_readme_benchmark_section_is_what_the_records_give(load_benchmark: Loader) -> None:
-    """Every number in the README's benchmark section comes from benchmarks/results/: regenerating
-    it with the command the section names changes nothing (a record added or edited without
-    rerunning make_tables.py fails here)."""
+@pytest.mark.parametrize("page", ["README.md", "benchmarks/README.md"])
+def test_the_readme_benchmark_section_is_what_the_records_give(load_benchmark: Loader, page: str) -> None:
+    """Every number in the benchmark sections of the README and of benchmarks/README.md comes from
+    benchmarks/results/: regenerating each with the command it names changes nothing (a record added
+    or edited without rerunning make_tables.py fails here)."""
     import re
     import shlex
 
     mt = load_benchmark("make_tables")
-    readme = (mt.ROOT / "README.md").read_text(encoding="utf-8")
-    found = re.search(r"Regenerate this section: `python benchmarks/make_tables.py ([^`]*)`", readme)
-    assert found, "the README's benchmark section names no regenerate command"
-    assert mt.main([*shlex.split(found.group(1)), "--check"]) == 0
+    text = (mt.ROOT / page).read_text(encoding="utf-8")
+    found = re.search(r"Regenerate this section: `python benchmarks/make_tables.py ([^`]*)`", text)
+    assert found, f"{page}'s benchmark section names no regenerate command"
+    args = shlex.split(found.group(1))
+    assert page == "README.md" or args[args.index("--readme") + 1] == page
+    assert mt.main([*args, "--check"]) == 0
+
+
+def test_a_section_in_another_page_links_from_that_page(
+    load_benchmark: Loader, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    mt = load_benchmark("make_tables")
+    monkeypatch.setattr(mt, "RESULTS", tmp_path / "benchmarks" / "results")
+    monkeypatch.setattr(mt, "ROOT", tmp_path)
+    mt.RESULTS.mkdir(parents=True)
+    env = {"torch": "2.13.0+cpu", "pyautoattack": "0.2.0"}
+    common = {"epochs": 5, "n": 1000, "suite": "apgd", "hardware": "x86_64", "environment": env}
+    common |= {"metaat_version": "0.1.0", "command": "python benchmarks/study.py"}
+    recs = [{**_record(m, 0, u, None, ALL), **common} for m, u in (("a", 0.5), ("b", 0.4))]
+    mt.RESULTS.joinpath("s.json").write_text(json.dumps({"records": recs}))
+    page = tmp_path / "benchmarks" / "README.md"
+    page.write_text(f"# B\n{mt.START}\nold\n{mt.END}\n")
+    (tmp_path / "README.md").write_text(f"# R\n{mt.START}\nuntouched\n{mt.END}\n")
+    assert mt.main(["--study", "s", "--readme", "benchmarks/README.md"]) == 0
+    body = page.read_text()
+    assert "](results/s_union_vs_cost.svg)" in body and "Records: `results/s.json`" in body
+    assert "--readme benchmarks/README.md" in body and "untouched" in (tmp_path / "README.md").read_text()
+    assert mt.main(["--study", "s", "--readme", "benchmarks/README.md", "--check"]) == 0
+    with pytest.raises(SystemExit):
+        mt.main(["--study", "s", "--readme", "docs/nope.md"])
+    assert "no file" in capsys.readouterr().err
 
 
 def test_check_reports_a_stale_section_and_writes_nothing(

@@ -6,8 +6,11 @@ from __future__ import annotations
 import importlib
 import re
 import shlex
+from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 
+import pytest
 import typer
 
 from metaat import cli
@@ -54,3 +57,56 @@ def test_every_readme_command_uses_a_real_subcommand_and_real_options() -> None:
         for word in words[1:]:
             if word.startswith("--"):
                 assert word.split("=")[0] in known, f"`metaat {' '.join(words)}`: {word} is not an option"
+
+
+BENCHMARK_PAGES = [README, README.parent / "benchmarks" / "README.md"]
+
+
+def benchmark_command_lines() -> list[tuple[str, list[str]]]:
+    """(page, words) of every ``python benchmarks/<script>.py ...`` command the README and
+    benchmarks/README.md show, in backticks or bash blocks; comments and placeholders dropped."""
+    out = []
+    for page in BENCHMARK_PAGES:
+        text = page.read_text(encoding="utf-8")
+        blocks = re.findall(r"```bash\n(.*?)```", text, flags=re.S)
+        prose = re.sub(r"```.*?```", "", text, flags=re.S)
+        inline = [" ".join(span.split()) for span in re.findall(r"`([^`]+)`", prose)]  # may wrap lines
+        spans = blocks + inline
+        for line in (ln for span in spans for ln in span.splitlines()):
+            for part in re.split(r"\s&\s|&&|;", line):
+                if not part.strip().startswith("python benchmarks/"):
+                    continue
+                words = shlex.split(re.sub(r"<[^>]*>", "X", part), comments=True)  # <folder>: a placeholder
+                if len(words) > 1:
+                    out.append((page.name if page == README else "benchmarks/README.md", words[1:]))
+    return out
+
+
+def test_every_benchmark_command_in_the_docs_names_a_real_script_and_real_options(
+    load_benchmark: Callable[[str], ModuleType], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The commands that reproduce the README's numbers cannot drift from the scripts: each names a
+    script in benchmarks/ and only options its parser defines (spelled out, not abbreviated)."""
+    import argparse
+
+    class Parsed(Exception):
+        pass
+
+    def capture(self: argparse.ArgumentParser, *a: object, **k: object) -> None:
+        raise Parsed(self)
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", capture)
+    commands = benchmark_command_lines()
+    assert len(commands) > 20, "the docs' benchmark commands were not found"
+    options: dict[str, set[str]] = {}
+    for page, (script, *args) in commands:
+        name = Path(script).stem
+        assert (README.parent / script).is_file(), f"{page} runs `{script}`, which does not exist"
+        if name not in options:
+            with pytest.raises(Parsed) as got:
+                load_benchmark(name).main([])
+            parser = got.value.args[0]
+            options[name] = set(parser._option_string_actions)
+        for word in args:
+            if word.startswith("--"):
+                assert word.split("=")[0] in options[name], f"{page}: `{script} {' '.join(args)}`: no option {word}"
