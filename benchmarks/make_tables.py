@@ -219,7 +219,7 @@ def _hardware(records: list[dict[str, Any]]) -> str:
     main = max(groups, key=lambda h: sum(map(len, groups[h].values())))
     others = [
         "; ".join(f"{m} {', '.join(map(str, sorted(seeds)))}" for m, seeds in sorted(names.items()))
-        + ("" if where.startswith("trained on") else " on")  # "pgd-l2 0, 1 trained on X, evaluated on Y"
+        + ("" if where.startswith("trained ") else " on")  # "pgd-l2 0, 1 trained on X, evaluated on Y"
         + f" {where}"
         for where, names in groups.items()
         if where != main
