@@ -41,7 +41,7 @@ import metaat.attacks as attacks
 import metaat.data as data
 import metaat.models as models
 from metaat.attacks.base import attack_mode
-from metaat.runtime import hardware_summary, set_threads
+from metaat.runtime import environment, hardware_summary, set_threads
 
 EPS = 0.1
 STEPS = 10
@@ -209,6 +209,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "command": shlex.join(["python", "benchmarks/attack_speed.py", *(argv if argv is not None else sys.argv[1:])]),
         "quick": args.quick,
         "hardware": hardware_summary(),
+        "environment": environment(),  # CPU model and capability: hosts differ (benchmarks/README.md)
+        "measured": time.strftime("%Y-%m-%d", time.gmtime()),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "metaat": metaat.__version__,
