@@ -188,16 +188,21 @@ def test_an_unknown_study_is_one_clear_error_and_the_readme_is_untouched(
     assert readme.read_text() == f"x\n{mt.START}\nold\n{mt.END}\n"
 
 
-def test_superseded_records_are_kept_but_not_shown_and_the_test_slice_is_named(
-    load_benchmark: Loader, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    mt = load_benchmark("make_tables")
+def _sandbox(mt: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """Point make_tables at an empty project under ``tmp_path``; the fields every record shares."""
     monkeypatch.setattr(mt, "RESULTS", tmp_path / "benchmarks" / "results")
     monkeypatch.setattr(mt, "ROOT", tmp_path)
     mt.RESULTS.mkdir(parents=True)
     env = {"torch": "2.13.0+cpu", "pyautoattack": "0.2.0"}
     common = {"epochs": 5, "n": 1000, "suite": "apgd", "hardware": "x86_64", "environment": env}
-    common |= {"metaat_version": "0.1.0", "command": "python benchmarks/study.py"}
+    return common | {"metaat_version": "0.1.0", "command": "python benchmarks/study.py"}
+
+
+def test_superseded_records_are_kept_but_not_shown_and_the_test_slice_is_named(
+    load_benchmark: Loader, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mt = load_benchmark("make_tables")
+    common = _sandbox(mt, tmp_path, monkeypatch)
     new = {**_record("a", 0, 0.5, None, ALL), **common, "test_start": 9000}
     old = {**_record("a", 0, 0.3, None, ALL), **common, "superseded": "scored on tuning points"}
     mt.RESULTS.joinpath("s.json").write_text(json.dumps({"records": [old, new]}))
@@ -230,12 +235,7 @@ def test_a_section_in_another_page_links_from_that_page(
     load_benchmark: Loader, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     mt = load_benchmark("make_tables")
-    monkeypatch.setattr(mt, "RESULTS", tmp_path / "benchmarks" / "results")
-    monkeypatch.setattr(mt, "ROOT", tmp_path)
-    mt.RESULTS.mkdir(parents=True)
-    env = {"torch": "2.13.0+cpu", "pyautoattack": "0.2.0"}
-    common = {"epochs": 5, "n": 1000, "suite": "apgd", "hardware": "x86_64", "environment": env}
-    common |= {"metaat_version": "0.1.0", "command": "python benchmarks/study.py"}
+    common = _sandbox(mt, tmp_path, monkeypatch)
     recs = [{**_record(m, 0, u, None, ALL), **common} for m, u in (("a", 0.5), ("b", 0.4))]
     mt.RESULTS.joinpath("s.json").write_text(json.dumps({"records": recs}))
     page = tmp_path / "benchmarks" / "README.md"
@@ -255,12 +255,7 @@ def test_check_reports_a_stale_section_and_writes_nothing(
     load_benchmark: Loader, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     mt = load_benchmark("make_tables")
-    monkeypatch.setattr(mt, "RESULTS", tmp_path / "benchmarks" / "results")
-    monkeypatch.setattr(mt, "ROOT", tmp_path)
-    mt.RESULTS.mkdir(parents=True)
-    env = {"torch": "2.13.0+cpu", "pyautoattack": "0.2.0"}
-    rec = {**_record("a", 0, 0.5, None, ALL), "epochs": 5, "n": 1000, "suite": "apgd", "hardware": "x86_64"}
-    rec |= {"environment": env, "metaat_version": "0.1.0", "command": "python benchmarks/study.py"}
+    rec = {**_record("a", 0, 0.5, None, ALL), **_sandbox(mt, tmp_path, monkeypatch)}
     mt.RESULTS.joinpath("s.json").write_text(json.dumps({"records": [rec]}))
     readme = tmp_path / "README.md"
     readme.write_text(f"intro\n{mt.START}\nold table\n{mt.END}\noutro\n")
