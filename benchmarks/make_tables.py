@@ -337,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
     if titles and len(titles) != len(studies):
         p.error(f"{len(titles)} --title for {len(studies)} --study; give one per study or none")
     readme = ROOT / args.readme
-    if not readme.is_file():
+    if not readme.is_file() and (args.check or not args.no_readme):
         p.error(f"no file {readme}; --readme names a Markdown file under {ROOT}")
     missing = [s for s in studies if not (RESULTS / f"{s}.json").is_file()]
     if missing:
@@ -356,6 +356,8 @@ def main(argv: list[str] | None = None) -> int:
     command = "python benchmarks/make_tables.py " + " ".join(shlex.quote(a) for a in shown)
     parts.append(f"Regenerate this section: `{command.strip()}`.")
     block = "\n\n".join(parts)
+    if args.no_readme and not args.check:
+        return 0
     body = readme.read_text(encoding="utf-8")
     if START not in body or END not in body:
         if args.check:
@@ -376,8 +378,7 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
-    if not args.no_readme:
-        readme.write_text(f"{head}{START}\n{block}\n{END}{tail}", encoding="utf-8")
+    readme.write_text(f"{head}{START}\n{block}\n{END}{tail}", encoding="utf-8")
     return 0
 
 

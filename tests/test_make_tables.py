@@ -249,6 +249,9 @@ def test_a_section_in_another_page_links_from_that_page(
     with pytest.raises(SystemExit):
         mt.main(["--study", "s", "--readme", "docs/nope.md"])
     assert "no file" in capsys.readouterr().err
+    (mt.RESULTS / "s_table.md").unlink()
+    assert mt.main(["--study", "s", "--readme", "docs/nope.md", "--no-readme"]) == 0  # tables only
+    assert (mt.RESULTS / "s_table.md").is_file()
 
 
 def test_check_reports_a_stale_section_and_writes_nothing(
