@@ -194,6 +194,13 @@ def _load_command_modules() -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point."""
+    from metaat.plugins import PluginError, load_plugins
+
+    try:
+        load_plugins()  # third-party registry entries (METAAT_PLUGINS, entry points) before the arguments
+    except PluginError as exc:
+        console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        raise SystemExit(2) from None
     _load_command_modules()
     try:
         app(args=argv if argv is not None else sys.argv[1:], standalone_mode=True)

@@ -14,6 +14,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from metaat.registry import UnknownNameError
+
 WEIGHTS_NAME = "model.safetensors"
 SPEC_NAME = "model.json"
 FORMAT = "metaat.model"
@@ -192,7 +194,10 @@ def load_model(path: str | os.PathLike[str], device: str | torch.device = "cpu")
     try:
         model = create_from_spec(spec)
     except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
-        raise CheckpointError(f"{sidecar}: cannot rebuild the model from its spec: {exc}") from exc
+        hint = ""
+        if isinstance(exc, UnknownNameError):  # a model a plugin registered (metaat.plugins)
+            hint = " (a model from a plugin: name its module in METAAT_PLUGINS, or import it first)"
+        raise CheckpointError(f"{sidecar}: cannot rebuild the model from its spec: {exc}{hint}") from exc
     digest = meta.get("sha256")
     if not is_sha256(digest):
         raise CheckpointError(
