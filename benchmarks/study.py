@@ -523,17 +523,36 @@ def seconds_per_pass_epoch() -> float | None:
     return rates[len(rates) // 2] if rates else None
 
 
+def eval_seconds(study: str, suite: str) -> list[float]:
+    """Wall seconds of this study's evaluations with ``suite`` that ran here on the CPU in chunks of
+    128 (GPU runs and records assembled from another machine's state are left out)."""
+    path = RESULTS / f"{study}.json"
+    if not path.is_file():
+        return []
+    records = json.loads(path.read_text(encoding="utf-8")).get("records", [])
+    return sorted(
+        float(r["eval_seconds"])
+        for r in records
+        if r.get("suite") == suite
+        and not r.get("superseded")
+        and r.get("eval_chunk", 128) == 128
+        and not str(r.get("device", "cpu")).startswith("cuda")
+        and float(r.get("eval_seconds") or 0) > 60
+    )
+
+
 def plan(methods: list[str], seeds: list[int], args: argparse.Namespace, study: str, done: set[Any]) -> str:
     """What is finished, what is part-trained, and the training left, in pass-epochs and hours."""
     passes = known_passes()
     rate = seconds_per_pass_epoch()
     scale = (args.train_subset or 60000) / 60000
     lines = ["| method | seed | status | passes / example | training left (pass-epochs) |", "|---|---:|---|---:|---:|"]
-    total, unknown = 0.0, []
+    total, unknown, to_score = 0.0, [], 0
     for method in methods:
         for seed in seeds:
             run_dir = run_path(study, method, seed)
             running = is_claimed(piece_lock(study, method, seed))
+            to_score += wanted_key(method, seed, args) not in done
             if wanted_key(method, seed, args) in done:
                 status, left = "done", 0
             elif (run_dir / "final").is_dir():
@@ -558,6 +577,14 @@ def plan(methods: list[str], seeds: list[int], args: argparse.Namespace, study: 
     hours = f", about {total * rate / 3600:.1f} h at 2 threads (train_speed.json's median rate)" if rate else ""
     note = f"; passes unknown for {', '.join(sorted(set(unknown)))}" if unknown else ""
     lines.append(f"\ntraining left: {total:.0f} pass-epochs{hours}{note}; the evaluations come on top")
+    secs = eval_seconds(study, args.suite)
+    if to_score and secs:
+        median = secs[len(secs) // 2]
+        lines.append(
+            f"evaluations left: {to_score} piece(s), about {to_score * median / 3600:.1f} h of one core "
+            f"(the median {args.suite} evaluation of this study on the CPU took {median:,.0f} s, over {len(secs)} "
+            f"record(s); pieces part-evaluated count whole)"
+        )
     return "\n".join(lines)
 
 

@@ -78,6 +78,8 @@ def test_plan_reports_done_part_trained_and_the_training_left(
     trained.joinpath("eval-apgd-1000.state.json").write_text(json.dumps(state))
     done = {"method": "sat", "seed": 0, "epochs": 5, "train_subset": None, "n": 1000, "suite": "apgd"}
     records = [{**done, "passes_per_example": 11.0}, {**done, "method": "max", "seed": 9, "passes_per_example": 33.0}]
+    records[0] |= {"eval_seconds": 1800.0}
+    records[1] |= {"eval_seconds": 9.0, "device": "cuda"}  # a GPU evaluation says nothing of the CPU's pace
     results.joinpath("s.json").write_text(json.dumps({"records": records}))
     speed = {"results": [{"seconds_per_60k_epoch": 300.0, "passes_per_example": 10.0}]}
     results.joinpath("train_speed.json").write_text(json.dumps(speed))
@@ -92,6 +94,9 @@ def test_plan_reports_done_part_trained_and_the_training_left(
     # 55 (sat seed 1) + 99 + 82.5 pass-epochs, at 30 s each
     assert "training left: 236 pass-epochs, about 2.0 h at 2 threads" in out
     assert "passes unknown for metaat+lookahead" in out
+    # 7 of the 8 pieces still to score, at the one CPU record's 1,800 s
+    assert "evaluations left: 7 piece(s), about 3.5 h of one core" in out
+    assert "took 1,800 s, over 1 record(s)" in out
     assert not (runs / "s" / "sat").exists()  # --plan runs nothing
 
 
