@@ -12,7 +12,7 @@ THREADS ?= 2
 # make bench: study workers sharing the list (each claims one (method, seed) at a time), 1 thread each
 WORKERS ?= 2
 
-.PHONY: setup data test-deps test lint demo bench-deps bench-quick bench bench-speed bench-pgd bench-eval-cost clean
+.PHONY: setup data test-deps test lint demo bench-deps bench-quick bench bench-speed bench-pgd bench-eval-cost tables clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -72,6 +72,16 @@ bench-pgd: setup data
 
 bench-eval-cost: bench-pgd
 	$(PY) benchmarks/eval_cost.py --threads $(THREADS)
+
+# Everything the README and benchmarks/README.md quote from the full study's records, regenerated
+# (reads results/ and the evaluations' state files; trains and attacks nothing)
+tables: setup
+	$(PY) benchmarks/paired.py --study fmnist_study
+	$(PY) benchmarks/paired.py --study fmnist_study --reference metaat
+	$(PY) benchmarks/paired.py --study fmnist_study --reference metaat-v2
+	$(PY) benchmarks/monitor_gap.py --study fmnist_study
+	$(PY) benchmarks/make_tables.py --study fmnist_study --title "Full protocol: fmnist_study (in progress)"
+	$(PY) benchmarks/make_tables.py --study fmnist_small --title "Reduced study: fmnist_small" --readme benchmarks/README.md
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache
