@@ -37,9 +37,14 @@ class Family(str, Enum):
     losses = "losses"
 
 
+def error_line(message: str) -> None:
+    """One-line error on stderr."""
+    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+
+
 def fail(message: str) -> None:
     """One-line error on stderr and exit status 2."""
-    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    error_line(message)
     raise typer.Exit(2)
 
 
@@ -198,8 +203,8 @@ def main(argv: list[str] | None = None) -> None:
 
     try:
         load_plugins()  # third-party registry entries (METAAT_PLUGINS, entry points) before the arguments
-    except PluginError as exc:
-        console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+    except PluginError as exc:  # before the app runs, so fail()'s typer.Exit has no one to catch it
+        error_line(str(exc))
         raise SystemExit(2) from None
     _load_command_modules()
     try:
