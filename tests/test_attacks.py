@@ -272,12 +272,14 @@ def test_batch_result_equals_per_example_result(name: str, norm: str | None, tra
 
 
 @pytest.mark.parametrize(("name", "norm"), CASES)
-def test_same_seed_same_output(name: str, norm: str | None, trained: nn.Module, synthetic) -> None:
+def test_same_seed_same_output_even_under_no_grad(name: str, norm: str | None, trained: nn.Module, synthetic) -> None:
     x, y = synthetic[2][:16], synthetic[3][:16]
     threat = threat_for(name, norm)
     first = make(name, threat, seed=3)(trained, x, y)
     again = make(name, threat, seed=3)(trained, x, y)
     assert torch.equal(first, again)
+    with torch.no_grad():  # a caller's no_grad (an evaluation loop) neither breaks nor changes the attack
+        assert torch.equal(make(name, threat, seed=3)(trained, x, y), first)
     # The same explicit generator seed gives the same result.
     a = make(name, threat)(trained, x, y, generator=make_generator(5))
     b = make(name, threat)(trained, x, y, generator=make_generator(5))

@@ -148,7 +148,7 @@ class Attack(ABC):
         check_inputs(x, y)
         check_model_inputs(model, x, y)
         gen = generator if generator is not None else make_generator(self.config.seed)
-        with attack_mode(model):
+        with attack_mode(model), torch.enable_grad():  # gradient attacks work inside a caller's no_grad too
             x_adv = self.perturb(model, x.detach(), y.detach(), gen)
         if not bool(torch.isfinite(x_adv).all()):  # a diverging step or non-finite gradients: never score NaN
             bad = int((~torch.isfinite(x_adv)).sum())

@@ -1,0 +1,249 @@
+"""Transfer attacks between the study's models: does any model fall to examples crafted on another
+model that its own white-box evaluation left robust?
+
+    python benchmarks/transfer.py --study fmnist_study --threads 1
+
+A model whose gradients mislead the attacks (gradient masking) still falls to adversarial examples
+transferred from a surrogate (Athalye, Carlini & Wagner 2018; Carlini et al. 2019, "On Evaluating
+Adversarial Robustness"). The study's table scores every model with the reference APGD-CE + APGD-T
+per threat; this script asks whether black-box transfer finds what that missed:
+
+1. every model of the study kept under ``benchmarks/runs/<study>/<method>/seed<k>/final`` is a
+   *source*: ``metaat attack``'s PGD (``--steps`` steps, cross-entropy, random start, seed 0) at each
+   threat of the table (L∞ 0.1, L2 1.5, L1 10) on the table's test points, saved with
+   :func:`metaat.attacks.transfer.save_adversarial` under ``runs/<study>/transfer/`` (a killed run
+   reuses the sets already written; a damaged one is made again);
+2. every seed-0 model whose finished evaluation state reproduces its record is a *target*: its
+   per-point white-box flags come from that state (the same points, the same numbers as the table);
+3. each target is scored on every other source's examples (its own seed-1 copy included: an
+   independently trained model of the same recipe, the closest surrogate an attacker could build).
+
+Per target the output gives the white-box union, the union under transfer from each source, the
+union under both (a point counts only if it survives the white-box attacks and every transferred
+example), and the points that only transfer broke. A model that is robust rather than masked keeps
+its white-box union: transfer is the weaker attack, so that last count should be small.
+Writes ``benchmarks/results/<study>_transfer.json`` (with the command, hardware and the sets'
+checksums) and ``<study>_transfer.md``. Uses metaat's own PGD for the transferred examples, so these
+are a secondary check beside the reference package's numbers, never a replacement.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from monitor_gap import study_records, write_result  # benchmarks/ is on the path when run as a script
+from study import RESULTS, RUNS, finished_state_in, reproduces, run_path
+
+THREATS = ("linf:0.1", "l2:1.5", "l1:10")
+
+
+def threat_flags(state: dict[str, Any], threat: str) -> list[bool]:
+    """Per test point: clean-correct and robust under ``threat``, from a full-mode evaluation state."""
+    clean = [c == "1" for c in state["clean"]]
+    chunks = state["threats"][threat]["chunks"]
+    flags = "".join(chunks[str(k)] for k in range(len(chunks)))
+    pending = [i for i, ok in enumerate(clean) if ok]
+    if len(flags) != len(pending):
+        raise ValueError(f"{threat}: {len(flags)} flags for {len(pending)} clean points (unfinished?)")
+    out = [False] * len(clean)
+    for i, f in zip(pending, flags, strict=True):
+        out[i] = f == "1"
+    return out
+
+
+def models_of(study: str) -> list[tuple[str, int, Path]]:
+    """(method, seed, model folder) for every finished model kept under ``runs/<study>``."""
+    found = []
+    for final in sorted((RUNS / study).glob("*/seed*/final")):
+        if (final / "model.json").is_file():
+            found.append((final.parent.parent.name, int(final.parent.name.removeprefix("seed")), final))
+    return found
+
+
+def table_state(study: str, method: str, seed: int) -> dict[str, Any] | None:
+    """The full-mode APGD evaluation state of the table's record for (method, seed), if this run
+    folder holds it and it reproduces the record (a retrained model's run folder does not)."""
+    for r in study_records(study) or []:
+        if r["method"] == method and r["seed"] == seed:
+            found = finished_state_in(run_path(study, method, seed), r)
+            if found is not None and reproduces(r, *found) and not found[0]["fingerprint"].get("union_only"):
+                return found[0]
+    return None
+
+
+def adversarial_set(
+    study: str, method: str, seed: int, model_dir: Path, threat: str, args: argparse.Namespace
+) -> tuple[Any, float]:
+    """The saved PGD examples of (method, seed) at ``threat`` (made now if absent or damaged) and
+    the seconds spent making them (0 when reused)."""
+    import metaat.attacks as attacks
+    import metaat.data as datasets
+    from metaat.attacks.transfer import AdversarialFileError, load_adversarial, save_adversarial
+    from metaat.models import resolve_model
+    from metaat.runtime import make_generator
+
+    path = RUNS / study / "transfer" / f"{method}-seed{seed}-{threat.replace(':', '_')}-pgd{args.steps}.safetensors"
+    if path.is_file():
+        try:
+            adv = load_adversarial(path)
+            if adv.index.tolist() == list(range(args.start, args.start + args.n)):
+                return adv, 0.0
+        except AdversarialFileError as err:
+            print(f"[transfer] remaking {path.name}: {err}", file=sys.stderr)
+    t0 = time.perf_counter()
+    net = resolve_model(model_dir)
+    x, y = datasets.load("fashion-mnist", "test", n=args.n, start=args.start)
+    atk = attacks.create("pgd", threat=threat, steps=args.steps, seed=0)
+    x_adv = atk(net, x, y, generator=make_generator(0))
+    with torch.no_grad():
+        clean = net(x).argmax(1) == y
+        robust = (net(x_adv).argmax(1) == y) & clean
+    meta = {
+        "data": "fashion-mnist",
+        "split": "test",
+        "threat": threat,
+        "within_threat": True,
+        "attack": repr(atk),
+        "source_model": str(model_dir.relative_to(RUNS.parent.parent)),
+        "seed": 0,
+    }
+    index = torch.arange(args.start, args.start + args.n)
+    save_adversarial(path, x_adv, y, index, meta=meta, source_clean=clean, source_robust=robust)
+    return load_adversarial(path), time.perf_counter() - t0
+
+
+def pct(flags: list[bool]) -> float:
+    return round(100 * sum(flags) / len(flags), 1)
+
+
+def evaluate_target(
+    target: tuple[str, int, Path], state: dict[str, Any], sets: dict[tuple[str, int], dict[str, Any]]
+) -> dict[str, Any]:
+    """The target's white-box flags against its transfer flags from every other source."""
+    from metaat.attacks.transfer import check_against, clean_points, transfer_flags
+    from metaat.models import resolve_model
+
+    method, seed, model_dir = target
+    net = resolve_model(model_dir)
+    clean = [c == "1" for c in state["clean"]]
+    white = {t: threat_flags(state, t) for t in THREATS}
+    white_union = [all(white[t][i] for t in THREATS) for i in range(len(clean))]
+    combined = list(white_union)
+    sources = []
+    for (s_method, s_seed), by_threat in sets.items():
+        if (s_method, s_seed) == (method, seed):
+            continue
+        row: dict[str, Any] = {"source": s_method, "seed": s_seed, "threats": {}}
+        survive = list(clean)
+        for t, adv in by_threat.items():
+            x, y = clean_points(adv)
+            check_against(adv, x, y)
+            c, r = transfer_flags(net, adv, x)
+            if c.tolist() != clean:
+                raise RuntimeError(f"{method} seed {seed}: clean flags differ from its evaluation state's")
+            flags = r.tolist()
+            only = sum(w and not f for w, f in zip(white[t], flags, strict=True))
+            row["threats"][t] = {"robust": pct(flags), "broken_only_by_transfer": only}
+            survive = [a and b for a, b in zip(survive, flags, strict=True)]
+            combined = [a and b for a, b in zip(combined, flags, strict=True)]
+        row["union"] = pct(survive)
+        row["union_broken_only_by_transfer"] = sum(w and not s for w, s in zip(white_union, survive, strict=True))
+        sources.append(row)
+    strongest = min(sources, key=lambda r: r["union"]) if sources else None
+    return {
+        "method": method,
+        "seed": seed,
+        "clean": pct(clean),
+        "white_box": {**{t: pct(white[t]) for t in THREATS}, "union": pct(white_union)},
+        "sources": sources,
+        "strongest_source": None if strongest is None else f"{strongest['source']} seed {strongest['seed']}",
+        "strongest_transfer_union": None if strongest is None else strongest["union"],
+        "union_white_box_and_every_transfer": pct(combined),
+        "union_points_only_transfer_broke": sum(w and not c for w, c in zip(white_union, combined, strict=True)),
+    }
+
+
+def markdown(out: dict[str, Any]) -> str:
+    lines = [
+        f"Transfer check, {out['study']}: PGD-{out['steps']} examples from every other model of the study, "
+        f"test points {out['start']:,}–{out['start'] + out['n'] - 1:,}; white-box = the table's reference "
+        "APGD-CE + APGD-T flags.",
+        "",
+        "| target (seed 0) | clean | white-box union | strongest source | its transfer union | "
+        "union, white-box and every transfer | points only transfer broke |",
+        "|---|---:|---:|---|---:|---:|---:|",
+    ]
+    for t in out["targets"]:
+        lines.append(
+            f"| {t['method']} | {t['clean']} | {t['white_box']['union']} | {t['strongest_source']} | "
+            f"{t['strongest_transfer_union']} | {t['union_white_box_and_every_transfer']} | "
+            f"{t['union_points_only_transfer_broke']} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--study", default="fmnist_study")
+    parser.add_argument("--steps", type=int, default=10, help="PGD steps of the transferred examples")
+    parser.add_argument("--n", type=int, default=1000, help="test points (the table's: 1,000 from 9,000)")
+    parser.add_argument("--start", type=int, default=9000)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args(argv)
+    from metaat.runtime import environment, set_threads
+
+    set_threads(args.threads)
+    found = models_of(args.study)
+    if not found:
+        print(f"no finished models under {RUNS / args.study}", file=sys.stderr)
+        return 2
+    sets: dict[tuple[str, int], dict[str, Any]] = {}
+    made: dict[str, float] = {}
+    for method, seed, model_dir in found:
+        for threat in THREATS:
+            adv, seconds = adversarial_set(args.study, method, seed, model_dir, threat, args)
+            sets.setdefault((method, seed), {})[threat] = adv
+            if seconds:
+                made[f"{method} seed {seed} {threat}"] = round(seconds, 1)
+                print(f"[transfer] {method} seed {seed} {threat}: {seconds:.0f} s", file=sys.stderr, flush=True)
+    targets, not_targets = [], {}
+    for method, seed, model_dir in found:
+        if seed != 0:
+            continue
+        state = table_state(args.study, method, seed)
+        if state is None or any(t not in state["threats"] for t in THREATS):
+            not_targets[f"{method} seed {seed}"] = (
+                "no finished full-mode APGD evaluation of all three threats reproducing its record in its run "
+                "folder (a retrained model, or a single-threat record)"
+            )
+            continue
+        targets.append(evaluate_target((method, seed, model_dir), state, sets))
+    out = {
+        "study": args.study,
+        "steps": args.steps,
+        "n": args.n,
+        "start": args.start,
+        "threads": args.threads,
+        "environment": environment(),
+        "sources": [
+            {"method": m, "seed": s, "sets": {t: a.meta["sha256"] for t, a in sets[(m, s)].items()}}
+            for m, s, _ in found
+        ],
+        "not_targets": not_targets,
+        "seconds_making_sets_this_run": made,
+        "targets": targets,
+    }
+    dst = write_result(f"{args.study}_transfer", out)
+    (RESULTS / f"{args.study}_transfer.md").write_text(markdown(out), encoding="utf-8")
+    print(markdown(out))
+    print(f"wrote {dst}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

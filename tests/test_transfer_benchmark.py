@@ -1,0 +1,75 @@
+"""benchmarks/transfer.py: white-box flags from an evaluation state against transferred examples."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+import torch
+from conftest import tiny_mlp
+
+import metaat.attacks as attacks
+import metaat.data as data
+import metaat.models as models
+from metaat.attacks.transfer import load_adversarial, save_adversarial
+
+Loader = Callable[[str], ModuleType]  # the load_benchmark fixture (conftest.py)
+
+
+def test_threat_flags_place_each_chunk_flag_on_its_clean_point(load_benchmark: Loader) -> None:
+    transfer = load_benchmark("transfer")
+    state: dict[str, Any] = {"clean": "10110", "threats": {"a": {"chunks": {"0": "10", "1": "1"}}}}
+    assert transfer.threat_flags(state, "a") == [True, False, False, True, False]
+    state["threats"]["a"]["chunks"].pop("1")
+    with pytest.raises(ValueError, match="2 flags for 3 clean points"):
+        transfer.threat_flags(state, "a")
+
+
+def test_a_target_is_scored_against_every_other_source(load_benchmark: Loader, tmp_path: Path) -> None:
+    transfer = load_benchmark("transfer")
+    net = tiny_mlp(seed=0)
+    models.save_model(net, tmp_path / "target")
+    x, y = data.load("synthetic", "test", n=40)
+    with torch.no_grad():
+        clean = (net(x).argmax(1) == y).tolist()
+    n_clean = sum(clean)
+    # white-box flags: every clean point robust under every threat (as a masked model would report)
+    state: dict[str, Any] = {"clean": "".join("1" if c else "0" for c in clean)}
+    state["threats"] = {t: {"chunks": {"0": "1" * n_clean}} for t in transfer.THREATS}
+    meta = {"data": "synthetic", "split": "test", "within_threat": True, "attack": "test"}
+
+    def saved(name: str, make: Callable[[str], torch.Tensor]) -> dict[str, Any]:
+        return {
+            t: load_adversarial(
+                save_adversarial(
+                    tmp_path / f"{name}-{t[:2]}.safetensors", make(t), y, torch.arange(40), meta={**meta, "threat": t}
+                )
+            )
+            for t in transfer.THREATS
+        }
+
+    def pgd(t: str) -> torch.Tensor:
+        return attacks.create("pgd", threat=t, steps=10)(net, x, y)
+
+    sets = {
+        ("untouched", 0): saved("untouched", lambda t: x),  # no perturbation: breaks nothing
+        ("strong", 0): saved("strong", pgd),  # white-box PGD on the target itself, as a stand-in source
+        ("target", 0): saved("self", pgd),  # the target's own set is never used against it
+    }
+    out = transfer.evaluate_target(("target", 0, tmp_path / "target"), state, sets)
+    rows = {r["source"]: r for r in out["sources"]}
+    assert set(rows) == {"untouched", "strong"}
+    assert rows["untouched"]["union"] == out["clean"] == out["white_box"]["union"]
+    assert rows["untouched"]["union_broken_only_by_transfer"] == 0
+    survive = torch.tensor(clean)
+    for t in transfer.THREATS:
+        with torch.no_grad():
+            survive &= net(pgd(t)).argmax(1) == y
+    broken = n_clean - int(survive.sum())
+    assert broken > 0  # the tiny model is breakable, so the check below can fail
+    assert rows["strong"]["union_broken_only_by_transfer"] == broken
+    assert out["union_points_only_transfer_broke"] == broken and out["strongest_source"] == "strong seed 0"
+    assert out["union_white_box_and_every_transfer"] == round(100 * int(survive.sum()) / 40, 1)
