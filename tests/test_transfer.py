@@ -38,9 +38,21 @@ def saved(models_dir: Path) -> Path:
     """PGD examples against ``source`` on synthetic test points 5..44, saved with ``--save``."""
     path = models_dir / "pgd.safetensors"
     result = invoke(
-        "attack", "--model", str(models_dir / "source"), "--data", "synthetic", "--n", "40", "--start", "5",
-        "-o", "steps=5", "--save", str(path), "--json",
-    )  # fmt: skip
+        "attack",
+        "--model",
+        str(models_dir / "source"),
+        "--data",
+        "synthetic",
+        "--n",
+        "40",
+        "--start",
+        "5",
+        "-o",
+        "steps=5",
+        "--save",
+        str(path),
+        "--json",
+    )
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert report["saved"] == str(path) and report["within_threat"] is True
@@ -173,4 +185,80 @@ def test_transfer_command_errors_are_one_line(models_dir: Path, saved: Path, tmp
     assert_one_line_error(
         invoke("attack", "--model", target, "--data", "synthetic", "--n", "4", "--save", str(tmp_path / "x.pt")),
         "--save writes a .safetensors file",
+    )
+
+
+# ---------------------------------------------------------------------------------------------------
+# the transfer check of `metaat eval --transfer`
+
+
+class ZeroGradient(torch.nn.Module):
+    """The same outputs as ``inner``, but an input gradient of exactly zero: masked gradients."""
+
+    def __init__(self, inner: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(x * 0 + x.detach())
+
+
+def test_the_transfer_check_flags_masked_gradients_and_passes_an_honest_model() -> None:
+    from metaat.attacks import create
+    from metaat.eval.checks import check_transfer
+
+    net = tiny_mlp(seed=0)
+    x, y = data.load("synthetic", "test", n=100)
+    pgd = create("pgd", threat="linf:0.1", steps=10)
+    surrogate = pgd(tiny_mlp(seed=1), x, y)  # another model's examples
+
+    def white_flags(model: torch.nn.Module) -> torch.Tensor:
+        with torch.no_grad():
+            return (model(pgd(model, x, y)).argmax(1) == y) & (model(x).argmax(1) == y)
+
+    masked = ZeroGradient(net)
+    masked_white = white_flags(masked)
+    with torch.no_grad():
+        assert int(masked_white.sum()) > int((net(pgd(net, x, y)).argmax(1) == y).sum()) + 10  # the mask works
+    flagged = check_transfer(masked, x, pgd(net, x, y), y, masked_white, "linf:0.1", "an unmasked copy")
+    assert flagged.status == "flagged" and "gradient masking" in flagged.explanation
+    assert flagged.values["transfer_only"] > 0.1
+    honest = check_transfer(net, x, surrogate, y, white_flags(net), "linf:0.1", "tiny_mlp seed 1")
+    assert honest.status == "passed", honest.explanation
+    assert honest.values["transfer_only"] * 100 <= 1
+
+
+def test_eval_transfer_adds_a_check_and_refuses_sets_that_do_not_fit(models_dir: Path, saved: Path) -> None:
+    fast = ["--data", "synthetic", "--suite", "quick", "--no-unseen", "--no-checks", "--threat", "linf:0.1"]
+    out = models_dir / "eval"
+    result = invoke(
+        "eval",
+        str(models_dir / "target"),
+        *fast,
+        "--start",
+        "5",
+        "--n",
+        "40",
+        "--out",
+        str(out),
+        "--transfer",
+        str(saved),
+        "--json",
+    )
+    assert result.exit_code == 0, result.output
+    checks = json.loads(result.stdout)["checks"]
+    assert [c["name"] for c in checks] == ["transfer"] and checks[0]["threat"] == "linf:0.1"
+    adv = load_adversarial(saved)
+    x, _ = clean_points(adv)
+    _, robust = transfer_flags(models.load_model(models_dir / "target"), adv, x)
+    assert checks[0]["values"]["transfer_accuracy"] == pytest.approx(robust.float().mean().item())
+    target = str(models_dir / "target")
+    assert_one_line_error(
+        invoke("eval", target, *fast, "--start", "0", "--n", "20", "--out", str(out), "--transfer", str(saved)),
+        "covers test points 5-44, outside this evaluation's 0-19",
+    )
+    l2_only = [*fast[:-2], "--threat", "l2:1"]
+    assert_one_line_error(
+        invoke("eval", target, *l2_only, "--start", "5", "--n", "40", "--out", str(out), "--transfer", str(saved)),
+        "holds linf:0.1 examples; evaluated threats: l2:1",
     )

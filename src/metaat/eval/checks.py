@@ -18,6 +18,8 @@ Attack checks, per threat (metaat PGD with per-point random starts; the referenc
 * ``large-eps``                 accuracy at ``eps_factor`` × eps (capped at the box) is at most
                                 ``large_eps_accuracy`` (~0);
 * ``white-box-vs-black-box``    Square breaks (almost) no point that survives every white-box attack;
+* ``transfer``                  (given saved examples from another model, ``metaat eval --transfer``)
+                                they break (almost) no point that survives the evaluation's attacks;
 
 "Barely" and "almost" mean: by at most ``max(tolerance · n, 1)`` points (default 1 % of the points,
 at least one point, so that one unlucky example on 100 points is not a flag).
@@ -352,6 +354,46 @@ def threat_checks(
         )
     )
     return out
+
+
+def check_transfer(
+    model: nn.Module,
+    x: torch.Tensor,
+    x_adv: torch.Tensor,
+    y: torch.Tensor,
+    white: torch.Tensor,
+    threat: str,
+    source: str,
+    tolerance: float = 0.01,
+) -> CheckResult:
+    """Examples transferred from ``source`` (``x_adv``, crafted on another model) against the
+    evaluation's exact per-point robust flags ``white`` on the same points ``x``.
+
+    A model whose own gradients mislead the attacks still falls to examples from a surrogate
+    (Athalye et al. 2018; Carlini et al. 2019, §5): flagged when the transferred examples break more
+    than ``max(tolerance · n, 1)`` points that the white-box evaluation left robust.
+    """
+    m = x.shape[0]
+    allowed = max(tolerance * m, 1.0) + 1e-9
+    with attack_mode(model):
+        clean = predict(model, x, 256) == y
+        robust = (predict(model, x_adv, 256) == y) & clean
+    white = white.to(robust.device)
+    only = fraction(white & ~robust)
+    return _result(
+        "transfer",
+        only * m > allowed,
+        f"examples from {source} break {100 * only:.1f} % of the points that survive the evaluation's attacks "
+        f"(within noise; transfer accuracy {100 * fraction(robust):.1f} %)",
+        f"examples transferred from {source} break {100 * only:.1f} % of the points that survive the "
+        "evaluation's own white-box attacks: those attacks are misled on this model (gradient masking) and the "
+        "reported accuracy is too high",
+        threat,
+        transfer_only=only,
+        transfer_accuracy=fraction(robust),
+        white_box_accuracy=fraction(white & clean),
+        points=float(m),
+    )
 
 
 def reference_warnings_check(messages: list[str] | None) -> CheckResult:

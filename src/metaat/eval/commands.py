@@ -65,6 +65,47 @@ def summary_table(report: dict[str, Any]) -> Table:
     return table
 
 
+def _transfer_set(path: Path, data: str, start: int, x: Any, y: Any, threats: Any) -> tuple[Any, Any]:
+    """A saved adversarial set checked against this evaluation: the same dataset, points inside the
+    evaluated slice, labels and threat ball verified against the clean points, an evaluated threat.
+    Returns ``(set, positions in the slice)``; raises ``ValueError``/``FileNotFoundError``."""
+    from metaat.attacks.transfer import check_against, load_adversarial
+
+    adv = load_adversarial(path)
+    if adv.meta["data"] != data:
+        raise ValueError(f"{path} holds {adv.meta['data']} examples; this evaluation scores {data}")
+    positions = adv.index - start
+    if int(positions.min()) < 0 or int(positions.max()) >= x.shape[0]:
+        raise ValueError(
+            f"{path} covers test points {int(adv.index.min())}-{int(adv.index.max())}, outside this evaluation's "
+            f"{start}-{start + x.shape[0] - 1}"
+        )
+    check_against(adv, x[positions], y[positions])
+    evaluated = [str(t) for t in threats]
+    if str(adv.threat) not in evaluated:
+        raise ValueError(f"{path} holds {adv.threat} examples; evaluated threats: {', '.join(evaluated)}")
+    return adv, positions
+
+
+def _with_transfer_checks(result: Any, model: Any, x: Any, y: Any, transferred: list[tuple[Any, Any]]) -> Any:
+    """``result`` with one ``transfer`` check per saved set, against its exact per-threat flags
+    (the union's flags where ``--union-only`` made the threat's an upper bound)."""
+    import dataclasses
+
+    from metaat.eval.checks import check_transfer
+    from metaat.eval.union import model_device
+
+    device = model_device(model)
+    extra = []
+    for adv, positions in transferred:
+        threat = str(adv.threat)
+        white = result.flags["union" if result.upper_bound.get(threat) else threat][positions]
+        source = str(adv.meta.get("source_model") or "another model")
+        xs, ys = x[positions].to(device), y[positions].to(device)
+        extra.append(check_transfer(model, xs, adv.x_adv.to(device), ys, white, threat, source))
+    return dataclasses.replace(result, checks=(*result.checks, *extra))
+
+
 def eval_cmd(
     target: Annotated[str, typer.Argument(help="run folder, checkpoint folder or model .safetensors")],
     data: Annotated[str | None, typer.Option(help="dataset (default: the run's, else fashion-mnist)")] = None,
@@ -99,6 +140,13 @@ def eval_cmd(
     seed: Annotated[int, typer.Option(help="random seed")] = 0,
     threads: Annotated[int | None, typer.Option(help="torch CPU threads")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N")] = "auto",
+    transfer: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--transfer",
+            help="examples saved by `metaat attack --save` on another model: a transfer check, repeatable",
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON on stdout")] = False,
 ) -> None:
     """Evaluate a model: clean, per-threat and union robust accuracy, unseen attacks, gradient-masking
@@ -144,6 +192,7 @@ def eval_cmd(
                 holdout = datasets.load(name, "train", data_dir=folder, n=HOLDOUT_POINTS)
             except (ValueError, FileNotFoundError):
                 holdout = None  # universal attacks fall back to two-fold on the test points
+        transferred = [_transfer_set(p, name, start, x, y, threats) for p in transfer or []]
         out_dir = check_out_dir(out or run or (path if path.is_dir() else path.parent))
         state_path = state or out_dir / DEFAULT_STATE
         model = model.to(dev)
@@ -198,6 +247,8 @@ def eval_cmd(
                 raise
             state_path.unlink(missing_ok=True)  # a stale default state from another evaluation
             result = run_evaluation()
+        if main and transferred:
+            result = _with_transfer_checks(result, model, x, y, transferred)
         if main:
             report = build_report(
                 result,
