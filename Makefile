@@ -12,7 +12,7 @@ THREADS ?= 2
 # make bench: study workers sharing the list (each claims one (method, seed) at a time), 1 thread each
 WORKERS ?= 2
 
-.PHONY: setup data test-deps test lint demo bench-deps bench-quick bench bench-speed bench-pgd bench-eval-cost tables clean
+.PHONY: setup data test-deps test lint demo bench-deps bench-quick bench bench-speed bench-pgd bench-eval-cost bench-transfer tables clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -72,6 +72,10 @@ bench-pgd: setup data
 
 bench-eval-cost: bench-pgd
 	$(PY) benchmarks/eval_cost.py --threads $(THREADS)
+
+# Transfer check: PGD examples of every kept study model against every seed-0 model's white-box flags
+bench-transfer: setup data
+	$(PY) benchmarks/transfer.py --study fmnist_study --threads $(THREADS)
 
 # Everything the README and benchmarks/README.md quote from the full study's records, regenerated
 # (reads results/ and the evaluations' state files; trains and attacks nothing)

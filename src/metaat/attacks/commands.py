@@ -1,0 +1,299 @@
+"""``metaat attack`` (registered into the typer app by :func:`register`): one attack on a saved
+model, ``--save`` to keep the examples, ``--transfer`` to score another model on them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from metaat.cli import console, fail, parse_options
+
+
+def attack_cmd(
+    model: Annotated[str, typer.Option(help="checkpoint folder, run folder or model .safetensors")],
+    attack: Annotated[str | None, typer.Option(help="attack name (metaat list attacks) [default: pgd]")] = None,
+    threat: Annotated[
+        str | None, typer.Option(help="threat model, e.g. linf:0.1, l2:1.5, l1:10 [default: linf:0.1]")
+    ] = None,
+    data: Annotated[
+        str | None, typer.Option(help="dataset name (metaat list datasets) [default: fashion-mnist]")
+    ] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="folder holding the dataset files")] = None,
+    n: Annotated[int | None, typer.Option(help="number of test points [default: 1000]")] = None,
+    start: Annotated[int | None, typer.Option(help="index of the first test point [default: 0]")] = None,
+    option: Annotated[list[str] | None, typer.Option("--option", "-o", help="attack option key=value")] = None,
+    generator: Annotated[Path | None, typer.Option(help="saved generator for --attack learned")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="attack chunk size (default: auto)")] = None,
+    seed: Annotated[int, typer.Option(help="random seed")] = 0,
+    threads: Annotated[int | None, typer.Option(help="torch CPU threads")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N")] = "auto",
+    save: Annotated[
+        Path | None, typer.Option(help="write the adversarial examples to this .safetensors file (for --transfer)")
+    ] = None,
+    transfer: Annotated[
+        Path | None,
+        typer.Option(help="score the model on examples saved by --save from another model (a transfer attack)"),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the result as JSON on stdout")] = False,
+) -> None:
+    """Attack a saved model on test points and print clean and robust accuracy.
+
+    ``--save FILE.safetensors`` keeps the adversarial examples, their test-point indices and the
+    attack that made them; ``--transfer FILE`` scores this model on examples saved from another one,
+    after checking them against the dataset's clean points and the threat they claim.
+    """
+    if transfer is not None:
+        given = {
+            "--attack": attack,
+            "--threat": threat,
+            "--n": n,
+            "--start": start,
+            "--option": option or None,
+            "--generator": generator,
+            "--save": save,
+        }
+        clash = [flag for flag, value in given.items() if value is not None]
+        if clash:
+            flags = ", ".join(clash)
+            fail(f"--transfer scores the examples saved in {transfer}; it takes no {flags} (the file fixes them)")
+        _transfer(model, transfer, data, data_dir, batch_size, seed, threads, device, as_json)
+        return
+    _attack(
+        model,
+        attack or "pgd",
+        threat or "linf:0.1",
+        data or "fashion-mnist",
+        data_dir,
+        1000 if n is None else n,
+        0 if start is None else start,
+        option,
+        generator,
+        batch_size,
+        seed,
+        threads,
+        device,
+        save,
+        as_json,
+    )
+
+
+def _probe(net: Any, x: Any, y: Any, data: str) -> None:
+    """Fail with one line when ``net`` cannot classify ``data``'s images (shape, channels, classes)."""
+    import torch
+
+    try:
+        with torch.no_grad():
+            probe = net.eval()(x[:1])
+    except RuntimeError as err:
+        fail(f"the model does not accept {data} images of shape {tuple(x.shape[1:])}: {str(err).splitlines()[0]}")
+        return
+    if probe.dim() != 2 or probe.shape[1] <= int(y.max()):
+        fail(f"the model outputs shape {tuple(probe.shape[1:])} per image, but {data} has labels up to {int(y.max())}")
+
+
+def _model_sha256(path: str) -> str | None:
+    """The weights' SHA-256 that a saved model's JSON sidecar records (None if unreadable)."""
+    from metaat.models import locate_model
+    from metaat.models.checkpoint import checkpoint_paths
+
+    try:
+        meta = json.loads(checkpoint_paths(locate_model(path)[0])[1].read_text(encoding="utf-8"))
+        return str(meta["sha256"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _attack(
+    model: str,
+    attack: str,
+    threat: str,
+    data: str,
+    data_dir: Path | None,
+    n: int,
+    start: int,
+    option: list[str] | None,
+    generator: Path | None,
+    batch_size: int | None,
+    seed: int,
+    threads: int | None,
+    device: str,
+    save: Path | None,
+    as_json: bool,
+) -> None:
+    import time
+
+    import torch
+    from rich.progress import Progress
+
+    import metaat
+    import metaat.attacks as attacks
+    import metaat.data as datasets
+    from metaat.attacks.base import chunks
+    from metaat.models import resolve_model
+    from metaat.runtime import resolve_device, seed_everything, set_threads
+    from metaat.threats import in_threat
+    from metaat.train.config import resolve_threat
+
+    try:
+        if save is not None and save.suffix != ".safetensors":
+            raise ValueError(f"--save writes a .safetensors file; got {save.name!r}")
+        set_threads(threads)
+        dev = resolve_device(device)
+        gen = seed_everything(seed)
+        net = resolve_model(model).to(dev)
+        x, y = datasets.load(data, "test", data_dir=data_dir, n=n, start=start)
+        opts = parse_options(option)
+        if generator is not None:
+            opts["path"] = str(generator)
+        if batch_size is not None:
+            opts["batch_size"] = batch_size
+        threat = resolve_threat(threat)  # a bare norm takes its default radius, as in train
+        atk = attacks.create(attack, threat=threat, seed=seed, **opts)
+    except (ValueError, TypeError, KeyError, FileNotFoundError, RuntimeError) as err:
+        fail(str(err))
+        return
+    x, y = x.to(dev), y.to(dev)
+    # A model built for other images (size, channels, classes) would fail mid-attack with a traceback.
+    _probe(net, x, y, data)
+    step = 250
+    clean_ok = torch.zeros(len(y), dtype=torch.bool)
+    robust_ok = torch.zeros(len(y), dtype=torch.bool)
+    kept: list[torch.Tensor] = []
+    t0 = time.perf_counter()
+    try:
+        with Progress(console=console, transient=True) as progress:
+            task = progress.add_task(f"{attack} {threat}", total=len(y))
+            for sl in chunks(len(y), step):
+                xb, yb = x[sl], y[sl]
+                with torch.no_grad():
+                    clean_ok[sl] = (net.eval()(xb).argmax(1) == yb).cpu()
+                x_adv = atk(net, xb, yb, generator=gen)
+                with torch.no_grad():
+                    robust_ok[sl] = (net(x_adv).argmax(1) == yb).cpu() & clean_ok[sl]
+                if save is not None:
+                    kept.append(x_adv.cpu())
+                progress.advance(task, len(yb))
+    except (ValueError, RuntimeError) as err:  # options only checkable against the data (a patch too big)
+        fail(f"{attack}: {str(err).splitlines()[0] if str(err) else type(err).__name__}")
+        return
+    clean_acc = clean_ok.float().mean().item()
+    robust_acc = robust_ok.float().mean().item()
+    seconds = round(time.perf_counter() - t0, 3)
+    result: dict[str, Any] = {
+        "model": str(model),
+        "data": data,
+        "n": int(len(y)),
+        "start": start,
+        "attack": repr(atk),
+        "threat": threat,
+        "clean": clean_acc,
+        "robust": robust_acc,
+        "seconds": seconds,
+        "seed": seed,
+    }
+    if save is not None:
+        from metaat.attacks.transfer import save_adversarial
+
+        x_all = torch.cat(kept)
+        within = bool(in_threat(x_all, x.cpu(), atk.threat).all())
+        meta = {
+            "data": data,
+            "split": "test",
+            "threat": threat,
+            "within_threat": within,
+            "attack": repr(atk),
+            "source_model": str(model),
+            "source_sha256": _model_sha256(model),
+            "seed": seed,
+            "metaat_version": metaat.__version__,
+        }
+        try:
+            index = torch.arange(start, start + len(y), dtype=torch.int64)
+            path = save_adversarial(
+                save, x_all, y.cpu(), index, meta=meta, source_clean=clean_ok, source_robust=robust_ok
+            )
+        except (ValueError, OSError) as err:
+            fail(f"--save: {err}")
+            return
+        result.update(saved=str(path), within_threat=within)
+    if as_json:
+        typer.echo(json.dumps(result))
+    else:
+        typer.echo(
+            f"{attack} {threat} on {len(y)} points: clean {100 * clean_acc:.2f} %, "
+            f"robust {100 * robust_acc:.2f} % ({seconds:.1f} s)"
+        )
+        if save is not None:
+            inside = "every one inside" if result["within_threat"] else "not all inside"
+            typer.echo(f"saved {len(y)} adversarial examples ({inside} {threat}) to {result['saved']}")
+
+
+def _transfer(
+    model: str,
+    source: Path,
+    data: str | None,
+    data_dir: Path | None,
+    batch_size: int | None,
+    seed: int,
+    threads: int | None,
+    device: str,
+    as_json: bool,
+) -> None:
+    import time
+
+    from metaat.attacks.transfer import check_against, clean_points, load_adversarial, transfer_flags
+    from metaat.models import resolve_model
+    from metaat.runtime import resolve_device, seed_everything, set_threads
+
+    try:
+        if batch_size is not None and batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        set_threads(threads)
+        dev = resolve_device(device)
+        seed_everything(seed)
+        adv = load_adversarial(source)
+        if data is not None and data != adv.meta["data"]:
+            raise ValueError(f"{source} holds {adv.meta['data']} examples, not {data}")
+        x, y = clean_points(adv, data_dir)
+        check_against(adv, x, y)
+        net = resolve_model(model).to(dev)
+    except (ValueError, TypeError, KeyError, FileNotFoundError, RuntimeError) as err:
+        fail(str(err))
+        return
+    name = str(adv.meta["data"])
+    _probe(net, x.to(dev), y, name)
+    t0 = time.perf_counter()
+    clean_ok, robust_ok = transfer_flags(net, adv, x, chunk=batch_size or 256)
+    clean_acc, robust_acc = clean_ok.float().mean().item(), robust_ok.float().mean().item()
+    source_acc = adv.source_robust.float().mean().item()
+    result = {
+        "model": str(model),
+        "data": name,
+        "n": len(adv),
+        "start": int(adv.index.min()),
+        "attack": f"transfer: {adv.meta['attack']}",
+        "threat": str(adv.meta["threat"]),
+        "clean": clean_acc,
+        "robust": robust_acc,
+        "seconds": round(time.perf_counter() - t0, 3),
+        "seed": seed,
+        "transfer": str(source),
+        "source_model": adv.meta.get("source_model"),
+        "source_robust": source_acc,
+    }
+    if as_json:
+        typer.echo(json.dumps(result))
+    else:
+        typer.echo(
+            f"transfer of {result['threat']} examples from {result['source_model']} on {len(adv)} points: "
+            f"clean {100 * clean_acc:.2f} %, robust {100 * robust_acc:.2f} % "
+            f"(the source model: robust {100 * source_acc:.2f} %)"
+        )
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``attack`` to the ``metaat`` command."""
+    app.command("attack")(attack_cmd)
