@@ -202,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     if not found:
         print(f"no finished models under {RUNS / args.study}", file=sys.stderr)
         return 2
+    t_start = time.perf_counter()
     sets: dict[tuple[str, int], dict[str, Any]] = {}
     made: dict[str, float] = {}
     for method, seed, model_dir in found:
@@ -237,6 +238,7 @@ def main(argv: list[str] | None = None) -> int:
         "not_targets": not_targets,
         "seconds_making_sets_this_run": made,
         "targets": targets,
+        "seconds_this_run": round(time.perf_counter() - t_start, 1),
     }
     dst = write_result(f"{args.study}_transfer", out)
     (RESULTS / f"{args.study}_transfer.md").write_text(markdown(out), encoding="utf-8")
