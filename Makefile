@@ -48,7 +48,7 @@ lint: setup
 	$(VENV)/bin/mypy src benchmarks tests
 
 test: setup test-deps lint
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=10
 
 demo: setup data
 	$(VENV)/bin/metaat demo --threads $(THREADS)
