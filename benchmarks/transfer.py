@@ -30,6 +30,7 @@ are a secondary check beside the reference package's numbers, never a replacemen
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -88,10 +89,12 @@ def adversarial_set(
     from metaat.runtime import make_generator
 
     path = RUNS / study / "transfer" / f"{method}-seed{seed}-{threat.replace(':', '_')}-pgd{args.steps}.safetensors"
+    weights = json.loads((model_dir / "model.json").read_text(encoding="utf-8"))["sha256"]
     if path.is_file():
         try:
             adv = load_adversarial(path)
-            if adv.index.tolist() == list(range(args.start, args.start + args.n)):
+            same_points = adv.index.tolist() == list(range(args.start, args.start + args.n))
+            if same_points and adv.meta.get("source_sha256") == weights:  # not a retrained model's old set
                 return adv, 0.0
         except AdversarialFileError as err:
             print(f"[transfer] remaking {path.name}: {err}", file=sys.stderr)
@@ -110,6 +113,7 @@ def adversarial_set(
         "within_threat": True,
         "attack": repr(atk),
         "source_model": str(model_dir.relative_to(RUNS.parent.parent)),
+        "source_sha256": weights,
         "seed": 0,
     }
     index = torch.arange(args.start, args.start + args.n)
@@ -126,6 +130,7 @@ def evaluate_target(
 ) -> dict[str, Any]:
     """The target's white-box flags against its transfer flags from every other source."""
     from metaat.attacks.transfer import check_against, clean_points, transfer_flags
+    from metaat.eval.state import tensor_digest
     from metaat.models import resolve_model
 
     method, seed, model_dir = target
@@ -142,6 +147,8 @@ def evaluate_target(
         survive = list(clean)
         for t, adv in by_threat.items():
             x, y = clean_points(adv)
+            if tensor_digest(x, y) != state["fingerprint"]["data"]:
+                raise RuntimeError(f"{s_method} seed {s_seed} {t}: not the points {method} seed {seed} was scored on")
             check_against(adv, x, y)
             c, r = transfer_flags(net, adv, x)
             if c.tolist() != clean:

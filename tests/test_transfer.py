@@ -100,9 +100,39 @@ def test_a_flipped_bit_a_truncation_and_a_foreign_file_are_one_clear_error(tmp_p
         load_adversarial(tmp_path / "missing.safetensors")
 
 
+def test_an_edited_header_is_caught_like_an_edited_image(tmp_path: Path) -> None:
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    path = save_adversarial(tmp_path / "a.safetensors", *hand_made(), meta=META)
+    with safe_open(str(path), framework="pt") as f:
+        header = json.loads(f.metadata()["metaat_adversarial"])
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    for key, value in (("threat", "linf:0.5"), ("within_threat", False), ("data", "mnist")):
+        edited = tmp_path / f"edited-{key}.safetensors"
+        save_file(tensors, str(edited), metadata={"metaat_adversarial": json.dumps({**header, key: value})})
+        with pytest.raises(AdversarialFileError, match="checksum mismatch"):
+            load_adversarial(edited)
+
+
+@pytest.mark.parametrize(
+    ("meta", "message"),
+    [
+        ({**META, "within_threat": "false"}, "'within_threat' must be true or false"),
+        ({**META, "data": 5}, "'data' must be a string"),
+        ({**META, "threat": "linf:-1"}, "eps"),
+        ({k: v for k, v in META.items() if k != "attack"}, "meta lacks attack"),
+    ],
+)
+def test_bad_metadata_is_refused_on_save(tmp_path: Path, meta: dict, message: str) -> None:  # type: ignore[type-arg]
+    with pytest.raises(ValueError, match=message):
+        save_adversarial(tmp_path / "a.safetensors", *hand_made(), meta=meta)
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [
+        (lambda x, y, i: (x[:0], y[:0], i[:0]), "holds no examples"),
         (lambda x, y, i: (x.masked_fill(x > 0.5, float("nan")), y, i), "NaN"),
         (lambda x, y, i: (x + 2, y, i), "pixels must lie in [0, 1]"),
         (lambda x, y, i: (x, y, torch.zeros_like(i)), "index repeats a point"),
@@ -228,37 +258,67 @@ def test_the_transfer_check_flags_masked_gradients_and_passes_an_honest_model() 
     assert honest.values["transfer_only"] * 100 <= 1
 
 
-def test_eval_transfer_adds_a_check_and_refuses_sets_that_do_not_fit(models_dir: Path, saved: Path) -> None:
-    fast = ["--data", "synthetic", "--suite", "quick", "--no-unseen", "--no-checks", "--threat", "linf:0.1"]
-    out = models_dir / "eval"
-    result = invoke(
-        "eval",
-        str(models_dir / "target"),
-        *fast,
-        "--start",
-        "5",
-        "--n",
-        "40",
-        "--out",
-        str(out),
-        "--transfer",
-        str(saved),
-        "--json",
-    )
-    assert result.exit_code == 0, result.output
-    checks = json.loads(result.stdout)["checks"]
-    assert [c["name"] for c in checks] == ["transfer"] and checks[0]["threat"] == "linf:0.1"
-    adv = load_adversarial(saved)
-    x, _ = clean_points(adv)
-    _, robust = transfer_flags(models.load_model(models_dir / "target"), adv, x)
-    assert checks[0]["values"]["transfer_accuracy"] == pytest.approx(robust.float().mean().item())
+def test_eval_transfer_checks_each_set_at_its_points_and_refuses_sets_that_do_not_fit(
+    models_dir: Path, saved: Path, tmp_path: Path
+) -> None:
+    import metaat
+
     target = str(models_dir / "target")
+    # an L2 set on points 10-19 from the source, to sit inside the evaluated slice 0-59 at an offset
+    l2_set = tmp_path / "l2.safetensors"
+    made = invoke(
+        "attack",
+        "--model",
+        str(models_dir / "source"),
+        "--data",
+        "synthetic",
+        "--threat",
+        "l2:1",
+        "--start",
+        "10",
+        "--n",
+        "10",
+        "-o",
+        "steps=5",
+        "--save",
+        str(l2_set),
+    )
+    assert made.exit_code == 0, made.output
+    fast = ["--data", "synthetic", "--suite", "quick", "--no-unseen", "--no-checks", "--union-only"]
+    two = [*fast, "--threat", "linf:0.1", "--threat", "l2:1", "--start", "0", "--n", "60", "--out", str(tmp_path)]
+    result = invoke("eval", target, *two, "--transfer", str(saved), "--transfer", str(l2_set), "--json")
+    assert result.exit_code == 0, result.output
+    linf, l2 = json.loads(result.stdout)["checks"]
+    assert (linf["name"], linf["threat"], l2["name"], l2["threat"]) == ("transfer", "linf:0.1", "transfer", "l2:1")
+    # the same evaluation in Python (the quick suite's starts are per point): the expected flags
+    net = models.load_model(models_dir / "target")
+    x, y = data.load("synthetic", "test", n=60)
+    res = metaat.evaluate(net, x, y, ["linf:0.1", "l2:1"], suite="quick", union_only=True, checks=False)
+    clean = res.flags["clean"]
+    # L∞ comes first, so its flags are exact: compared with them at points 5-44
+    assert linf["values"]["white_box_accuracy"] == pytest.approx(
+        float((res.flags["linf:0.1"] & clean)[5:45].float().mean())
+    )
+    # union-only leaves L2's flags an upper bound: compared with the union's, at points 10-19, and said so
+    assert "white_box_accuracy" not in l2["values"] and "union of the evaluation's attacks" in l2["explanation"]
+    assert l2["values"]["union_accuracy"] == pytest.approx(float(res.flags["union"][10:20].float().mean()))
+    for adv_path in (saved, l2_set):
+        adv = load_adversarial(adv_path)
+        _, robust = transfer_flags(net, adv, clean_points(adv)[0])
+        check = linf if adv.meta["threat"] == "linf:0.1" else l2
+        assert check["values"]["transfer_accuracy"] == pytest.approx(robust.float().mean().item())
+
+    one = [*fast, "--threat", "linf:0.1", "--out", str(tmp_path)]
     assert_one_line_error(
-        invoke("eval", target, *fast, "--start", "0", "--n", "20", "--out", str(out), "--transfer", str(saved)),
+        invoke("eval", target, *one, "--start", "0", "--n", "20", "--transfer", str(saved)),
         "covers test points 5-44, outside this evaluation's 0-19",
     )
-    l2_only = [*fast[:-2], "--threat", "l2:1"]
     assert_one_line_error(
-        invoke("eval", target, *l2_only, "--start", "5", "--n", "40", "--out", str(out), "--transfer", str(saved)),
-        "holds linf:0.1 examples; evaluated threats: l2:1",
+        invoke("eval", target, *one, "--start", "0", "--n", "60", "--transfer", str(l2_set)),
+        "holds l2:1 examples; evaluated threats: linf:0.1",
+    )
+    loose = save_adversarial(tmp_path / "loose.safetensors", *hand_made(), meta={**META, "within_threat": False})
+    assert_one_line_error(
+        invoke("eval", target, *one, "--start", "0", "--n", "60", "--transfer", str(loose)),
+        "do not all lie in linf:0.1",
     )

@@ -15,6 +15,7 @@ import metaat.attacks as attacks
 import metaat.data as data
 import metaat.models as models
 from metaat.attacks.transfer import load_adversarial, save_adversarial
+from metaat.eval.state import tensor_digest
 
 Loader = Callable[[str], ModuleType]  # the load_benchmark fixture (conftest.py)
 
@@ -39,6 +40,7 @@ def test_a_target_is_scored_against_every_other_source(load_benchmark: Loader, t
     # white-box flags: every clean point robust under every threat (as a masked model would report)
     state: dict[str, Any] = {"clean": "".join("1" if c else "0" for c in clean)}
     state["threats"] = {t: {"chunks": {"0": "1" * n_clean}} for t in transfer.THREATS}
+    state["fingerprint"] = {"data": tensor_digest(x, y)}  # the points the evaluation scored
     meta = {"data": "synthetic", "split": "test", "within_threat": True, "attack": "test"}
 
     def saved(name: str, make: Callable[[str], torch.Tensor]) -> dict[str, Any]:
@@ -73,3 +75,6 @@ def test_a_target_is_scored_against_every_other_source(load_benchmark: Loader, t
     assert rows["strong"]["union_broken_only_by_transfer"] == broken
     assert out["union_points_only_transfer_broke"] == broken and out["strongest_source"] == "strong seed 0"
     assert out["union_white_box_and_every_transfer"] == round(100 * int(survive.sum()) / 40, 1)
+    state["fingerprint"] = {"data": tensor_digest(x[1:], y[1:])}  # a state of other points is refused
+    with pytest.raises(RuntimeError, match="not the points target seed 0 was scored on"):
+        transfer.evaluate_target(("target", 0, tmp_path / "target"), state, sets)

@@ -195,10 +195,10 @@ def _attack(
         "seed": seed,
     }
     if save is not None:
-        from metaat.attacks.transfer import save_adversarial
+        from metaat.attacks.transfer import TOLERANCE, save_adversarial
 
         x_all = torch.cat(kept)
-        within = bool(in_threat(x_all, x.cpu(), atk.threat).all())
+        within = bool(in_threat(x_all, x.cpu(), atk.threat, tol=TOLERANCE).all())
         meta = {
             "data": data,
             "split": "test",
@@ -281,7 +281,7 @@ def _transfer(
         "seconds": round(time.perf_counter() - t0, 3),
         "seed": seed,
         "transfer": str(source),
-        "source_model": adv.meta.get("source_model"),
+        "source_model": adv.meta.get("source_model") or "another model",
         "source_robust": source_acc,
     }
     if as_json:

@@ -16,8 +16,9 @@ A saved set is one ``.safetensors`` file, no pickle:
 * one metadata entry ``metaat_adversarial``, a JSON object: ``format``, ``version``, ``data``,
   ``split``, ``threat``, ``within_threat`` (every ``x_adv`` lies in the threat's ball around its clean
   point — false for spatial, patch and corruption attacks), ``attack``, ``source_model``, ``seed``,
-  ``metaat_version`` and ``sha256``, a digest of the tensors' names, dtypes, shapes and bytes, so a
-  flipped bit is caught as well as a truncation.
+  ``metaat_version`` and ``sha256``, a digest of the tensors' names, dtypes, shapes and bytes and of
+  the rest of the metadata, so a flipped bit is caught, in the images or in the header, as well as a
+  truncation.
 
 Clean images are not stored: :func:`check_against` re-reads them from the dataset and checks the
 labels and, when the file claims it, every perturbation's norm, so a file cannot smuggle in
@@ -45,7 +46,7 @@ from metaat.models.checkpoint import atomic_write, is_sha256
 from metaat.threats import ThreatModel, in_threat, lp_norm
 
 FORMAT = "metaat.adversarial"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the digest covers the metadata too
 META_KEY = "metaat_adversarial"
 TENSORS = {
     "x_adv": torch.float32,
@@ -55,6 +56,7 @@ TENSORS = {
     "source_robust": torch.uint8,
 }
 REQUIRED_META = ("data", "split", "threat", "within_threat", "attack")
+TOLERANCE = 1e-4  # of the ball check, relative and absolute: float32 L1 sums over many pixels round
 
 
 class AdversarialFileError(ValueError):
@@ -80,9 +82,12 @@ class AdversarialSet:
         return int(self.y.shape[0])
 
 
-def tensors_digest(tensors: Mapping[str, torch.Tensor]) -> str:
-    """SHA-256 over each tensor's name, dtype, shape and bytes, in name order."""
+def tensors_digest(tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any] | None = None) -> str:
+    """SHA-256 over each tensor's name, dtype, shape and bytes, in name order, then over ``meta``'s
+    canonical JSON (sorted keys) without its own ``sha256`` entry."""
     digest = hashlib.sha256()
+    if meta is not None:
+        digest.update(json.dumps({k: v for k, v in meta.items() if k != "sha256"}, sort_keys=True).encode())
     for name in sorted(tensors):
         t = tensors[name].detach().to("cpu").contiguous()
         digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
@@ -99,12 +104,24 @@ def _flags(t: torch.Tensor | None, n: int, name: str) -> torch.Tensor:
 
 
 def _check_index(index: torch.Tensor, n: int, where: str) -> None:
+    if n == 0:
+        raise ValueError("the set holds no examples")
     if index.dtype != torch.int64 or index.shape != (n,):
         raise ValueError(f"{where}index must be int64 of shape ({n},); got {index.dtype} {tuple(index.shape)}")
     if n and int(index.min()) < 0:
         raise ValueError(f"{where}index holds a negative entry ({int(index.min())})")
     if int(torch.unique(index).numel()) != n:
         raise ValueError(f"{where}index repeats a point")
+
+
+def _check_meta(meta: Mapping[str, Any]) -> None:
+    """The required entries' types: strings, ``within_threat`` a bool, a parseable threat."""
+    for key in ("data", "split", "threat", "attack"):
+        if not isinstance(meta.get(key), str):
+            raise ValueError(f"metadata {key!r} must be a string; got {meta.get(key)!r}")
+    if not isinstance(meta.get("within_threat"), bool):
+        raise ValueError(f"metadata 'within_threat' must be true or false; got {meta.get('within_threat')!r}")
+    ThreatModel.parse(meta["threat"])
 
 
 def save_adversarial(
@@ -138,8 +155,10 @@ def save_adversarial(
         "source_clean": _flags(source_clean, n, "source_clean"),
         "source_robust": _flags(source_robust, n, "source_robust"),
     }
-    header = {**dict(meta), "format": FORMAT, "version": FORMAT_VERSION, "sha256": tensors_digest(tensors)}
+    header = {**dict(meta), "format": FORMAT, "version": FORMAT_VERSION}
+    _check_meta(header)
     try:
+        header["sha256"] = tensors_digest(tensors, header)
         text = json.dumps(header, sort_keys=True)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"meta is not JSON-serialisable: {exc}") from exc
@@ -186,10 +205,14 @@ def load_adversarial(path: str | os.PathLike[str]) -> AdversarialSet:
     for name, dtype in TENSORS.items():
         if tensors[name].dtype != dtype:
             raise bad(f"tensor {name} has dtype {tensors[name].dtype}, expected {dtype}")
-    if not is_sha256(meta["sha256"]) or tensors_digest({k: tensors[k] for k in TENSORS}) != meta["sha256"]:
+    try:
+        digest = tensors_digest({k: tensors[k] for k in TENSORS}, meta)
+    except (TypeError, ValueError) as exc:
+        raise bad(f"unreadable metadata ({exc})") from exc
+    if not is_sha256(meta["sha256"]) or digest != meta["sha256"]:
         raise bad("checksum mismatch (the file is corrupt or was edited)")
     try:
-        ThreatModel.parse(str(meta["threat"]))
+        _check_meta(meta)
         validate_batch(tensors["x_adv"], tensors["y"])
         n = int(tensors["y"].shape[0])
         _check_index(tensors["index"], n, "")
@@ -214,8 +237,6 @@ def clean_points(
     """The clean images and labels at ``adv.index`` in the dataset split the set names."""
     import metaat.data as datasets
 
-    if not len(adv):
-        raise ValueError("the adversarial set is empty")
     lo, hi = int(adv.index.min()), int(adv.index.max())
     x, y = datasets.load(str(adv.meta["data"]), str(adv.meta["split"]), data_dir=data_dir, n=hi - lo + 1, start=lo)
     return x[adv.index - lo], y[adv.index - lo]
@@ -230,7 +251,7 @@ def check_against(adv: AdversarialSet, x: torch.Tensor, y: torch.Tensor) -> None
     if differ:
         raise ValueError(f"{differ} of the {len(adv)} saved labels differ from the dataset's at their indices")
     if adv.meta.get("within_threat"):
-        inside = in_threat(adv.x_adv, x.cpu(), adv.threat)
+        inside = in_threat(adv.x_adv, x.cpu(), adv.threat, tol=TOLERANCE)
         if not bool(inside.all()):
             worst = float(lp_norm(adv.x_adv - x.cpu(), adv.threat.norm).max())
             raise ValueError(
@@ -244,7 +265,7 @@ def transfer_flags(
     model: nn.Module, adv: AdversarialSet, x: torch.Tensor, chunk: int = 256
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(clean, robust)`` per point for ``model``: right on the clean point; right on both."""
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    device = next(iter([*model.parameters(), *model.buffers()]), torch.empty(0)).device
     was_training = model.training
     model.eval()
     clean = torch.zeros(len(adv), dtype=torch.bool)
@@ -260,6 +281,7 @@ def transfer_flags(
 
 
 __all__ = [
+    "TOLERANCE",
     "AdversarialFileError",
     "AdversarialSet",
     "check_against",

@@ -72,6 +72,13 @@ def _transfer_set(path: Path, data: str, start: int, x: Any, y: Any, threats: An
     from metaat.attacks.transfer import check_against, load_adversarial
 
     adv = load_adversarial(path)
+    if not adv.meta["within_threat"]:
+        raise ValueError(
+            f"{path} holds {adv.meta['attack']} examples that do not all lie in {adv.threat}: a transfer check "
+            "compares only examples inside the evaluated threat"
+        )
+    if adv.meta["split"] != "test":
+        raise ValueError(f"{path} holds {adv.meta['split']}-split examples; this evaluation scores the test split")
     if adv.meta["data"] != data:
         raise ValueError(f"{path} holds {adv.meta['data']} examples; this evaluation scores {data}")
     positions = adv.index - start
@@ -89,7 +96,8 @@ def _transfer_set(path: Path, data: str, start: int, x: Any, y: Any, threats: An
 
 def _with_transfer_checks(result: Any, model: Any, x: Any, y: Any, transferred: list[tuple[Any, Any]]) -> Any:
     """``result`` with one ``transfer`` check per saved set, against its exact per-threat flags
-    (the union's flags where ``--union-only`` made the threat's an upper bound)."""
+    (the union's flags where ``--union-only`` made the threat's an upper bound: fewer points, so
+    the check can only undercount)."""
     import dataclasses
 
     from metaat.eval.checks import check_transfer
@@ -99,10 +107,11 @@ def _with_transfer_checks(result: Any, model: Any, x: Any, y: Any, transferred: 
     extra = []
     for adv, positions in transferred:
         threat = str(adv.threat)
-        white = result.flags["union" if result.upper_bound.get(threat) else threat][positions]
+        against = "union" if result.upper_bound.get(threat) else "threat"
+        white = result.flags["union" if against == "union" else threat][positions]
         source = str(adv.meta.get("source_model") or "another model")
         xs, ys = x[positions].to(device), y[positions].to(device)
-        extra.append(check_transfer(model, xs, adv.x_adv.to(device), ys, white, threat, source))
+        extra.append(check_transfer(model, xs, adv.x_adv.to(device), ys, white, threat, source, against=against))
     return dataclasses.replace(result, checks=(*result.checks, *extra))
 
 
