@@ -1,7 +1,7 @@
 """Transfer attacks between the study's models: does any model fall to examples crafted on another
 model that its own white-box evaluation left robust?
 
-    python benchmarks/transfer.py --study fmnist_study --threads 1
+    python benchmarks/transfer.py --study fmnist_study --threads 1 --ensemble-n 200
 
 A model whose gradients mislead the attacks (gradient masking) still falls to adversarial examples
 transferred from a surrogate (Athalye, Carlini & Wagner 2018; Carlini et al. 2019, "On Evaluating
@@ -18,6 +18,9 @@ per threat; this script asks whether black-box transfer finds what that missed:
 3. each target is scored on every other source's examples (its own seed-1 copy included: an
    independently trained model of the same recipe, the closest surrogate an attacker could build).
 
+With ``--ensemble-n N`` each target is also attacked by the ensemble (mean logits) of every other
+kept model — the stronger transfer source — on the first N points, saved per target and threat.
+
 Per target the output gives the white-box union, the union under transfer from each source, the
 union under both (a point counts only if it survives the white-box attacks and every transferred
 example), and the points that only transfer broke. A model that is robust rather than masked keeps
@@ -30,15 +33,18 @@ are a secondary check beside the reference package's numbers, never a replacemen
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 from monitor_gap import study_records, write_result  # benchmarks/ is on the path when run as a script
 from study import RESULTS, RUNS, finished_state_in, reproduces, run_path
+from torch import nn
 
 THREATS = ("linf:0.1", "l2:1.5", "l1:10")
 
@@ -77,30 +83,44 @@ def table_state(study: str, method: str, seed: int) -> dict[str, Any] | None:
     return None
 
 
-def adversarial_set(
-    study: str, method: str, seed: int, model_dir: Path, threat: str, args: argparse.Namespace
+class Ensemble(nn.Module):
+    """Mean logits of several models: the usual stronger transfer source (Liu, Chen, Liu & Song 2017,
+    "Delving into Transferable Adversarial Examples and Black-box Attacks", ICLR)."""
+
+    def __init__(self, members: list[nn.Module]) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([m(x) for m in self.members]).mean(dim=0)
+
+
+def weights_digest(model_dir: Path) -> str:
+    """The weights' SHA-256 that the model's JSON sidecar records."""
+    return str(json.loads((model_dir / "model.json").read_text(encoding="utf-8"))["sha256"])
+
+
+def saved_or_made(
+    path: Path, build: Callable[[], nn.Module], source: str, weights: str, threat: str, n: int, args: argparse.Namespace
 ) -> tuple[Any, float]:
-    """The saved PGD examples of (method, seed) at ``threat`` (made now if absent or damaged) and
-    the seconds spent making them (0 when reused)."""
+    """The PGD examples saved at ``path`` when they cover the same points and come from the same
+    weights, else made now with the model ``build()`` returns and saved; with the seconds spent."""
     import metaat.attacks as attacks
     import metaat.data as datasets
     from metaat.attacks.transfer import AdversarialFileError, load_adversarial, save_adversarial
-    from metaat.models import resolve_model
     from metaat.runtime import make_generator
 
-    path = RUNS / study / "transfer" / f"{method}-seed{seed}-{threat.replace(':', '_')}-pgd{args.steps}.safetensors"
-    weights = json.loads((model_dir / "model.json").read_text(encoding="utf-8"))["sha256"]
     if path.is_file():
         try:
             adv = load_adversarial(path)
-            same_points = adv.index.tolist() == list(range(args.start, args.start + args.n))
+            same_points = adv.index.tolist() == list(range(args.start, args.start + n))
             if same_points and adv.meta.get("source_sha256") == weights:  # not a retrained model's old set
                 return adv, 0.0
         except AdversarialFileError as err:
             print(f"[transfer] remaking {path.name}: {err}", file=sys.stderr)
     t0 = time.perf_counter()
-    net = resolve_model(model_dir)
-    x, y = datasets.load("fashion-mnist", "test", n=args.n, start=args.start)
+    net = build()
+    x, y = datasets.load("fashion-mnist", "test", n=n, start=args.start)
     atk = attacks.create("pgd", threat=threat, steps=args.steps, seed=0)
     x_adv = atk(net, x, y, generator=make_generator(0))
     with torch.no_grad():
@@ -112,13 +132,79 @@ def adversarial_set(
         "threat": threat,
         "within_threat": True,
         "attack": repr(atk),
-        "source_model": str(model_dir.relative_to(RUNS.parent.parent)),
+        "source_model": source,
         "source_sha256": weights,
         "seed": 0,
     }
-    index = torch.arange(args.start, args.start + args.n)
+    index = torch.arange(args.start, args.start + n)
     save_adversarial(path, x_adv, y, index, meta=meta, source_clean=clean, source_robust=robust)
     return load_adversarial(path), time.perf_counter() - t0
+
+
+def adversarial_set(
+    study: str, method: str, seed: int, model_dir: Path, threat: str, args: argparse.Namespace
+) -> tuple[Any, float]:
+    """The saved PGD examples of (method, seed) at ``threat`` (made now if absent, damaged or from
+    other weights) and the seconds spent making them (0 when reused)."""
+    from metaat.models import resolve_model
+
+    path = RUNS / study / "transfer" / f"{method}-seed{seed}-{threat.replace(':', '_')}-pgd{args.steps}.safetensors"
+    source = str(model_dir.relative_to(RUNS.parent.parent))
+    weights = weights_digest(model_dir)
+    return saved_or_made(path, lambda: resolve_model(model_dir), source, weights, threat, args.n, args)
+
+
+def ensemble_set(
+    study: str, target: tuple[str, int], members: list[tuple[str, int, Path]], threat: str, args: argparse.Namespace
+) -> tuple[Any, float]:
+    """PGD examples of the ensemble of ``members`` (every kept model but the target) on the first
+    ``args.ensemble_n`` points, saved per target and threat."""
+    from metaat.models import resolve_model
+
+    name = f"ensemble-for-{target[0]}-seed{target[1]}-{threat.replace(':', '_')}-pgd{args.steps}.safetensors"
+    digest = hashlib.sha256("".join(sorted(weights_digest(d) for _, _, d in members)).encode()).hexdigest()
+    source = "the ensemble (mean logits) of " + ", ".join(f"{m} seed {s}" for m, s, _ in members)
+
+    def build() -> nn.Module:
+        return Ensemble([resolve_model(d) for _, _, d in members])
+
+    return saved_or_made(RUNS / study / "transfer" / name, build, source, digest, threat, args.ensemble_n, args)
+
+
+def score_ensemble(target: tuple[str, int, Path], state: dict[str, Any], by_threat: dict[str, Any]) -> dict[str, Any]:
+    """The target on its ensemble sets (the first points of the slice) against its white-box flags there."""
+    from metaat.attacks.transfer import check_against, clean_points, transfer_flags
+    from metaat.models import resolve_model
+
+    net = resolve_model(target[2])
+    clean_all = [c == "1" for c in state["clean"]]
+    out: dict[str, Any] = {"threats": {}}
+    n = 0
+    survive: list[bool] = []
+    white_union: list[bool] = []
+    for t, adv in by_threat.items():
+        x, y = clean_points(adv)
+        check_against(adv, x, y)
+        n = len(adv)
+        clean, robust = transfer_flags(net, adv, x)
+        if clean.tolist() != clean_all[:n]:
+            raise RuntimeError(f"{target[0]} seed {target[1]}: clean flags differ from its evaluation state's")
+        white = threat_flags(state, t)[:n]
+        flags = robust.tolist()
+        out["threats"][t] = {
+            "robust": pct(flags),
+            "broken_only_by_transfer": sum(w and not f for w, f in zip(white, flags, strict=True)),
+        }
+        survive = flags if not survive else [a and b for a, b in zip(survive, flags, strict=True)]
+        white_union = white if not white_union else [a and b for a, b in zip(white_union, white, strict=True)]
+    out.update(
+        n=n,
+        source=str(next(iter(by_threat.values())).meta["source_model"]),
+        union=pct(survive),
+        white_box_union_on_these_points=pct(white_union),
+        union_broken_only_by_transfer=sum(w and not s for w, s in zip(white_union, survive, strict=True)),
+    )
+    return out
 
 
 def pct(flags: list[bool]) -> float:
@@ -200,8 +286,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=10, help="PGD steps of the transferred examples")
     parser.add_argument("--n", type=int, default=1000, help="test points (the table's: 1,000 from 9,000)")
     parser.add_argument("--start", type=int, default=9000)
+    parser.add_argument(
+        "--ensemble-n",
+        type=int,
+        default=0,
+        help="also attack each target with the ensemble of every other kept model, on this many points (0: off)",
+    )
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
+    if not 0 <= args.ensemble_n <= args.n:
+        parser.error(f"--ensemble-n must lie in [0, --n={args.n}]")
     from metaat.runtime import environment, set_threads
 
     set_threads(args.threads)
@@ -230,11 +324,23 @@ def main(argv: list[str] | None = None) -> int:
                 "folder (a retrained model, or a single-threat record)"
             )
             continue
-        targets.append(evaluate_target((method, seed, model_dir), state, sets))
+        row = evaluate_target((method, seed, model_dir), state, sets)
+        if args.ensemble_n:
+            members = [m for m in found if (m[0], m[1]) != (method, seed)]
+            by_threat = {}
+            for threat in THREATS:
+                adv, seconds = ensemble_set(args.study, (method, seed), members, threat, args)
+                by_threat[threat] = adv
+                if seconds:
+                    made[f"ensemble for {method} seed {seed} {threat}"] = round(seconds, 1)
+                    print(f"[transfer] ensemble for {method} {threat}: {seconds:.0f} s", file=sys.stderr, flush=True)
+            row["ensemble"] = score_ensemble((method, seed, model_dir), state, by_threat)
+        targets.append(row)
     out = {
         "study": args.study,
         "steps": args.steps,
         "n": args.n,
+        "ensemble_n": args.ensemble_n,
         "start": args.start,
         "threads": args.threads,
         "environment": environment(),

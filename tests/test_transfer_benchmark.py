@@ -78,3 +78,36 @@ def test_a_target_is_scored_against_every_other_source(load_benchmark: Loader, t
     state["fingerprint"] = {"data": tensor_digest(x[1:], y[1:])}  # a state of other points is refused
     with pytest.raises(RuntimeError, match="not the points target seed 0 was scored on"):
         transfer.evaluate_target(("target", 0, tmp_path / "target"), state, sets)
+
+
+def test_the_ensemble_averages_logits_and_is_scored_on_its_first_points(load_benchmark: Loader, tmp_path: Path) -> None:
+    transfer = load_benchmark("transfer")
+    a, b = tiny_mlp(seed=0), tiny_mlp(seed=1)
+    x, y = data.load("synthetic", "test", n=40)
+    with torch.no_grad():
+        assert torch.allclose(transfer.Ensemble([a, b])(x), (a(x) + b(x)) / 2)
+    target = tiny_mlp(seed=2)
+    models.save_model(target, tmp_path / "target")
+    with torch.no_grad():
+        clean = (target(x).argmax(1) == y).tolist()
+    # white-box flags over all 40 points: every clean point robust (as a masked model would report)
+    state: dict[str, Any] = {"clean": "".join("1" if c else "0" for c in clean)}
+    state["threats"] = {t: {"chunks": {"0": "1" * sum(clean)}} for t in transfer.THREATS}
+    meta = {"data": "synthetic", "split": "test", "within_threat": True, "attack": "test", "source_model": "a+b"}
+    by_threat = {}
+    for t in transfer.THREATS:
+        x_adv = attacks.create("pgd", threat=t, steps=10)(transfer.Ensemble([a, b]), x[:16], y[:16])
+        path = tmp_path / f"ens-{t[:2]}.safetensors"
+        by_threat[t] = load_adversarial(
+            save_adversarial(path, x_adv, y[:16], torch.arange(16), meta={**meta, "threat": t})
+        )
+    out = transfer.score_ensemble(("target", 0, tmp_path / "target"), state, by_threat)
+    survive = torch.tensor(clean[:16])
+    for adv in by_threat.values():
+        with torch.no_grad():
+            survive &= target(adv.x_adv).argmax(1) == y[:16]
+    assert int(survive.sum()) < sum(clean[:16])  # the ensemble's examples do transfer, so the counts can fail
+    assert out["n"] == 16 and out["source"] == "a+b"
+    assert out["white_box_union_on_these_points"] == round(100 * sum(clean[:16]) / 16, 1)
+    assert out["union_broken_only_by_transfer"] == sum(clean[:16]) - int(survive.sum())
+    assert out["union"] == round(100 * int(survive.sum()) / 16, 1)

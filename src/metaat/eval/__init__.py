@@ -6,7 +6,7 @@ unseen attacks, gradient-masking checks, and reports (JSON / Markdown / HTML) fr
 ['apgd', 'quick', 'standard']
 """
 
-from metaat.eval.checks import CheckConfig, CheckResult, run_checks
+from metaat.eval.checks import CheckConfig, CheckResult, check_transfer, run_checks
 from metaat.eval.evaluate import DEFAULT_THREATS, EvalResult, evaluate
 from metaat.eval.suites import SUITES, QuickSuite, ReferenceSuite, Suite, make_suite
 from metaat.eval.unseen import UnseenConfig, run_unseen
@@ -21,6 +21,7 @@ __all__ = [
     "ReferenceSuite",
     "Suite",
     "UnseenConfig",
+    "check_transfer",
     "evaluate",
     "make_suite",
     "run_checks",
