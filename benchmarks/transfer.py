@@ -262,21 +262,45 @@ def evaluate_target(
 
 
 def markdown(out: dict[str, Any]) -> str:
+    """The results as a Markdown paragraph and table (ensemble columns when ``--ensemble-n`` ran)."""
+    n_ens = out.get("ensemble_n") or 0
     lines = [
         f"Transfer check, {out['study']}: PGD-{out['steps']} examples from every other model of the study, "
         f"test points {out['start']:,}–{out['start'] + out['n'] - 1:,}; white-box = the table's reference "
-        "APGD-CE + APGD-T flags.",
+        "APGD-CE + APGD-T flags."
+        + (
+            f" Ensemble: PGD-{out['steps']} on the mean logits of every other kept model, first {n_ens:,} points."
+            if n_ens
+            else ""
+        ),
         "",
-        "| target (seed 0) | clean | white-box union | strongest source | its transfer union | "
-        "union, white-box and every transfer | points only transfer broke |",
-        "|---|---:|---:|---|---:|---:|---:|",
     ]
+    head = [
+        "target (seed 0)",
+        "clean",
+        "white-box union",
+        "strongest source",
+        "its transfer union",
+        "union, white-box and every transfer",
+        "points only transfer broke",
+    ]
+    if n_ens:
+        head += [f"white-box union, first {n_ens}", "ensemble transfer union", "points only the ensemble broke"]
+    lines += ["| " + " | ".join(head) + " |", "|---|---:|---:|---|" + "---:|" * (len(head) - 4)]
     for t in out["targets"]:
-        lines.append(
-            f"| {t['method']} | {t['clean']} | {t['white_box']['union']} | {t['strongest_source']} | "
-            f"{t['strongest_transfer_union']} | {t['union_white_box_and_every_transfer']} | "
-            f"{t['union_points_only_transfer_broke']} |"
-        )
+        cells = [
+            t["method"],
+            t["clean"],
+            t["white_box"]["union"],
+            t["strongest_source"],
+            t["strongest_transfer_union"],
+            t["union_white_box_and_every_transfer"],
+            t["union_points_only_transfer_broke"],
+        ]
+        if n_ens:
+            e = t["ensemble"]
+            cells += [e["white_box_union_on_these_points"], e["union"], e["union_broken_only_by_transfer"]]
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -293,7 +317,19 @@ def main(argv: list[str] | None = None) -> int:
         help="also attack each target with the ensemble of every other kept model, on this many points (0: off)",
     )
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--table-only", action="store_true", help="rewrite results/<study>_transfer.md from the JSON; attack nothing"
+    )
     args = parser.parse_args(argv)
+    if args.table_only:
+        src = RESULTS / f"{args.study}_transfer.json"
+        if not src.is_file():
+            print(f"no transfer results at {src}", file=sys.stderr)
+            return 2
+        text = markdown(json.loads(src.read_text(encoding="utf-8")))
+        (RESULTS / f"{args.study}_transfer.md").write_text(text, encoding="utf-8")
+        print(text)
+        return 0
     if not 0 <= args.ensemble_n <= args.n:
         parser.error(f"--ensemble-n must lie in [0, --n={args.n}]")
     from metaat.runtime import environment, set_threads

@@ -111,3 +111,30 @@ def test_the_ensemble_averages_logits_and_is_scored_on_its_first_points(load_ben
     assert out["white_box_union_on_these_points"] == round(100 * sum(clean[:16]) / 16, 1)
     assert out["union_broken_only_by_transfer"] == sum(clean[:16]) - int(survive.sum())
     assert out["union"] == round(100 * int(survive.sum()) / 16, 1)
+
+
+def test_table_only_rewrites_the_markdown_from_the_json(
+    load_benchmark: Loader, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json
+
+    transfer = load_benchmark("transfer")
+    monkeypatch.setattr(transfer, "RESULTS", tmp_path)
+    assert transfer.main(["--study", "s", "--table-only"]) == 2  # no results yet: one clear line, no traceback
+    row = {
+        "method": "m",
+        "clean": 80.0,
+        "white_box": {"union": 50.0},
+        "strongest_source": "o seed 1",
+        "strongest_transfer_union": 60.0,
+        "union_white_box_and_every_transfer": 49.9,
+        "union_points_only_transfer_broke": 1,
+        "ensemble": {"white_box_union_on_these_points": 51.0, "union": 58.5, "union_broken_only_by_transfer": 0},
+    }
+    out = {"study": "s", "steps": 10, "n": 1000, "start": 9000, "ensemble_n": 200, "targets": [row]}
+    (tmp_path / "s_transfer.json").write_text(json.dumps(out))
+    assert transfer.main(["--study", "s", "--table-only"]) == 0
+    text = (tmp_path / "s_transfer.md").read_text()
+    assert "first 200 points" in text and "| m | 80.0 | 50.0 | o seed 1 | 60.0 | 49.9 | 1 | 51.0 | 58.5 | 0 |" in text
+    header, rule, body = text.splitlines()[2:5]
+    assert header.count("|") == rule.count("|") == body.count("|") == 11  # ten columns, the rule matching
