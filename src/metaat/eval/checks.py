@@ -377,13 +377,13 @@ def check_transfer(
     (Athalye et al. 2018; Carlini et al. 2019, §5): flagged when the transferred examples break more
     than ``max(tolerance · n, 1)`` points that the white-box evaluation left robust.
     """
+    if against not in ("threat", "union"):
+        raise ValueError(f"against must be 'threat' or 'union'; got {against!r}")
     m = x.shape[0]
     allowed = max(tolerance * m, 1.0) + 1e-9
     with attack_mode(model):
         clean = predict(model, x, 256) == y
         robust = (predict(model, x_adv, 256) == y) & clean
-    if against not in ("threat", "union"):
-        raise ValueError(f"against must be 'threat' or 'union'; got {against!r}")
     white = white.to(robust.device)
     only = fraction(white & ~robust)
     surviving = "the union of the evaluation's attacks" if against == "union" else "the evaluation's attacks"
