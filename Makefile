@@ -75,7 +75,7 @@ bench-eval-cost: bench-pgd
 
 # Transfer check: PGD examples of every kept study model against every seed-0 model's white-box flags
 bench-transfer: setup data
-	$(PY) benchmarks/transfer.py --study fmnist_study --threads $(THREADS)
+	$(PY) benchmarks/transfer.py --study fmnist_study --threads $(THREADS) --ensemble-n 200
 
 # Everything the README and benchmarks/README.md quote from the full study's records, regenerated
 # (reads results/ and the evaluations' state files; trains and attacks nothing)
