@@ -552,8 +552,9 @@ def plan(methods: list[str], seeds: list[int], args: argparse.Namespace, study: 
         for seed in seeds:
             run_dir = run_path(study, method, seed)
             running = is_claimed(piece_lock(study, method, seed))
-            to_score += wanted_key(method, seed, args) not in done
-            if wanted_key(method, seed, args) in done:
+            finished = wanted_key(method, seed, args) in done
+            to_score += not finished
+            if finished:
                 status, left = "done", 0
             elif (run_dir / "final").is_dir():
                 status, left = "evaluating now" if running else "trained, evaluation left", 0

@@ -46,6 +46,8 @@ from monitor_gap import study_records, write_result  # benchmarks/ is on the pat
 from study import RESULTS, RUNS, finished_state_in, reproduces, run_path
 from torch import nn
 
+from metaat.models.checkpoint import recorded_sha256
+
 THREATS = ("linf:0.1", "l2:1.5", "l1:10")
 
 
@@ -95,9 +97,12 @@ class Ensemble(nn.Module):
         return torch.stack([m(x) for m in self.members]).mean(dim=0)
 
 
-def weights_digest(model_dir: Path) -> str:
-    """The weights' SHA-256 that the model's JSON sidecar records."""
-    return str(json.loads((model_dir / "model.json").read_text(encoding="utf-8"))["sha256"])
+def weights_sha256(model_dir: Path) -> str:
+    """The weights' SHA-256 its sidecar records (sets are reused only for the same weights)."""
+    digest = recorded_sha256(model_dir)
+    if digest is None:
+        raise RuntimeError(f"{model_dir}: no readable weights digest in its model.json")
+    return digest
 
 
 def saved_or_made(
@@ -150,7 +155,7 @@ def adversarial_set(
 
     path = RUNS / study / "transfer" / f"{method}-seed{seed}-{threat.replace(':', '_')}-pgd{args.steps}.safetensors"
     source = str(model_dir.relative_to(RUNS.parent.parent))
-    weights = weights_digest(model_dir)
+    weights = weights_sha256(model_dir)
     return saved_or_made(path, lambda: resolve_model(model_dir), source, weights, threat, args.n, args)
 
 
@@ -162,7 +167,7 @@ def ensemble_set(
     from metaat.models import resolve_model
 
     name = f"ensemble-for-{target[0]}-seed{target[1]}-{threat.replace(':', '_')}-pgd{args.steps}.safetensors"
-    digest = hashlib.sha256("".join(sorted(weights_digest(d) for _, _, d in members)).encode()).hexdigest()
+    digest = hashlib.sha256("".join(sorted(weights_sha256(d) for _, _, d in members)).encode()).hexdigest()
     source = "the ensemble (mean logits) of " + ", ".join(f"{m} seed {s}" for m, s, _ in members)
 
     def build() -> nn.Module:
@@ -171,82 +176,112 @@ def ensemble_set(
     return saved_or_made(RUNS / study / "transfer" / name, build, source, digest, threat, args.ensemble_n, args)
 
 
+def pct(flags: list[bool]) -> float:
+    return round(100 * sum(flags) / len(flags), 1)
+
+
+Points = tuple[list[int], torch.Tensor, torch.Tensor, list[bool]]  # indices, clean images, labels, clean flags
+
+
+def target_points(net: nn.Module, target: tuple[str, int, Path], state: dict[str, Any], adv: Any) -> Points:
+    """The clean points of ``adv`` (read once per target) and the target's clean flags there, checked
+    against its evaluation state: the same points (the state's data digest, when ``adv`` covers its
+    whole slice) and the same clean predictions."""
+    from metaat.attacks.transfer import clean_points
+    from metaat.eval.state import tensor_digest
+
+    method, seed, _ = target
+    x, y = clean_points(adv)
+    if len(adv) == len(state["clean"]) and tensor_digest(x, y) != state["fingerprint"]["data"]:
+        raise RuntimeError(f"{adv.meta.get('source_model')}: not the points {method} seed {seed} was scored on")
+    with torch.no_grad():
+        clean = (net.eval()(x).argmax(1) == y).tolist()
+    if clean != [c == "1" for c in state["clean"]][: len(adv)]:
+        raise RuntimeError(f"{method} seed {seed}: clean flags differ from its evaluation state's")
+    return adv.index.tolist(), x, y, clean
+
+
+def score_source(
+    net: nn.Module,
+    points: Points,
+    white: dict[str, list[bool]],
+    by_threat: dict[str, Any],
+) -> tuple[dict[str, Any], list[bool]]:
+    """One source's sets (a threat each, on ``points``: indices, clean images, labels, the target's
+    clean flags) scored on the target ``net``: per threat its transfer accuracy and the points only it
+    broke (against ``white``, the target's white-box flags there), and per point whether the target
+    survives every threat's example."""
+    from metaat.attacks.transfer import check_against, transfer_flags
+
+    index, x, y, clean = points
+    threats: dict[str, Any] = {}
+    survive = list(clean)
+    for t, adv in by_threat.items():
+        if adv.index.tolist() != index:
+            raise RuntimeError(f"{adv.meta.get('source_model')} {t}: not the points the target is scored on")
+        check_against(adv, x, y)
+        flags = transfer_flags(net, adv, x, clean=torch.tensor(clean))[1].tolist()
+        only = sum(w and not f for w, f in zip(white[t], flags, strict=True))
+        threats[t] = {"robust": pct(flags), "broken_only_by_transfer": only}
+        survive = [a and b for a, b in zip(survive, flags, strict=True)]
+    return threats, survive
+
+
+def white_flags(state: dict[str, Any], n: int) -> tuple[dict[str, list[bool]], list[bool]]:
+    """The target's white-box flags per threat and for the union, on the first ``n`` points."""
+    white = {t: threat_flags(state, t)[:n] for t in THREATS}
+    return white, [all(white[t][i] for t in THREATS) for i in range(n)]
+
+
+def broken_only(white: list[bool], survive: list[bool]) -> int:
+    return sum(w and not s for w, s in zip(white, survive, strict=True))
+
+
 def score_ensemble(target: tuple[str, int, Path], state: dict[str, Any], by_threat: dict[str, Any]) -> dict[str, Any]:
     """The target on its ensemble sets (the first points of the slice) against its white-box flags there."""
-    from metaat.attacks.transfer import check_against, clean_points, transfer_flags
     from metaat.models import resolve_model
 
     net = resolve_model(target[2])
-    clean_all = [c == "1" for c in state["clean"]]
-    out: dict[str, Any] = {"threats": {}}
-    n = 0
-    survive: list[bool] = []
-    white_union: list[bool] = []
-    for t, adv in by_threat.items():
-        x, y = clean_points(adv)
-        check_against(adv, x, y)
-        n = len(adv)
-        clean, robust = transfer_flags(net, adv, x)
-        if clean.tolist() != clean_all[:n]:
-            raise RuntimeError(f"{target[0]} seed {target[1]}: clean flags differ from its evaluation state's")
-        white = threat_flags(state, t)[:n]
-        flags = robust.tolist()
-        out["threats"][t] = {
-            "robust": pct(flags),
-            "broken_only_by_transfer": sum(w and not f for w, f in zip(white, flags, strict=True)),
-        }
-        survive = flags if not survive else [a and b for a, b in zip(survive, flags, strict=True)]
-        white_union = white if not white_union else [a and b for a, b in zip(white_union, white, strict=True)]
-    out.update(
-        n=n,
-        source=str(next(iter(by_threat.values())).meta["source_model"]),
-        union=pct(survive),
-        white_box_union_on_these_points=pct(white_union),
-        union_broken_only_by_transfer=sum(w and not s for w, s in zip(white_union, survive, strict=True)),
-    )
-    return out
-
-
-def pct(flags: list[bool]) -> float:
-    return round(100 * sum(flags) / len(flags), 1)
+    first = next(iter(by_threat.values()))
+    white, white_union = white_flags(state, len(first))
+    threats, survive = score_source(net, target_points(net, target, state, first), white, by_threat)
+    return {
+        "threats": threats,
+        "n": len(first),
+        "source": str(first.meta["source_model"]),
+        "union": pct(survive),
+        "white_box_union_on_these_points": pct(white_union),
+        "union_broken_only_by_transfer": broken_only(white_union, survive),
+    }
 
 
 def evaluate_target(
     target: tuple[str, int, Path], state: dict[str, Any], sets: dict[tuple[str, int], dict[str, Any]]
 ) -> dict[str, Any]:
     """The target's white-box flags against its transfer flags from every other source."""
-    from metaat.attacks.transfer import check_against, clean_points, transfer_flags
-    from metaat.eval.state import tensor_digest
     from metaat.models import resolve_model
 
     method, seed, model_dir = target
     net = resolve_model(model_dir)
+    others = {key: by_threat for key, by_threat in sets.items() if key != (method, seed)}
     clean = [c == "1" for c in state["clean"]]
-    white = {t: threat_flags(state, t) for t in THREATS}
-    white_union = [all(white[t][i] for t in THREATS) for i in range(len(clean))]
+    white, white_union = white_flags(state, len(clean))
     combined = list(white_union)
-    sources = []
-    for (s_method, s_seed), by_threat in sets.items():
-        if (s_method, s_seed) == (method, seed):
-            continue
-        row: dict[str, Any] = {"source": s_method, "seed": s_seed, "threats": {}}
-        survive = list(clean)
-        for t, adv in by_threat.items():
-            x, y = clean_points(adv)
-            if tensor_digest(x, y) != state["fingerprint"]["data"]:
-                raise RuntimeError(f"{s_method} seed {s_seed} {t}: not the points {method} seed {seed} was scored on")
-            check_against(adv, x, y)
-            c, r = transfer_flags(net, adv, x)
-            if c.tolist() != clean:
-                raise RuntimeError(f"{method} seed {seed}: clean flags differ from its evaluation state's")
-            flags = r.tolist()
-            only = sum(w and not f for w, f in zip(white[t], flags, strict=True))
-            row["threats"][t] = {"robust": pct(flags), "broken_only_by_transfer": only}
-            survive = [a and b for a, b in zip(survive, flags, strict=True)]
-            combined = [a and b for a, b in zip(combined, flags, strict=True)]
-        row["union"] = pct(survive)
-        row["union_broken_only_by_transfer"] = sum(w and not s for w, s in zip(white_union, survive, strict=True))
-        sources.append(row)
+    sources: list[dict[str, Any]] = []
+    points = None
+    for (s_method, s_seed), by_threat in others.items():
+        points = points or target_points(net, target, state, next(iter(by_threat.values())))
+        threats, survive = score_source(net, points, white, by_threat)
+        sources.append(
+            {
+                "source": s_method,
+                "seed": s_seed,
+                "threats": threats,
+                "union": pct(survive),
+                "union_broken_only_by_transfer": broken_only(white_union, survive),
+            }
+        )
+        combined = [a and b for a, b in zip(combined, survive, strict=True)]
     strongest = min(sources, key=lambda r: r["union"]) if sources else None
     return {
         "method": method,
@@ -257,7 +292,7 @@ def evaluate_target(
         "strongest_source": None if strongest is None else f"{strongest['source']} seed {strongest['seed']}",
         "strongest_transfer_union": None if strongest is None else strongest["union"],
         "union_white_box_and_every_transfer": pct(combined),
-        "union_points_only_transfer_broke": sum(w and not c for w, c in zip(white_union, combined, strict=True)),
+        "union_points_only_transfer_broke": broken_only(white_union, combined),
     }
 
 

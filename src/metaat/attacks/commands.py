@@ -94,18 +94,6 @@ def _probe(net: Any, x: Any, y: Any, data: str) -> None:
         fail(f"the model outputs shape {tuple(probe.shape[1:])} per image, but {data} has labels up to {int(y.max())}")
 
 
-def _model_sha256(path: str) -> str | None:
-    """The weights' SHA-256 that a saved model's JSON sidecar records (None if unreadable)."""
-    from metaat.models import locate_model
-    from metaat.models.checkpoint import checkpoint_paths
-
-    try:
-        meta = json.loads(checkpoint_paths(locate_model(path)[0])[1].read_text(encoding="utf-8"))
-        return str(meta["sha256"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
 def _attack(
     model: str,
     attack: str,
@@ -132,7 +120,8 @@ def _attack(
     import metaat.attacks as attacks
     import metaat.data as datasets
     from metaat.attacks.base import chunks
-    from metaat.models import resolve_model
+    from metaat.models import locate_model, resolve_model
+    from metaat.models.checkpoint import recorded_sha256
     from metaat.runtime import resolve_device, seed_everything, set_threads
     from metaat.threats import in_threat
     from metaat.train.config import resolve_threat
@@ -206,7 +195,7 @@ def _attack(
             "within_threat": within,
             "attack": repr(atk),
             "source_model": str(model),
-            "source_sha256": _model_sha256(model),
+            "source_sha256": recorded_sha256(locate_model(model)[0]),
             "seed": seed,
             "metaat_version": metaat.__version__,
         }

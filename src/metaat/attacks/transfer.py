@@ -262,18 +262,24 @@ def check_against(adv: AdversarialSet, x: torch.Tensor, y: torch.Tensor) -> None
 
 @torch.no_grad()
 def transfer_flags(
-    model: nn.Module, adv: AdversarialSet, x: torch.Tensor, chunk: int = 256
+    model: nn.Module, adv: AdversarialSet, x: torch.Tensor, chunk: int = 256, *, clean: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(clean, robust)`` per point for ``model``: right on the clean point; right on both."""
+    """``(clean, robust)`` per point for ``model``: right on the clean point; right on both.
+    ``clean``: those flags when the caller already has them (several sets on the same points), so
+    that only the adversarial examples go through the model."""
     device = next(iter([*model.parameters(), *model.buffers()]), torch.empty(0)).device
     was_training = model.training
     model.eval()
-    clean = torch.zeros(len(adv), dtype=torch.bool)
+    known = clean is not None
+    if clean is not None and clean.shape != (len(adv),):
+        raise ValueError(f"clean must hold one flag per point ({len(adv)}); got shape {tuple(clean.shape)}")
+    clean = clean.cpu().bool() if clean is not None else torch.zeros(len(adv), dtype=torch.bool)
     robust = torch.zeros(len(adv), dtype=torch.bool)
     try:
         for sl in chunks(len(adv), chunk):
             yb = adv.y[sl].to(device)
-            clean[sl] = (model(x[sl].to(device)).argmax(1) == yb).cpu()
+            if not known:
+                clean[sl] = (model(x[sl].to(device)).argmax(1) == yb).cpu()
             robust[sl] = (model(adv.x_adv[sl].to(device)).argmax(1) == yb).cpu() & clean[sl]
     finally:
         model.train(was_training)

@@ -170,6 +170,16 @@ def check_state_dict(state: dict[str, torch.Tensor], model: nn.Module, spec: dic
         raise CheckpointError(f"{source} does not match architecture {_describe(spec)}: " + "; ".join(problems))
 
 
+def recorded_sha256(path: str | os.PathLike[str]) -> str | None:
+    """The weights' SHA-256 that the JSON sidecar of the model at ``path`` (see :func:`checkpoint_paths`)
+    records, without reading the weights; None when the sidecar is missing or unreadable."""
+    try:
+        meta = json.loads(checkpoint_paths(path)[1].read_text(encoding="utf-8"))
+        return str(meta["sha256"]) if is_sha256(meta.get("sha256")) else None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError, FileNotFoundError):
+        return None
+
+
 def load_model(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> nn.Module:
     """Rebuild the model saved by :func:`save_model` at ``path`` and load its weights.
 
