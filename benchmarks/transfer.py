@@ -18,8 +18,11 @@ per threat; this script asks whether black-box transfer finds what that missed:
 3. each target is scored on every other source's examples (its own seed-1 copy included: an
    independently trained model of the same recipe, the closest surrogate an attacker could build).
 
-With ``--ensemble-n N`` each target is also attacked by the ensemble (mean logits) of every other
-kept model — the stronger transfer source — on the first N points, saved per target and threat.
+With ``--momentum MU`` the sources use MI-FGSM's momentum (Dong et al. 2018: the accumulated,
+L1-normalised gradient), which transfers better than plain PGD; its sets and results are kept apart
+(``..._transfer_mi<MU>.json``). With ``--ensemble-n N`` each target is also attacked by the
+ensemble (mean logits) of every other kept model — the stronger transfer source — on the first N
+points, saved per target and threat.
 
 Per target the output gives the white-box union, the union under transfer from each source, the
 union under both (a point counts only if it survives the white-box attacks and every transferred
@@ -35,6 +38,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import sys
 import time
 from collections.abc import Callable
@@ -126,7 +130,7 @@ def saved_or_made(
     t0 = time.perf_counter()
     net = build()
     x, y = datasets.load("fashion-mnist", "test", n=n, start=args.start)
-    atk = attacks.create("pgd", threat=threat, steps=args.steps, seed=0)
+    atk = attacks.create("pgd", threat=threat, steps=args.steps, seed=0, momentum=args.momentum)
     x_adv = atk(net, x, y, generator=make_generator(0))
     with torch.no_grad():
         clean = net(x).argmax(1) == y
@@ -153,7 +157,7 @@ def adversarial_set(
     other weights) and the seconds spent making them (0 when reused)."""
     from metaat.models import resolve_model
 
-    path = RUNS / study / "transfer" / f"{method}-seed{seed}-{threat.replace(':', '_')}-pgd{args.steps}.safetensors"
+    path = RUNS / study / "transfer" / f"{method}-seed{seed}-{threat.replace(':', '_')}-{attack_tag(args)}.safetensors"
     source = str(model_dir.relative_to(RUNS.parent.parent))
     weights = weights_sha256(model_dir)
     return saved_or_made(path, lambda: resolve_model(model_dir), source, weights, threat, args.n, args)
@@ -166,7 +170,7 @@ def ensemble_set(
     ``args.ensemble_n`` points, saved per target and threat."""
     from metaat.models import resolve_model
 
-    name = f"ensemble-for-{target[0]}-seed{target[1]}-{threat.replace(':', '_')}-pgd{args.steps}.safetensors"
+    name = f"ensemble-for-{target[0]}-seed{target[1]}-{threat.replace(':', '_')}-{attack_tag(args)}.safetensors"
     digest = hashlib.sha256("".join(sorted(weights_sha256(d) for _, _, d in members)).encode()).hexdigest()
     source = "the ensemble (mean logits) of " + ", ".join(f"{m} seed {s}" for m, s, _ in members)
 
@@ -174,6 +178,21 @@ def ensemble_set(
         return Ensemble([resolve_model(d) for _, _, d in members])
 
     return saved_or_made(RUNS / study / "transfer" / name, build, source, digest, threat, args.ensemble_n, args)
+
+
+def attack_tag(args: argparse.Namespace) -> str:
+    """The source attack in file names: ``pgd10``, or ``pgd10-mi1`` with momentum 1."""
+    return f"pgd{args.steps}" + (f"-mi{args.momentum:g}" if args.momentum else "")
+
+
+def result_name(study: str, momentum: float) -> str:
+    """``<study>_transfer``, or ``<study>_transfer_mi<MU>`` for the momentum sources."""
+    return f"{study}_transfer" + (f"_mi{momentum:g}" if momentum else "")
+
+
+def attack_words(out: dict[str, Any]) -> str:
+    momentum = out.get("momentum") or 0
+    return f"PGD-{out['steps']}" + (f" with momentum {momentum:g} (MI-FGSM)" if momentum else "")
 
 
 def pct(flags: list[bool]) -> float:
@@ -300,11 +319,11 @@ def markdown(out: dict[str, Any]) -> str:
     """The results as a Markdown paragraph and table (ensemble columns when ``--ensemble-n`` ran)."""
     n_ens = out.get("ensemble_n") or 0
     lines = [
-        f"Transfer check, {out['study']}: PGD-{out['steps']} examples from every other model of the study, "
+        f"Transfer check, {out['study']}: {attack_words(out)} examples from every other model of the study, "
         f"test points {out['start']:,}–{out['start'] + out['n'] - 1:,}; white-box = the table's reference "
         "APGD-CE + APGD-T flags."
         + (
-            f" Ensemble: PGD-{out['steps']} on the mean logits of every other kept model, first {n_ens:,} points."
+            f" Ensemble: {attack_words(out)} on the mean logits of every other kept model, first {n_ens:,} points."
             if n_ens
             else ""
         ),
@@ -346,6 +365,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n", type=int, default=1000, help="test points (the table's: 1,000 from 9,000)")
     parser.add_argument("--start", type=int, default=9000)
     parser.add_argument(
+        "--momentum",
+        type=float,
+        default=0.0,
+        help="MI-FGSM momentum of the source attack (0: plain PGD; 1.0 is the paper's); results kept apart",
+    )
+    parser.add_argument(
         "--ensemble-n",
         type=int,
         default=0,
@@ -356,13 +381,16 @@ def main(argv: list[str] | None = None) -> int:
         "--table-only", action="store_true", help="rewrite results/<study>_transfer.md from the JSON; attack nothing"
     )
     args = parser.parse_args(argv)
+    if not (args.momentum >= 0 and math.isfinite(args.momentum)):
+        parser.error(f"--momentum must be a finite number >= 0, got {args.momentum}")
+    name = result_name(args.study, args.momentum)
     if args.table_only:
-        src = RESULTS / f"{args.study}_transfer.json"
+        src = RESULTS / f"{name}.json"
         if not src.is_file():
             print(f"no transfer results at {src}", file=sys.stderr)
             return 2
         text = markdown(json.loads(src.read_text(encoding="utf-8")))
-        (RESULTS / f"{args.study}_transfer.md").write_text(text, encoding="utf-8")
+        (RESULTS / f"{name}.md").write_text(text, encoding="utf-8")
         print(text)
         return 0
     if not 0 <= args.ensemble_n <= args.n:
@@ -410,6 +438,7 @@ def main(argv: list[str] | None = None) -> int:
     out = {
         "study": args.study,
         "steps": args.steps,
+        "momentum": args.momentum,
         "n": args.n,
         "ensemble_n": args.ensemble_n,
         "start": args.start,
@@ -424,8 +453,8 @@ def main(argv: list[str] | None = None) -> int:
         "targets": targets,
         "seconds_this_run": round(time.perf_counter() - t_start, 1),
     }
-    dst = write_result(f"{args.study}_transfer", out)
-    (RESULTS / f"{args.study}_transfer.md").write_text(markdown(out), encoding="utf-8")
+    dst = write_result(name, out)
+    (RESULTS / f"{name}.md").write_text(markdown(out), encoding="utf-8")
     print(markdown(out))
     print(f"wrote {dst}", file=sys.stderr)
     return 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import importlib
 import pkgutil
 from collections.abc import Callable
@@ -446,6 +447,44 @@ def test_larger_eps_never_helps_on_a_linear_model(name: str, norm: str) -> None:
         accs.append(accuracy(model, x_adv, y[keep]))
     assert accs == sorted(accs, reverse=True)
     assert accs[-1] < accs[0]
+
+
+@pytest.mark.parametrize("norm", NORMS)
+def test_momentum_follows_a_constant_gradient_direction_like_plain_pgd(norm: str) -> None:
+    """On a two-class linear model the input gradient keeps its direction (only its size changes), so
+    MI-FGSM's accumulated gradient points the same way and every step equals plain PGD's."""
+    model, x, y, _ = binary_linear(seed=2)
+    threat = LINEAR_THREATS[norm]
+    plain = attacks.create("pgd", threat=threat, steps=10, seed=0)(model, x, y)
+    with_momentum = attacks.create("pgd", threat=threat, steps=10, seed=0, momentum=1.0)(model, x, y)
+    torch.testing.assert_close(with_momentum, plain, atol=1e-6, rtol=0)
+    zero = attacks.create("pgd", threat=threat, steps=10, seed=0, momentum=0.0)(model, x, y)
+    assert torch.equal(zero, plain)
+
+
+@pytest.mark.parametrize("norm", NORMS)
+def test_momentum_is_per_point_chunk_free_in_threat_and_hurts(norm: str, trained64: nn.Module, synthetic) -> None:
+    """Each point's gradient is normalised by its own L1 norm: a point's result depends on nothing else
+    in the batch; and the accumulated direction, not the current gradient, is followed."""
+    threat = THREATS[norm]
+    x, y = synthetic[2][:24].double(), synthetic[3][:24]
+    make_mi = functools.partial(attacks.create, "pgd", threat=threat, steps=8, momentum=0.9, seed=1)
+    whole = make_mi()(trained64, x, y)
+    chunked = make_mi(batch_size=5)(trained64, x, y)
+    torch.testing.assert_close(chunked, whole, atol=1e-9, rtol=0)
+    single = attacks.create("pgd", threat=threat, steps=8, momentum=0.9, random_start=False)
+    one_by_one = torch.cat([single(trained64, x[i : i + 1], y[i : i + 1]) for i in range(6)])
+    torch.testing.assert_close(single(trained64, x[:6], y[:6]), one_by_one, atol=1e-9, rtol=0)
+    check_output(whole.float(), x.float(), threat)
+    assert accuracy(trained64, whole, y) < accuracy(trained64, x, y) - 0.05
+    plain = attacks.create("pgd", threat=threat, steps=8, seed=1)(trained64, x, y)
+    assert not torch.equal(whole, plain)
+
+
+@pytest.mark.parametrize("momentum", [-0.5, float("nan"), float("inf")])
+def test_bad_momentum_is_rejected(momentum: float) -> None:
+    with pytest.raises(ValueError, match="momentum must be a finite number"):
+        attacks.create("pgd", threat="linf:0.1", momentum=momentum)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -138,3 +138,23 @@ def test_table_only_rewrites_the_markdown_from_the_json(
     assert "first 200 points" in text and "| m | 80.0 | 50.0 | o seed 1 | 60.0 | 49.9 | 1 | 51.0 | 58.5 | 0 |" in text
     header, rule, body = text.splitlines()[2:5]
     assert header.count("|") == rule.count("|") == body.count("|") == 11  # ten columns, the rule matching
+
+
+def test_momentum_sources_are_named_and_kept_apart(
+    load_benchmark: Loader, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import argparse
+    import json
+
+    transfer = load_benchmark("transfer")
+    plain, mi = argparse.Namespace(steps=10, momentum=0.0), argparse.Namespace(steps=10, momentum=1.0)
+    assert transfer.attack_tag(plain) == "pgd10" and transfer.attack_tag(mi) == "pgd10-mi1"
+    assert transfer.result_name("s", 0.0) == "s_transfer" and transfer.result_name("s", 1.0) == "s_transfer_mi1"
+    monkeypatch.setattr(transfer, "RESULTS", tmp_path)
+    out = {"study": "s", "steps": 10, "momentum": 1.0, "n": 10, "start": 0, "ensemble_n": 0, "targets": []}
+    (tmp_path / "s_transfer_mi1.json").write_text(json.dumps(out))
+    assert transfer.main(["--study", "s", "--momentum", "1", "--table-only"]) == 0
+    assert "PGD-10 with momentum 1 (MI-FGSM) examples" in (tmp_path / "s_transfer_mi1.md").read_text()
+    assert not (tmp_path / "s_transfer.md").exists()  # the plain results are not touched
+    with pytest.raises(SystemExit):
+        transfer.main(["--study", "s", "--momentum", "-1", "--table-only"])

@@ -9,9 +9,12 @@ instead leaves ≈5 points of attack strength on the table.
 Arguments: ``steps`` (10), ``step_size`` (default 2.5·eps/steps), ``random_start`` (True),
 ``restarts`` (1; later restarts only attack the points still correctly classified, and each point
 keeps the first restart that fooled the model), ``targeted`` (``y`` are then the target labels and
-the loss is minimised), ``loss`` (ce / margin / dlr), ``return_best`` (True: a point that was
-misclassified at any step returns that iterate; training objectives set False to get Madry's final
-iterate), ``l1_sparsity`` (0.99: the top 1 % coordinates), ``batch_size`` (chunk; None = auto).
+the loss is minimised), ``loss`` (ce / margin / dlr), ``momentum`` (0: plain PGD; μ > 0 steps
+along the accumulated gradient g ← μ·g + ∇/‖∇‖₁ as in MI-FGSM, Dong et al. 2018, "Boosting
+Adversarial Attacks with Momentum": examples that transfer better to other models),
+``return_best`` (True: a point that was misclassified at any step returns that iterate; training
+objectives set False to get Madry's final iterate), ``l1_sparsity`` (0.99: the top 1 %
+coordinates), ``batch_size`` (chunk; None = auto).
 Shapes: ``x`` (B, C, H, W) in [0, 1], ``y`` (B,) int64 → ``x_adv`` (B, C, H, W).
 
 >>> import torch, metaat.attacks as A
@@ -25,6 +28,7 @@ True
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import torch
 from torch import nn
@@ -44,6 +48,7 @@ class PGDConfig(AttackConfig):
     loss: str = "ce"
     return_best: bool = True
     l1_sparsity: float = 0.99
+    momentum: float = 0.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -54,6 +59,8 @@ class PGDConfig(AttackConfig):
             raise ValueError(f"restarts must be >= 1, got {self.restarts}")
         if self.step_size is not None and self.step_size <= 0:
             raise ValueError(f"step_size must be > 0, got {self.step_size}")
+        if not (self.momentum >= 0 and math.isfinite(self.momentum)):
+            raise ValueError(f"momentum must be a finite number >= 0, got {self.momentum}")
 
 
 def pgd_steps(
@@ -69,16 +76,20 @@ def pgd_steps(
     targeted: bool = False,
     return_best: bool = True,
     l1_sparsity: float = 0.99,
+    momentum: float = 0.0,
 ) -> torch.Tensor:
     """Run ``steps`` projected steps from ``delta``; return ``x_adv``. Costs ``steps`` forward+backward.
 
     With ``return_best``, a point whose logits at some step already showed success (misclassified,
-    or the target reached) keeps that iterate — free, the logits are computed anyway.
+    or the target reached) keeps that iterate — free, the logits are computed anyway. With
+    ``momentum`` μ > 0 each step follows the accumulated ``g ← μ·g + ∇/‖∇‖₁`` (per point) instead of
+    the current gradient (MI-FGSM); μ = 0 is plain PGD, bit for bit.
     """
     sign = -1.0 if targeted else 1.0
     found = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
     best = delta.detach().clone()
     delta = delta.detach()
+    accumulated = torch.zeros_like(delta) if momentum > 0 else None
     for _ in range(steps):
         delta.requires_grad_(True)
         logits = model(x + delta)
@@ -90,6 +101,10 @@ def pgd_steps(
             new = success & ~found
             best[new] = delta[new]
             found |= success
+        if accumulated is not None:
+            l1 = grad.abs().flatten(1).sum(dim=1).clamp_min(1e-12).reshape(-1, *([1] * (grad.dim() - 1)))
+            accumulated = momentum * accumulated + grad / l1
+            grad = accumulated
         direction = steepest_ascent(sign * grad, threat.norm, x_adv=x + delta, l1_sparsity=l1_sparsity)
         delta = project(delta + step_size * direction, x, threat)
     if return_best:
@@ -122,6 +137,7 @@ class PGD(Attack):
                 targeted=cfg.targeted,
                 return_best=cfg.return_best,
                 l1_sparsity=cfg.l1_sparsity,
+                momentum=cfg.momentum,
             )
         return out
 
