@@ -114,7 +114,7 @@ def pgd_steps(
 
 @ATTACKS.register("pgd")
 class PGD(Attack):
-    """Projected gradient descent for L∞ / L2 / L1 with random start, restarts and targeted mode."""
+    """Projected gradient descent for L∞ / L2 / L1 with random start, restarts, targeted mode and momentum."""
 
     name = "pgd"
     config_class = PGDConfig
