@@ -70,7 +70,8 @@ METHODS: dict[str, tuple[str, tuple[str, ...], dict[str, Any]]] = {
     "max": ("max", ALL, {}),
     "msd": ("msd", ALL, {}),
     "eat": ("eat", (LINF, L1), {}),  # the paper trains on the two extreme norms only
-    "mng": ("mng", ALL, {}),
+    "mng": ("mng", ALL, {}),  # the paper's generator: it sees x and noise
+    "mng-noise": ("mng", ALL, {"generator": "noise"}),  # the released code's generator: noise only
     "l2l": ("l2l", ALL, {}),
     "mat": ("mat", ALL, {}),
     # a fairness control: SAT with metaat's L1 prior (L1 drawn twice as often), to tell that prior
