@@ -273,3 +273,14 @@ def test_a_row_not_run_yet_takes_the_passes_of_its_twin_with_the_other_start(stu
     passes = study.known_passes()
     assert passes["metaat-no-pgd"] == 6.0 and passes["sat"] == 11.0  # learned start: the same passes
     assert "metaat" not in passes and "metaat+lookahead" not in passes  # other options: no twin
+
+
+def test_a_resumed_evaluation_counts_every_process_time(load_benchmark: Loader) -> None:
+    study = load_benchmark("study")
+    # resumed: the last process ran only L1's rest, while the per-threat seconds add up every process's
+    resumed = {"eval_seconds": 500.0, "eval_threat_seconds": {"linf:0.1": 1000.0, "l2:1.5": 900.0, "l1:10": 500.0}}
+    assert study.evaluation_seconds(resumed) == 2400.0
+    # in one go: the total also holds the unseen summary, which no threat's seconds include
+    whole = {"eval_seconds": 2600.0, "eval_threat_seconds": {"linf:0.1": 1000.0, "l2:1.5": 900.0}}
+    assert study.evaluation_seconds(whole) == 2600.0
+    assert study.evaluation_seconds({"eval_seconds": 12.0}) == 12.0  # an old record without per-threat times
