@@ -540,15 +540,15 @@ def eval_seconds(study: str, suite: str) -> list[float]:
     if not path.is_file():
         return []
     records = json.loads(path.read_text(encoding="utf-8")).get("records", [])
-    return sorted(
+    seconds = [
         evaluation_seconds(r)
         for r in records
         if r.get("suite") == suite
         and not r.get("superseded")
         and r.get("eval_chunk", 128) == 128
         and not str(r.get("device", "cpu")).startswith("cuda")
-        and evaluation_seconds(r) > 60
-    )
+    ]
+    return sorted(s for s in seconds if s > 60)
 
 
 def plan(methods: list[str], seeds: list[int], args: argparse.Namespace, study: str, done: set[Any]) -> str:

@@ -267,13 +267,18 @@ def transfer_flags(
     """``(clean, robust)`` per point for ``model``: right on the clean point; right on both.
     ``clean``: those flags when the caller already has them (several sets on the same points), so
     that only the adversarial examples go through the model."""
-    device = next(iter([*model.parameters(), *model.buffers()]), torch.empty(0)).device
+    from metaat.eval.union import model_device  # metaat.eval imports metaat.attacks: not at module level
+
+    known = clean is not None
+    if clean is None:
+        clean = torch.zeros(len(adv), dtype=torch.bool)
+    elif clean.shape != (len(adv),):
+        raise ValueError(f"clean must hold one flag per point ({len(adv)}); got shape {tuple(clean.shape)}")
+    else:
+        clean = clean.cpu().bool()
+    device = model_device(model)
     was_training = model.training
     model.eval()
-    known = clean is not None
-    if clean is not None and clean.shape != (len(adv),):
-        raise ValueError(f"clean must hold one flag per point ({len(adv)}); got shape {tuple(clean.shape)}")
-    clean = clean.cpu().bool() if clean is not None else torch.zeros(len(adv), dtype=torch.bool)
     robust = torch.zeros(len(adv), dtype=torch.bool)
     try:
         for sl in chunks(len(adv), chunk):

@@ -176,7 +176,7 @@ def recorded_sha256(path: str | os.PathLike[str]) -> str | None:
     try:
         meta = json.loads(checkpoint_paths(path)[1].read_text(encoding="utf-8"))
         return str(meta["sha256"]) if is_sha256(meta.get("sha256")) else None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError, FileNotFoundError):
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
         return None
 
 
