@@ -14,7 +14,11 @@ per threat; this script asks whether black-box transfer finds what that missed:
    :func:`metaat.attacks.transfer.save_adversarial` under ``runs/<study>/transfer/`` (a killed run
    reuses the sets already written; a damaged one is made again);
 2. every seed-0 model whose finished evaluation state reproduces its record is a *target*: its
-   per-point white-box flags come from that state (the same points, the same numbers as the table);
+   per-point white-box flags come from that state (the same points, the same numbers as the table).
+   A model retrained after its run folder was lost is a target too when its headline run re-made
+   the study protocol's flags on it (``study.py``'s ``study_protocol_rerun``): its row is marked
+   "retrained" and its white-box numbers are that rerun's, not the table's. Either way the state
+   must have scored the kept weights (its fingerprint's model digest);
 3. each target is scored on every other source's examples (its own seed-1 copy included: an
    independently trained model of the same recipe, the closest surrogate an attacker could build).
 
@@ -87,6 +91,39 @@ def table_state(study: str, method: str, seed: int) -> dict[str, Any] | None:
             if found is not None and reproduces(r, *found) and not found[0]["fingerprint"].get("union_only"):
                 return found[0]
     return None
+
+
+def rerun_state(study: str, method: str, seed: int) -> dict[str, Any] | None:
+    """For a retrained model: the full-mode APGD state its headline record's ``study_protocol_rerun``
+    made on that same model, if the run folder holds it finished and it reproduces the rerun's
+    clean and union counts."""
+    for r in study_records(study, headline=True) or []:
+        rerun = r.get("study_protocol_rerun")
+        if r["method"] != method or r["seed"] != seed or not rerun:
+            continue
+        found = finished_state_in(run_path(study, method, seed), r, "apgd")
+        made = {**r, "clean": rerun["clean"], "robust": rerun["robust"]}
+        if found is not None and not found[0]["fingerprint"].get("union_only") and reproduces(made, *found):
+            return found[0]
+    return None
+
+
+def target_state(study: str, method: str, seed: int, model_dir: Path) -> tuple[dict[str, Any], str] | str:
+    """(state, "record" or "retrained") for a target, or why (method, seed) cannot be one."""
+    from metaat.eval.state import model_digest
+    from metaat.models import resolve_model
+
+    state, basis = table_state(study, method, seed), "record"
+    if state is None:
+        state, basis = rerun_state(study, method, seed), "retrained"
+    if state is None or any(t not in state["threats"] for t in THREATS):
+        return (
+            "no finished full-mode APGD evaluation of all three threats in its run folder that reproduces its "
+            "record or its headline run's study-protocol rerun (a single-threat record, or a lost evaluation)"
+        )
+    if state["fingerprint"].get("model") != model_digest(resolve_model(model_dir)):
+        return "its evaluation state scored other weights than the kept model"
+    return state, basis
 
 
 class Ensemble(nn.Module):
@@ -321,7 +358,13 @@ def markdown(out: dict[str, Any]) -> str:
     lines = [
         f"Transfer check, {out['study']}: {attack_words(out)} examples from every other model of the study, "
         f"test points {out['start']:,}–{out['start'] + out['n'] - 1:,}; white-box = the table's reference "
-        "APGD-CE + APGD-T flags."
+        "APGD-CE + APGD-T flags"
+        + (
+            " (for a target marked retrained: the same protocol re-run by its headline run on the retrained "
+            "model, which is not the table's)."
+            if any(t.get("white_box_from") == "retrained" for t in out["targets"])
+            else "."
+        )
         + (
             f" Ensemble: {attack_words(out)} on the mean logits of every other kept model, first {n_ens:,} points."
             if n_ens
@@ -343,7 +386,7 @@ def markdown(out: dict[str, Any]) -> str:
     lines += ["| " + " | ".join(head) + " |", "|---|---:|---:|---|" + "---:|" * (len(head) - 4)]
     for t in out["targets"]:
         cells = [
-            t["method"],
+            t["method"] + (" (retrained)" if t.get("white_box_from") == "retrained" else ""),
             t["clean"],
             t["white_box"]["union"],
             t["strongest_source"],
@@ -416,14 +459,12 @@ def main(argv: list[str] | None = None) -> int:
     for method, seed, model_dir in found:
         if seed != 0:
             continue
-        state = table_state(args.study, method, seed)
-        if state is None or any(t not in state["threats"] for t in THREATS):
-            not_targets[f"{method} seed {seed}"] = (
-                "no finished full-mode APGD evaluation of all three threats reproducing its record in its run "
-                "folder (a retrained model, or a single-threat record)"
-            )
+        found_state = target_state(args.study, method, seed, model_dir)
+        if isinstance(found_state, str):
+            not_targets[f"{method} seed {seed}"] = found_state
             continue
-        row = evaluate_target((method, seed, model_dir), state, sets)
+        state, basis = found_state
+        row = {**evaluate_target((method, seed, model_dir), state, sets), "white_box_from": basis}
         if args.ensemble_n:
             members = [m for m in found if (m[0], m[1]) != (method, seed)]
             by_threat = {}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
@@ -15,7 +17,7 @@ import metaat.attacks as attacks
 import metaat.data as data
 import metaat.models as models
 from metaat.attacks.transfer import load_adversarial, save_adversarial
-from metaat.eval.state import tensor_digest
+from metaat.eval.state import EvalState, model_digest, tensor_digest
 
 Loader = Callable[[str], ModuleType]  # the load_benchmark fixture (conftest.py)
 
@@ -158,3 +160,43 @@ def test_momentum_sources_are_named_and_kept_apart(
     assert not (tmp_path / "s_transfer.md").exists()  # the plain results are not touched
     with pytest.raises(SystemExit):
         transfer.main(["--study", "s", "--momentum", "-1", "--table-only"])
+
+
+def test_a_retrained_model_is_a_target_through_its_headline_runs_rerun(
+    load_benchmark: Loader, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    transfer = load_benchmark("transfer")
+    study, mg = sys.modules["study"], sys.modules["monitor_gap"]
+    results = tmp_path / "results"
+    results.mkdir()
+    monkeypatch.setattr(study, "RESULTS", results)
+    monkeypatch.setattr(study, "RUNS", tmp_path / "runs")
+    monkeypatch.setattr(mg, "RESULTS", results)
+    final = study.run_path("s", "a", 0) / "final"
+    models.save_model(tiny_mlp(seed=0), final)
+    digest = model_digest(models.resolve_model(final))
+    apgd = study.eval_state_path(study.run_path("s", "a", 0), "apgd", 4, 0)
+
+    def write(model: str, flags: str) -> None:  # a real, digest-carrying full-mode state of 4 points
+        threats = {t: {"chunks": {"0": flags}, "seconds": 1.0} for t in transfer.THREATS}
+        EvalState({"threats": list(transfer.THREATS), "model": model}, apgd, "1111", threats).save()
+
+    base = {"method": "a", "seed": 0, "n": 4, "test_start": 0, "clean": 1.0}
+    lost = {**base, "suite": "apgd", "robust": {"union": 0.5}}  # the record of a model since lost
+    rerun = {"clean": 1.0, "robust": {"union": 0.75}}
+    headline = {**base, "suite": "standard", "robust": {"union": 0.5}, "study_protocol_rerun": rerun}
+
+    def records(*rs: dict[str, Any]) -> None:
+        (results / "s.json").write_text(json.dumps({"records": list(rs)}), encoding="utf-8")
+
+    records(lost, headline)
+    write(digest, "1110")  # union 0.75: the rerun's, not the record's
+    state, basis = transfer.target_state("s", "a", 0, final)
+    assert basis == "retrained" and state["clean"] == "1111"
+    records(lost, {**headline, "study_protocol_rerun": {**rerun, "robust": {"union": 0.5}}})
+    assert "reproduces its record" in transfer.target_state("s", "a", 0, final)  # a rerun of other flags
+    records(lost, headline)
+    write(digest, "1100")  # union 0.5: the record's own evaluation is here after all
+    assert transfer.target_state("s", "a", 0, final)[1] == "record"
+    write("another model", "1100")
+    assert "other weights" in transfer.target_state("s", "a", 0, final)
