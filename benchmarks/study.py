@@ -498,8 +498,9 @@ def known_passes() -> dict[str, float]:
         for r in records if isinstance(records, list) else []:
             if isinstance(r, dict) and r.get("passes_per_example") and r.get("method") in METHODS:
                 out.setdefault(r["method"], float(r["passes_per_example"]))
-    # metaat's learned start costs the passes of the PGD step it replaces (tests/test_meta_defenses.py):
-    # a row not run yet takes the passes of its twin with the other start
+    # metaat's learned start costs the passes of the PGD step it replaces (tests/test_meta_defenses.py),
+    # and MNG-AC's generator input (image + noise, or noise only) no target pass: a row not run yet
+    # takes the passes of its twin that differs only there
     for method in METHODS:
         if method not in out:
             twin = next((m for m in out if _passes_key(m) == _passes_key(method)), None)
@@ -508,9 +509,12 @@ def known_passes() -> dict[str, float]:
     return out
 
 
+PASS_FREE_OPTIONS = {"metaat": "learned_start", "mng": "generator"}  # options that change no pass count
+
+
 def _passes_key(method: str) -> tuple[str, tuple[str, ...], str]:
     defense, threats, options = METHODS[method]
-    rest = {k: v for k, v in options.items() if not (defense == "metaat" and k == "learned_start")}
+    rest = {k: v for k, v in options.items() if k != PASS_FREE_OPTIONS.get(defense)}
     return defense, threats, json.dumps(rest, sort_keys=True)
 
 

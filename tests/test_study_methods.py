@@ -266,12 +266,17 @@ def test_a_record_names_both_machines_when_its_model_trained_elsewhere(study_tmp
     assert label(tmp_path, "cuda", "cpu", "x86_64, 2 cores") == "trained on GPU H100, evaluated on x86_64, 2 cores"
 
 
-def test_a_row_not_run_yet_takes_the_passes_of_its_twin_with_the_other_start(study_tmp: ModuleType) -> None:
+def test_a_row_not_run_yet_takes_the_passes_of_its_twin(study_tmp: ModuleType) -> None:
     study = study_tmp
-    records = [{"method": "metaat-v2-no-pgd", "passes_per_example": 6.0}, {"method": "sat", "passes_per_example": 11}]
+    records = [
+        {"method": "metaat-v2-no-pgd", "passes_per_example": 6.0},
+        {"method": "sat", "passes_per_example": 11},
+        {"method": "mng", "passes_per_example": 15.5},
+    ]
     (study.RESULTS / "x.json").write_text(json.dumps({"records": records}), encoding="utf-8")
     passes = study.known_passes()
     assert passes["metaat-no-pgd"] == 6.0 and passes["sat"] == 11.0  # learned start: the same passes
+    assert passes["mng-noise"] == 15.5  # MNG-AC's generator input: no target pass either
     assert "metaat" not in passes and "metaat+lookahead" not in passes  # other options: no twin
 
 
