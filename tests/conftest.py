@@ -1,6 +1,7 @@
 """Shared test settings: one torch thread (tiny models run ~10x slower on two contended threads),
-``load_benchmark``, which imports a script from ``benchmarks/`` by name, and ``tiny_mlp`` /
-``save_small_run``, a small model trained in a second on synthetic data."""
+``load_benchmark``, which imports a script from ``benchmarks/`` by name, ``studies_in`` (the loaded
+scripts' study folders moved to a temporary one), and ``tiny_mlp`` / ``save_small_run``, a small model
+trained in a second on synthetic data."""
 
 from __future__ import annotations
 
@@ -35,6 +36,18 @@ def _load(name: str) -> ModuleType:
 @pytest.fixture
 def load_benchmark() -> Callable[[str], ModuleType]:
     return _load
+
+
+def studies_in(root: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Point the study scripts that ``load_benchmark`` imported (``study``, ``monitor_gap``) at
+    ``root/results`` (created and returned) and ``root/runs``."""
+    study, mg = sys.modules["study"], sys.modules["monitor_gap"]
+    results = root / "results"
+    results.mkdir()
+    monkeypatch.setattr(study, "RESULTS", results)
+    monkeypatch.setattr(study, "RUNS", root / "runs")
+    monkeypatch.setattr(mg, "RESULTS", results)
+    return results
 
 
 def tiny_mlp(image_size: int = 12, seed: int = 0) -> nn.Module:

@@ -10,6 +10,7 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+from conftest import studies_in
 
 from metaat.eval.state import EvalState
 
@@ -91,11 +92,7 @@ def test_state_files_come_from_the_run_folder_or_its_evidence_and_lost_pairs_are
     load_benchmark: Loader, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     paired = load_benchmark("paired")
-    study, mg = sys.modules["study"], sys.modules["monitor_gap"]
-    results, runs = tmp_path / "results", tmp_path / "runs"
-    results.mkdir()
-    for module, attr, value in ((study, "RESULTS", results), (study, "RUNS", runs), (mg, "RESULTS", results)):
-        monkeypatch.setattr(module, attr, value)
+    study, results = sys.modules["study"], studies_in(tmp_path, monkeypatch)
     name = study.eval_state_path(Path(), "apgd", 4, 0).name
 
     def record(method: str, clean: float, union: float) -> dict[str, object]:
@@ -132,12 +129,7 @@ def test_a_retrained_models_rerun_serves_its_headline_but_not_the_records_pairs(
     load_benchmark: Loader, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     paired = load_benchmark("paired")
-    study, mg = sys.modules["study"], sys.modules["monitor_gap"]
-    results = tmp_path / "results"
-    results.mkdir()
-    monkeypatch.setattr(study, "RESULTS", results)
-    monkeypatch.setattr(study, "RUNS", tmp_path / "runs")
-    monkeypatch.setattr(mg, "RESULTS", results)
+    study, results = sys.modules["study"], studies_in(tmp_path, monkeypatch)
     apgd, standard = (study.eval_state_path(Path(), suite, 4, 0).name for suite in ("apgd", "standard"))
 
     def record(method: str, clean: float, union: float, suite: str = "apgd") -> dict[str, object]:

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import tiny_mlp
+from conftest import studies_in, tiny_mlp
 
 import metaat.attacks as attacks
 import metaat.data as data
@@ -166,12 +166,7 @@ def test_a_retrained_model_is_a_target_through_its_headline_runs_rerun(
     load_benchmark: Loader, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     transfer = load_benchmark("transfer")
-    study, mg = sys.modules["study"], sys.modules["monitor_gap"]
-    results = tmp_path / "results"
-    results.mkdir()
-    monkeypatch.setattr(study, "RESULTS", results)
-    monkeypatch.setattr(study, "RUNS", tmp_path / "runs")
-    monkeypatch.setattr(mg, "RESULTS", results)
+    study, results = sys.modules["study"], studies_in(tmp_path, monkeypatch)
     final = study.run_path("s", "a", 0) / "final"
     models.save_model(tiny_mlp(seed=0), final)
     digest = model_digest(models.resolve_model(final))
