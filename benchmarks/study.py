@@ -498,9 +498,9 @@ def known_passes() -> dict[str, float]:
         for r in records if isinstance(records, list) else []:
             if isinstance(r, dict) and r.get("passes_per_example") and r.get("method") in METHODS:
                 out.setdefault(r["method"], float(r["passes_per_example"]))
-    # metaat's learned start costs the passes of the PGD step it replaces (tests/test_meta_defenses.py),
-    # and MNG-AC's generator input (image + noise, or noise only) no target pass: a row not run yet
-    # takes the passes of its twin that differs only there
+    # metaat's learned start and distillation cost no target pass (tests/test_meta_defenses.py), nor
+    # does MNG-AC's generator input (image + noise, or noise only): a row not run yet takes the
+    # passes of its twin that differs only there
     for method in METHODS:
         if method not in out:
             twin = next((m for m in out if _passes_key(m) == _passes_key(method)), None)
@@ -509,13 +509,56 @@ def known_passes() -> dict[str, float]:
     return out
 
 
-PASS_FREE_OPTIONS = {"metaat": "learned_start", "mng": "generator"}  # options that change no pass count
+# options that change no target pass count
+PASS_FREE_OPTIONS: dict[str, frozenset[str]] = {
+    "metaat": frozenset({"learned_start", "distill"}),
+    "mng": frozenset({"generator"}),
+}
 
 
 def _passes_key(method: str) -> tuple[str, tuple[str, ...], str]:
     defense, threats, options = METHODS[method]
-    rest = {k: v for k, v in options.items() if k != PASS_FREE_OPTIONS.get(defense)}
+    free = PASS_FREE_OPTIONS.get(defense, frozenset())
+    rest = {k: v for k, v in options.items() if k not in free}
     return defense, threats, json.dumps(rest, sort_keys=True)
+
+
+def dry_run_passes(method: str, batches: int = 8, batch_size: int = 8) -> float:
+    """Passes per example of ``method`` counted by the training loop's meter over ``batches`` steps
+    on random 28x28 images and a small CNN: a pass count depends on the defense and its options, not
+    on the model or the data. For the plan of a row that no record prices yet; batch-periodic parts
+    (metaat's PGD every 4th batch) average exactly when ``batches`` is a multiple of their period."""
+    import torch
+    from torch import nn
+
+    import metaat.defenses as defenses
+    from metaat.defenses.base import TrainContext
+    from metaat.threats import parse_threats
+    from metaat.train.cost import CostMeter
+
+    defense_name, threats, options = METHODS[method]
+    g = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(4 * 196, 10)
+    )
+    defense = defenses.create(defense_name, list(threats), **options)
+    defense.setup(model, torch.device("cpu"), 10, (1, 28, 28))
+    ctx = TrainContext(threats=parse_threats(list(threats)), generator=g, steps_per_epoch=batches)
+    meter = CostMeter()
+    handle = meter.attach(model.train())
+    try:
+        for step in range(batches):
+            ctx.step = step
+            x = torch.rand(batch_size, 1, 28, 28, generator=g)
+            y = torch.randint(0, 10, (batch_size,), generator=g)
+            loss, _ = defense(model, x, y, ctx)
+            model.zero_grad()
+            loss.backward()
+            meter.train_examples += batch_size
+    finally:
+        handle.remove()
+    return float(meter.passes_per_example)
 
 
 def seconds_per_pass_epoch() -> float | None:
@@ -558,10 +601,12 @@ def eval_seconds(study: str, suite: str) -> list[float]:
 def plan(methods: list[str], seeds: list[int], args: argparse.Namespace, study: str, done: set[Any]) -> str:
     """What is finished, what is part-trained, and the training left, in pass-epochs and hours."""
     passes = known_passes()
+    dry = sorted({m for m in methods if m not in passes})
+    passes.update({m: dry_run_passes(m) for m in dry})
     rate = seconds_per_pass_epoch()
     scale = (args.train_subset or 60000) / 60000
     lines = ["| method | seed | status | passes / example | training left (pass-epochs) |", "|---|---:|---|---:|---:|"]
-    total, unknown, to_score = 0.0, [], 0
+    total, to_score = 0.0, 0
     for method in methods:
         for seed in seeds:
             run_dir = run_path(study, method, seed)
@@ -578,19 +623,17 @@ def plan(methods: list[str], seeds: list[int], args: argparse.Namespace, study: 
                 k = progress(run_dir)
                 status, left = (f"{k:.2f} of {args.epochs} epochs" if k else "not started"), args.epochs - k
                 status += ", training now" if running else ""
-            pp = passes.get(method)
-            cost = pp * left * scale if pp is not None else None
-            if cost is None and left:
-                unknown.append(method)
-            total += cost or 0.0
-            shown = f"{pp:.2f}" if pp is not None else "?"
-            lines.append(
-                f"| {method} | {seed} | {status} | {shown} | {cost:.0f} |"
-                if cost is not None
-                else f"| {method} | {seed} | {status} | {shown} | ? |"
-            )
+            cost = passes[method] * left * scale
+            total += cost
+            shown = f"{passes[method]:.2f}" + (" (dry run)" if method in dry else "")
+            lines.append(f"| {method} | {seed} | {status} | {shown} | {cost:.0f} |")
     hours = f", about {total * rate / 3600:.1f} h at 2 threads (train_speed.json's median rate)" if rate else ""
-    note = f"; passes unknown for {', '.join(sorted(set(unknown)))}" if unknown else ""
+    note = (
+        f"; passes of {', '.join(dry)} from a dry run (the training loop's meter over 8 batches of random"
+        " images: no record prices them yet)"
+        if dry
+        else ""
+    )
     lines.append(f"\ntraining left: {total:.0f} pass-epochs{hours}{note}; the evaluations come on top")
     secs = eval_seconds(study, args.suite)
     if to_score and secs:

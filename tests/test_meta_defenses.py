@@ -105,6 +105,9 @@ def test_defense_step_honours_the_contract(name: str, options: dict[str, Any]) -
         # default: 3/4 · (1 learned + 3 refinement + 1 update + 1 consistency) + 1/4 · (5 + 1 + 1)
         ("metaat", {}, 6.25),
         ("metaat", {"consistency": 0}, 5.25),
+        ("metaat", {"distill": 0}, 6.25),  # the attacker's distillation reuses PGD's first gradient
+        # the look-ahead's second-order step on the PGD batch (one in four): 3.5 more passes there
+        ("metaat", {"lookahead": True}, 6.25 + 3.5 / 4),
         ("metaat", {"refine_steps": 0}, 4.0),
         ("metaat", {"refine_steps": 0, "consistency": 0}, 3.0),
         ("metaat", {"pgd_every": 0, "consistency": 0, "refine_steps": 0}, 2.0),
