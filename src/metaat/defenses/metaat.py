@@ -33,7 +33,8 @@ Threat: several Lp threats (linf / l2 / l1), one per batch. Parts, each switchab
 Defaults — the learned attacker's step + 3 PGD steps of 0.5·eps, PGD-5 every 4th batch (the
 attacker distilled towards it), consistency (β = 1), adaptive sampling with ``l1_weight`` 2 — cost
 3/4 · (1 + 3 + 2) + 1/4 · (5 + 2) = 6.25 target passes per example (``refine_steps=0``: 4;
-``consistency=0``: one less); reported as ``passes_est`` and counted by the training loop's meter.
+``consistency=0``: one less; ``distill=0``: the same; ``lookahead``: 3.5 more on each PGD batch,
+7.125); reported as ``passes_est`` and counted by the training loop's meter.
 Plain PGD steps instead of the attacker (``learned_start=false``) cost the same passes.
 
 Measured on the full protocol (``benchmarks/results/fmnist_study.json``: Fashion-MNIST, all 60,000
