@@ -12,7 +12,7 @@ THREADS ?= 2
 # make bench: study workers sharing the list (each claims one (method, seed) at a time), 1 thread each
 WORKERS ?= 2
 
-.PHONY: setup data test-deps test lint demo bench-deps bench-quick bench bench-speed bench-pgd bench-eval-cost bench-transfer tables clean
+.PHONY: setup data test-deps test lint demo bench-deps bench-quick bench park bench-speed bench-pgd bench-eval-cost bench-transfer tables clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -66,6 +66,11 @@ bench-quick: setup data
 bench: setup data
 	@pids=""; for i in $$(seq $(WORKERS)); do $(PY) benchmarks/study.py --threads 1 & pids="$$pids $$!"; sleep 2; done; \
 	rc=0; for p in $$pids; do wait $$p || rc=1; done; exit $$rc
+
+# Keep the unfinished pieces' checkpoints in the repository (benchmarks/parked/, to commit) so that a
+# new machine resumes them; stop the workers first (SIGTERM: training saves a checkpoint as it stops)
+park: setup
+	$(PY) benchmarks/study.py --park
 
 bench-pgd: setup data
 	$(PY) benchmarks/pgd_at.py --threads $(THREADS)

@@ -43,6 +43,11 @@ RUNS = ROOT / "benchmarks" / "runs"
 # kept in the repository under results/evidence/: the run folders (models included) are not, and a
 # machine can be replaced (2026-11-26: one was, and the first twelve records' per-point flags went with it).
 EVIDENCE_FILES = ("metrics.jsonl", "summary.json", "config.yaml", "environment.json")
+# Unfinished pieces outlive the machine too: ``--park`` copies each one's run folder (its latest
+# checkpoint or, once trained, its final model, with the evaluation state and logs) into the repository
+# under parked/, and a worker that finds no run folder for a piece resumes from that copy. A piece's
+# parked copy goes once its record is written.
+PARKED = ROOT / "benchmarks" / "parked"
 
 LINF, L2, L1 = "linf:0.1", "l2:1.5", "l1:10"
 UNSEEN_N = 200  # test points for the unseen-attack column (unseen_summary.py)
@@ -164,6 +169,86 @@ def piece_lock(study: str, method: str, seed: int) -> Path:
 def evidence_path(study: str, method: str, seed: int) -> Path:
     """Where the repository keeps (method, seed)'s evidence: the same file names as its run folder."""
     return RESULTS / "evidence" / study / method / f"seed{seed}"
+
+
+def parked_path(study: str, method: str, seed: int) -> Path:
+    """Where the repository keeps (method, seed)'s unfinished run folder between machines (``--park``)."""
+    return PARKED / study / method / f"seed{seed}"
+
+
+def park_one(study: str, method: str, seed: int) -> str:
+    """Copy (method, seed)'s run folder into its parked copy: the top-level files (config, logs,
+    evaluation states) and ``final/`` once trained, else the latest complete checkpoint (never
+    ``checkpoint.prev/``). The copy is built beside the old one, verified (checkpoint and model
+    digests, every evaluation state's own digest) and swapped in, so a parked copy is always whole.
+    Returns what it did, in words."""
+    from metaat.eval.state import read_state
+    from metaat.models import load_model
+    from metaat.train.checkpoint import checkpoint_dir, has_checkpoint, read_checkpoint
+
+    src, dst = run_path(study, method, seed), parked_path(study, method, seed)
+    trained = (src / "final").is_dir()
+    if not trained and not has_checkpoint(src):
+        return "nothing to park (no checkpoint yet)"
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        for path in sorted(src.iterdir()):
+            if path.is_file() and not path.name.startswith(".") and not path.name.endswith(".tmp"):
+                shutil.copyfile(path, tmp / path.name)
+        if trained:
+            shutil.copytree(src / "final", tmp / "final")
+            load_model(tmp / "final")
+            what = "trained model"
+        else:
+            shutil.copytree(checkpoint_dir(src), tmp / "checkpoint")
+            state = read_checkpoint(tmp / "checkpoint").state
+            what = f"checkpoint at epoch {int(state['epoch']) + 1}, step {state['step_in_epoch']}"
+        for state_file in tmp.glob("eval-*.state.json"):
+            read_state(state_file)
+        old = dst.with_name(f".{dst.name}.{os.getpid()}.old")
+        if dst.exists():
+            os.replace(dst, old)
+        os.replace(tmp, dst)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return f"parked ({what})"
+
+
+def restore_parked(study: str, method: str, seed: int) -> bool:
+    """Before a piece starts: when its run folder holds neither a checkpoint nor a final model and the
+    repository holds a parked copy, copy that in (training then resumes from it, and a trained model's
+    evaluation from its state). A run folder of this machine's own is never overwritten."""
+    from metaat.train.checkpoint import has_checkpoint
+
+    src, dst = parked_path(study, method, seed), run_path(study, method, seed)
+    if not src.is_dir() or (dst / "final").is_dir() or has_checkpoint(dst):
+        return False
+    shutil.copytree(src, dst, dirs_exist_ok=True)
+    return True
+
+
+def park(methods: list[str], seeds: list[int], args: argparse.Namespace, study: str, done: set[Any]) -> str:
+    """``--park``: keep every unfinished piece of this selection that has trained at all in the
+    repository (``park_one``), and drop the parked copies of pieces now done. A piece a worker holds is
+    skipped: stop the workers first (SIGTERM: training saves a checkpoint as it stops)."""
+    lines = []
+    for method in methods:
+        for seed in seeds:
+            parked = parked_path(study, method, seed)
+            if wanted_key(method, seed, args) in done:
+                if parked.is_dir():
+                    shutil.rmtree(parked)
+                    lines.append(f"{method} seed {seed}: done, parked copy removed")
+                continue
+            if is_claimed(piece_lock(study, method, seed)):
+                lines.append(f"{method} seed {seed}: a worker holds it, not parked (stop it first)")
+            elif run_path(study, method, seed).is_dir():
+                lines.append(f"{method} seed {seed}: {park_one(study, method, seed)}")
+    return "\n".join(lines) or "nothing to park"
 
 
 def run_dirs(study: str, method: str, seed: int) -> tuple[Path, Path]:
@@ -309,6 +394,8 @@ def run_one(method: str, seed: int, args: argparse.Namespace, study: str) -> dic
         device=args.device,
     )
     set_threads(args.threads)
+    if restore_parked(study, method, seed):
+        print(f"[study] {method} seed {seed}: resuming from its parked copy", flush=True)
     resume = (run_dir / "checkpoint").is_dir() and not (run_dir / "final").is_dir()
     t0 = time.perf_counter()
     if not (run_dir / "final").is_dir():
@@ -610,6 +697,10 @@ def plan(methods: list[str], seeds: list[int], args: argparse.Namespace, study: 
     for method in methods:
         for seed in seeds:
             run_dir = run_path(study, method, seed)
+            parked = parked_path(study, method, seed)
+            here = (run_dir / "final").is_dir() or (run_dir / "checkpoint").is_dir()
+            if not here and parked.is_dir():  # what a worker here would resume from
+                run_dir = parked
             running = is_claimed(piece_lock(study, method, seed))
             finished = wanted_key(method, seed, args) in done
             to_score += not finished
@@ -623,6 +714,8 @@ def plan(methods: list[str], seeds: list[int], args: argparse.Namespace, study: 
                 k = progress(run_dir)
                 status, left = (f"{k:.2f} of {args.epochs} epochs" if k else "not started"), args.epochs - k
                 status += ", training now" if running else ""
+            if run_dir == parked and not finished:
+                status += " (parked copy)"
             cost = passes[method] * left * scale
             total += cost
             shown = f"{passes[method]:.2f}" + (" (dry run)" if method in dry else "")
@@ -679,6 +772,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--study", default=None, help="results name (default fmnist_study, or fmnist_quick)")
     p.add_argument("--metaat-option", action="append", default=[], help="key=value for the metaat rows")
     p.add_argument("--plan", action="store_true", help="print what is done and what is left, run nothing")
+    p.add_argument(
+        "--park",
+        action="store_true",
+        help="copy the selection's unfinished run folders into benchmarks/parked/ (commit them) so another "
+        "machine resumes them; drops the copies of finished pieces; trains nothing",
+    )
     args = p.parse_args(argv)
     import yaml
 
@@ -713,6 +812,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.plan:
         print(plan(methods, seeds, args, study, done))
         return 0
+    if args.park:
+        print(park(methods, seeds, args, study, done))
+        return 0
     for method in methods:
         for seed in seeds:
             want = wanted_key(method, seed, args)
@@ -735,6 +837,7 @@ def main(argv: list[str] | None = None) -> int:
                 record = run_one(method, seed, args, study)
                 add_record(out, study, record)
                 keep_evidence(study, method, seed, [state])
+                shutil.rmtree(parked_path(study, method, seed), ignore_errors=True)
             rb = record["robust"]
             print(
                 f"[study] {method} seed {seed}: clean {record['clean']:.3f} linf {rb['linf']:.3f} "

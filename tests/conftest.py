@@ -40,12 +40,13 @@ def load_benchmark() -> Callable[[str], ModuleType]:
 
 def studies_in(root: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Point the study scripts that ``load_benchmark`` imported (``study``, ``monitor_gap``) at
-    ``root/results`` (created and returned) and ``root/runs``."""
+    ``root/results`` (created and returned), ``root/runs`` and ``root/parked``."""
     study, mg = sys.modules["study"], sys.modules["monitor_gap"]
     results = root / "results"
     results.mkdir()
     monkeypatch.setattr(study, "RESULTS", results)
     monkeypatch.setattr(study, "RUNS", root / "runs")
+    monkeypatch.setattr(study, "PARKED", root / "parked")
     monkeypatch.setattr(mg, "RESULTS", results)
     return results
 

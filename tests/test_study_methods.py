@@ -4,6 +4,9 @@ each current row exactly once (a typo would otherwise surface hours into the stu
 from __future__ import annotations
 
 import json
+import shutil
+import signal
+from argparse import Namespace
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
@@ -18,10 +21,11 @@ Loader = Callable[[str], ModuleType]  # the load_benchmark fixture (conftest.py)
 
 @pytest.fixture
 def study_tmp(load_benchmark: Loader, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
-    """study.py with its results and runs folders in ``tmp_path`` (results folder created)."""
+    """study.py with its results, runs and parked folders in ``tmp_path`` (results folder created)."""
     study = load_benchmark("study")
     monkeypatch.setattr(study, "RESULTS", tmp_path / "results")
     monkeypatch.setattr(study, "RUNS", tmp_path / "runs")
+    monkeypatch.setattr(study, "PARKED", tmp_path / "parked")
     study.RESULTS.mkdir()
     return study
 
@@ -60,6 +64,7 @@ def test_plan_reports_done_part_trained_and_the_training_left(
     results.mkdir()
     monkeypatch.setattr(study, "RESULTS", results)
     monkeypatch.setattr(study, "RUNS", runs)
+    monkeypatch.setattr(study, "PARKED", tmp_path / "parked")
     part = runs / "s" / "max" / "seed0"
     part.mkdir(parents=True)
     epochs = [1, 2, 2]  # epoch 2 logged twice around a resume counts once
@@ -76,6 +81,9 @@ def test_plan_reports_done_part_trained_and_the_training_left(
         "threats": {"linf:0.1": {"chunks": {"0": "10", "1": "1"}}, "l1:10": {"chunks": {"0": "0"}}},
     }
     trained.joinpath("eval-apgd-1000.state.json").write_text(json.dumps(state))
+    parked = tmp_path / "parked" / "s" / "msd" / "seed1" / "checkpoint"  # another machine's, a quarter into epoch 2
+    parked.mkdir(parents=True)
+    parked.joinpath("state.json").write_text(json.dumps({"epoch": 1, "step_in_epoch": 25, "steps_per_epoch": 100}))
     done = {"method": "sat", "seed": 0, "epochs": 5, "train_subset": None, "n": 1000, "suite": "apgd"}
     records = [{**done, "passes_per_example": 11.0}, {**done, "method": "max", "seed": 9, "passes_per_example": 33.0}]
     records[0] |= {"eval_seconds": 1800.0}
@@ -92,9 +100,10 @@ def test_plan_reports_done_part_trained_and_the_training_left(
     # no record prices these two: the training loop's meter over a few random batches does
     assert "| metaat+lookahead | 0 | not started | 7.12 (dry run) | 36 |" in out
     assert "| msd | 0 | trained, evaluation left (linf 100 %, l1 33 %) | 26.00 (dry run) | 0 |" in out
-    assert "| msd | 1 | not started | 26.00 (dry run) | 130 |" in out
-    # 55 (sat seed 1) + 99 + 82.5 + 130 + 2 x 35.6 pass-epochs, at 30 s each
-    assert "training left: 438 pass-epochs, about 3.6 h at 2 threads" in out
+    # no run folder here: a worker would resume from the repository's parked copy
+    assert "| msd | 1 | 1.25 of 5 epochs (parked copy) | 26.00 (dry run) | 98 |" in out
+    # 55 (sat seed 1) + 99 + 82.5 + 97.5 + 2 x 35.6 pass-epochs, at 30 s each
+    assert "training left: 405 pass-epochs, about 3.4 h at 2 threads" in out
     assert "passes of metaat+lookahead, msd from a dry run" in out and "passes unknown" not in out
     # 7 of the 8 pieces still to score, at the one CPU record's 1,800 s
     assert "evaluations left: 7 piece(s), about 3.5 h of one core" in out
@@ -301,3 +310,51 @@ def test_a_resumed_evaluation_counts_every_process_time(load_benchmark: Loader) 
     whole = {"eval_seconds": 2600.0, "eval_threat_seconds": {"linf:0.1": 1000.0, "l2:1.5": 900.0}}
     assert study.evaluation_seconds(whole) == 2600.0
     assert study.evaluation_seconds({"eval_seconds": 12.0}) == 12.0  # an old record without per-threat times
+
+
+def test_a_parked_piece_resumes_on_a_fresh_machine_bit_exact(
+    study_tmp: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--park keeps a stopped run's checkpoint in the repository; with the run folder gone (a new
+    machine), the piece restores it and training ends on the same weights as an uninterrupted run. A
+    damaged checkpoint is refused and the parked copy before it stays whole; a finished piece's copy goes."""
+    import torch
+    from safetensors.torch import load_file
+    from test_train_resume import kill_after_a_mid_epoch_checkpoint
+
+    from metaat.train import TrainConfig, train
+    from metaat.train.loop import resume_run
+
+    run_dir = study_tmp.run_path("s", "m", 0)
+    stopped = kill_after_a_mid_epoch_checkpoint(run_dir, signal.SIGTERM)
+    assert stopped.returncode == 130
+    args = Namespace(epochs=2, train_subset=None, n=10, test_start=0, suite="apgd")
+    assert study_tmp.park(["m"], [0], args, "s", set()).startswith("m seed 0: parked (checkpoint at epoch ")
+    parked = study_tmp.parked_path("s", "m", 0)
+    assert not (parked / "checkpoint.prev").exists() and (parked / "config.yaml").is_file()
+
+    # a damaged run checkpoint is refused; the parked copy before it is untouched
+    weights = run_dir / "checkpoint" / "state.safetensors"
+    good = weights.read_bytes()
+    weights.write_bytes(good[:-1] + bytes([good[-1] ^ 1]))
+    with pytest.raises(Exception, match="state.safetensors"):
+        study_tmp.park_one("s", "m", 0)
+    assert (parked / "checkpoint" / "state.safetensors").read_bytes() == good
+    assert not list(parked.parent.glob(".*tmp"))
+
+    shutil.rmtree(run_dir)  # a fresh machine: the run folder is gone, the repository's copy is not
+    assert study_tmp.restore_parked("s", "m", 0)
+    assert not study_tmp.restore_parked("s", "m", 0)  # this machine's own checkpoint is never overwritten
+    assert resume_run(run_dir, quiet=True).status == "completed"
+    reference = train(TrainConfig.from_yaml(run_dir / "config.yaml"), tmp_path / "reference", quiet=True)
+    assert reference.status == "completed"
+    a = load_file(str(run_dir / "final" / "model.safetensors"))
+    b = load_file(str(tmp_path / "reference" / "final" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+    assert study_tmp.park(["m"], [0], args, "s", set()) == "m seed 0: parked (trained model)"
+    assert (parked / "final").is_dir() and not (parked / "checkpoint").exists()
+    assert study_tmp.park(["m"], [0], args, "s", {study_tmp.wanted_key("m", 0, args)}) == (
+        "m seed 0: done, parked copy removed"
+    )
+    assert not parked.exists()
