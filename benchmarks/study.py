@@ -231,18 +231,32 @@ def restore_parked(study: str, method: str, seed: int) -> bool:
     return True
 
 
+def drop_stale_parked(study: str, method: str, seed: int) -> bool:
+    """Once (method, seed)'s record is written: remove its parked copy when that holds only a training
+    checkpoint (superseded: the model is trained). A parked trained model stays, since the run folder
+    serves every suite and another (a headline run of ``--suite standard``) may still evaluate it;
+    ``git rm`` it once none does. Returns whether a copy went."""
+    parked = parked_path(study, method, seed)
+    if not parked.is_dir() or (parked / "final").is_dir():
+        return False
+    shutil.rmtree(parked)
+    return True
+
+
 def park(methods: list[str], seeds: list[int], args: argparse.Namespace, study: str, done: set[Any]) -> str:
     """``--park``: keep every unfinished piece of this selection that has trained at all in the
-    repository (``park_one``), and drop the parked copies of pieces now done. A piece a worker holds is
-    skipped: stop the workers first (SIGTERM: training saves a checkpoint as it stops)."""
+    repository (``park_one``), and drop the stale parked checkpoints of pieces now done (a parked
+    trained model stays: ``drop_stale_parked``). A piece a worker holds is skipped: stop the workers
+    first (SIGTERM: training saves a checkpoint as it stops)."""
     lines = []
     for method in methods:
         for seed in seeds:
             parked = parked_path(study, method, seed)
             if wanted_key(method, seed, args) in done:
-                if parked.is_dir():
-                    shutil.rmtree(parked)
-                    lines.append(f"{method} seed {seed}: done, parked copy removed")
+                if drop_stale_parked(study, method, seed):
+                    lines.append(f"{method} seed {seed}: done, parked checkpoint removed")
+                elif parked.is_dir():
+                    lines.append(f"{method} seed {seed}: done, parked trained model kept (other suites may need it)")
                 continue
             if is_claimed(piece_lock(study, method, seed)):
                 lines.append(f"{method} seed {seed}: a worker holds it, not parked (stop it first)")
@@ -837,7 +851,7 @@ def main(argv: list[str] | None = None) -> int:
                 record = run_one(method, seed, args, study)
                 add_record(out, study, record)
                 keep_evidence(study, method, seed, [state])
-                shutil.rmtree(parked_path(study, method, seed), ignore_errors=True)
+                drop_stale_parked(study, method, seed)
             rb = record["robust"]
             print(
                 f"[study] {method} seed {seed}: clean {record['clean']:.3f} linf {rb['linf']:.3f} "

@@ -317,7 +317,8 @@ def test_a_parked_piece_resumes_on_a_fresh_machine_bit_exact(
 ) -> None:
     """--park keeps a stopped run's checkpoint in the repository; with the run folder gone (a new
     machine), the piece restores it and training ends on the same weights as an uninterrupted run. A
-    damaged checkpoint is refused and the parked copy before it stays whole; a finished piece's copy goes."""
+    damaged checkpoint is refused and the parked copy before it stays whole; once done, a parked checkpoint
+    goes and a parked trained model stays."""
     import torch
     from safetensors.torch import load_file
     from test_train_resume import kill_after_a_mid_epoch_checkpoint
@@ -352,9 +353,16 @@ def test_a_parked_piece_resumes_on_a_fresh_machine_bit_exact(
     b = load_file(str(tmp_path / "reference" / "final" / "model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
+    # once done, a parked trained model stays (a headline suite may still evaluate it) ...
+    done = {study_tmp.wanted_key("m", 0, args)}
     assert study_tmp.park(["m"], [0], args, "s", set()) == "m seed 0: parked (trained model)"
     assert (parked / "final").is_dir() and not (parked / "checkpoint").exists()
-    assert study_tmp.park(["m"], [0], args, "s", {study_tmp.wanted_key("m", 0, args)}) == (
-        "m seed 0: done, parked copy removed"
+    assert study_tmp.park(["m"], [0], args, "s", done) == (
+        "m seed 0: done, parked trained model kept (other suites may need it)"
     )
+    assert (parked / "final" / "model.safetensors").is_file()
+    # ... while a parked checkpoint of a piece now done is stale and goes
+    shutil.rmtree(parked / "final")
+    (parked / "checkpoint").mkdir()
+    assert study_tmp.park(["m"], [0], args, "s", done) == "m seed 0: done, parked checkpoint removed"
     assert not parked.exists()
