@@ -401,6 +401,17 @@ def markdown(out: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def missing_sources(name: str, found: list[tuple[str, int, Path]]) -> list[str]:
+    """The sources of the kept ``results/<name>.json`` that this machine holds no model of: a run now
+    would drop them (a new machine starts with no run folders; the models are not committed)."""
+    src = RESULTS / f"{name}.json"
+    if not src.is_file():
+        return []
+    here = {(m, s) for m, s, _ in found}
+    kept = json.loads(src.read_text(encoding="utf-8")).get("sources", [])
+    return [f"{k['method']} seed {k['seed']}" for k in kept if (k["method"], k["seed"]) not in here]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--study", default="fmnist_study")
@@ -423,6 +434,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--table-only", action="store_true", help="rewrite results/<study>_transfer.md from the JSON; attack nothing"
     )
+    parser.add_argument(
+        "--replace",
+        action="store_true",
+        help="write the results even though models of the kept results are missing here (they lose those rows)",
+    )
     args = parser.parse_args(argv)
     if not (args.momentum >= 0 and math.isfinite(args.momentum)):
         parser.error(f"--momentum must be a finite number >= 0, got {args.momentum}")
@@ -444,6 +460,14 @@ def main(argv: list[str] | None = None) -> int:
     found = models_of(args.study)
     if not found:
         print(f"no finished models under {RUNS / args.study}", file=sys.stderr)
+        return 2
+    missing = missing_sources(name, found)
+    if missing and not args.replace:
+        print(
+            f"results/{name}.json covers models not kept here ({', '.join(missing)}): a run now would replace "
+            f"it with fewer rows. Train those models again first, or pass --replace to overwrite it anyway",
+            file=sys.stderr,
+        )
         return 2
     t_start = time.perf_counter()
     sets: dict[tuple[str, int], dict[str, Any]] = {}

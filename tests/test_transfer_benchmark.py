@@ -195,3 +195,20 @@ def test_a_retrained_model_is_a_target_through_its_headline_runs_rerun(
     assert transfer.target_state("s", "a", 0, final)[1] == "record"
     write("another model", "1100")
     assert "other weights" in transfer.target_state("s", "a", 0, final)
+
+
+def test_a_run_that_would_drop_kept_sources_is_refused(
+    load_benchmark: Loader, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """On a new machine (no run folders) the kept results cover models that are gone: a plain run
+    must not replace them with fewer rows; --replace says so explicitly."""
+    transfer = load_benchmark("transfer")
+    monkeypatch.setattr(transfer, "RESULTS", tmp_path)
+    monkeypatch.setattr(transfer, "models_of", lambda study: [("a", 0, tmp_path / "a")])
+    kept = {"sources": [{"method": "a", "seed": 0, "sets": {}}, {"method": "b", "seed": 1, "sets": {}}]}
+    (tmp_path / "s_transfer.json").write_text(json.dumps(kept))
+    assert transfer.missing_sources("s_transfer", [("a", 0, tmp_path / "a")]) == ["b seed 1"]
+    assert transfer.missing_sources("s_transfer_mi1", []) == []  # nothing kept: nothing to lose
+    assert transfer.main(["--study", "s"]) == 2
+    assert "b seed 1" in capsys.readouterr().err
+    assert json.loads((tmp_path / "s_transfer.json").read_text()) == kept  # untouched
