@@ -407,9 +407,13 @@ def missing_sources(name: str, found: list[tuple[str, int, Path]]) -> list[str]:
     src = RESULTS / f"{name}.json"
     if not src.is_file():
         return []
+    try:
+        kept = json.loads(src.read_text(encoding="utf-8"))["sources"]
+        pairs = [(k["method"], int(k["seed"])) for k in kept]
+    except (ValueError, KeyError, TypeError) as e:  # unreadable: nothing here can say what it held
+        return [f"its sources (unreadable: {type(e).__name__})"]
     here = {(m, s) for m, s, _ in found}
-    kept = json.loads(src.read_text(encoding="utf-8")).get("sources", [])
-    return [f"{k['method']} seed {k['seed']}" for k in kept if (k["method"], k["seed"]) not in here]
+    return [f"{m} seed {s}" for m, s in pairs if (m, s) not in here]
 
 
 def main(argv: list[str] | None = None) -> int:

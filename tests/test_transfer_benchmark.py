@@ -212,3 +212,6 @@ def test_a_run_that_would_drop_kept_sources_is_refused(
     assert transfer.main(["--study", "s"]) == 2
     assert "b seed 1" in capsys.readouterr().err
     assert json.loads((tmp_path / "s_transfer.json").read_text()) == kept  # untouched
+    (tmp_path / "s_transfer.json").write_text('{"sources": [')  # truncated: refused too, left as it is
+    assert transfer.main(["--study", "s"]) == 2
+    assert "unreadable" in capsys.readouterr().err and (tmp_path / "s_transfer.json").read_text() == '{"sources": ['
