@@ -1,16 +1,18 @@
 """Rename a study's rows when a default changes, so that every record keeps meaning what its name says.
 
-    python benchmarks/relabel.py --study fmnist_study --previous-default metaat.learned_start=false \\
-        metaat=metaat-v2 metaat-learned=metaat
+    python benchmarks/relabel.py --study fmnist_study --previous-default metaat.pgd_every=4 \\
+        metaat=metaat-v3 metaat-no-pgd=metaat metaat-v2=metaat-v2
 
 A study row is a name in ``study.py``'s ``METHODS`` (defense + options). When a defense's default
 changes, a row that relied on the old default now names another configuration, and its records would
 no longer be reproduced by their command. This moves each ``OLD`` row's records to ``NEW`` — only
 after checking, for every record, that its options under the previous defaults
 (``--previous-default DEFENSE.OPTION=VALUE``) build exactly the configuration that ``NEW``'s options
-build under the current code — together with its run and evidence folders and the derived files
-(``<study>_paired*.json``, ``<study>_monitor_gap.json``). Each renamed record keeps its old name in
-``relabelled_from`` and its original command in ``original_command``; ``command`` names the new row.
+build under the current code — together with its run, evidence and parked folders and the derived
+files (``<study>_paired*.json``, ``<study>_monitor_gap.json``). Each renamed record keeps its old name
+in ``relabelled_from`` and its original command in ``original_command``; ``command`` names the new
+row. ``NAME=NAME`` keeps a row's name and only writes its options as ``study.py`` now spells them
+(an earlier default's row that now pins the changed option), the old ones kept in ``options_were``.
 Pairs are applied at once, so ``a=b b=a`` swaps. Nothing is moved while a worker holds a piece's lock.
 """
 
@@ -93,6 +95,8 @@ def check(records: list[dict[str, Any]], pairs: dict[str, str], previous: dict[s
 
 
 def relabelled(r: dict[str, Any], old: str, new: str) -> dict[str, Any]:
+    if old == new:  # the same row, its options spelled as study.py now does
+        return {**r, "options": dict(METHODS[new][2]), "options_were": r.get("options", {})}
     out = {**r, "method": new, "options": dict(METHODS[new][2])}
     out["relabelled_from"] = old if "relabelled_from" not in r else f"{old} (before that {r['relabelled_from']})"
     out.setdefault("original_command", r.get("command"))
@@ -172,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
                 (results / "evidence" / args.study / old, results / "evidence" / args.study / new)
                 for old, new in pairs.items()
             ]
+            + [(study_script.PARKED / args.study / old, study_script.PARKED / args.study / new) for old, new in pairs.items()]
         )
         monitor = results / f"{args.study}_monitor_gap.json"
         for file in [*sorted(results.glob(f"{args.study}_paired*.json")), *([monitor] if monitor.is_file() else [])]:

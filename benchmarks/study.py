@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fcntl
+import functools
 import json
 import os
 import shlex
@@ -58,10 +59,12 @@ TEST_SIZE = 10_000  # Fashion-MNIST's test split
 TEST_START = {"fmnist_study": 9000}
 ALL = (LINF, L2, L1)
 
-# Earlier metaat defaults. v1 (until 2026-11-26): a learned attacker takes the first step, no L1 prior.
-# v2 (2026-11-26 to 2026-11-27): plain PGD steps only, with the L1 prior.
-V1: dict[str, Any] = {"learned_start": True, "l1_weight": 1.0}
-V2: dict[str, Any] = {"learned_start": False}
+# Earlier metaat defaults, each pinned in full against today's defaults. v1 (until 2026-11-26): a
+# learned attacker takes the first step, no L1 prior. v2 (2026-11-26 to 2026-11-27): plain PGD steps
+# only, with the L1 prior. v3 (2026-11-27 to 2026-11-28): the learned start, with PGD-5 every 4th batch.
+V1: dict[str, Any] = {"learned_start": True, "l1_weight": 1.0, "pgd_every": 4}
+V2: dict[str, Any] = {"learned_start": False, "pgd_every": 4}
+V3: dict[str, Any] = {"pgd_every": 4}
 # method -> (defense, training threats, defense options)
 METHODS: dict[str, tuple[str, tuple[str, ...], dict[str, Any]]] = {
     "standard": ("standard", (LINF,), {}),
@@ -83,13 +86,20 @@ METHODS: dict[str, tuple[str, tuple[str, ...], dict[str, Any]]] = {
     # from the rest of metaat's recipe
     "sat-l1x2": ("sat", ALL, {"weights": [1.0, 1.0, 2.0]}),
     "metaat": ("metaat", ALL, {}),
-    # ablations of metaat's default recipe: each switches one part off, or one optional part on
+    # ablations of metaat's default recipe: each switches one part off (adding the PGD batches back
+    # is metaat-v3, the previous default)
     "metaat-no-l1-prior": ("metaat", ALL, {"l1_weight": 1.0}),
     "metaat-no-adaptive": ("metaat", ALL, {"adaptive": False}),
     "metaat-no-consistency": ("metaat", ALL, {"consistency": 0.0}),
-    "metaat-no-pgd": ("metaat", ALL, {"pgd_every": 0}),
-    "metaat-no-distill": ("metaat", ALL, {"distill": 0.0}),
-    "metaat+lookahead": ("metaat", ALL, {"lookahead": True}),
+    "metaat-no-learned": ("metaat", ALL, {"learned_start": False}),  # plain PGD steps: is the attacker worth it?
+    # v3: the default from 2026-11-27 to 2026-11-28 (PGD-5 every 4th batch, the attacker distilled
+    # towards it) and the ablations run on it; metaat-v3-no-pgd became today's default
+    "metaat-v3": ("metaat", ALL, V3),
+    "metaat-v3-no-l1-prior": ("metaat", ALL, {**V3, "l1_weight": 1.0}),
+    "metaat-v3-no-adaptive": ("metaat", ALL, {**V3, "adaptive": False}),
+    "metaat-v3-no-consistency": ("metaat", ALL, {**V3, "consistency": 0.0}),
+    "metaat-v3-no-distill": ("metaat", ALL, {**V3, "distill": 0.0}),
+    "metaat-v3+lookahead": ("metaat", ALL, {**V3, "lookahead": True}),
     # v2: the default from 2026-11-26 to 2026-11-27 (PGD steps only, no learned attacker), which is
     # also the ablation "learned start off", and the rows run on it
     "metaat-v2": ("metaat", ALL, V2),
@@ -116,20 +126,22 @@ METHODS: dict[str, tuple[str, tuple[str, ...], dict[str, Any]]] = {
 }
 QUICK_METHODS = ("standard", "pgd-linf", "sat", "metaat")
 # the full study (make bench): every defense, metaat and the ablations of its current default; the
-# v1 and v2 rows are history (earlier defaults) and run only when named, except metaat-v2 and
-# metaat-v2-refine9, which the full study keeps: metaat-v2 is the ablation "no learned attacker" and
-# the row the default was chosen against, metaat-v2-refine9 (1 + 9 PGD steps, SAT's cost) says whether
-# the recipe's extras add anything once its attack is as strong as PGD-10. Ordered by what a partly
+# v1, v2 and v3 rows are history (earlier defaults) and run only when named, except metaat-v3 (the
+# previous default, i.e. today's plus the PGD batches), metaat-v2 and metaat-v2-refine9, which the
+# full study keeps: metaat-v2 is the row the learned start was chosen against, metaat-v2-refine9
+# (1 + 9 PGD steps, SAT's cost) says whether the recipe's extras add anything once its attack is as
+# strong as PGD-10. Ordered by what a partly
 # finished study most needs: metaat and the target baselines first, then the single-norm and other
 # defenses, then the ablations (the full study costs far more than one session; each piece is kept
 # as it ends). sat-l1x2 (SAT with metaat's L1 prior) follows sat: the control that says whether
 # metaat's recipe adds anything beyond the prior. The four cheap rows (standard, fast, l2l, mat: 1-3
 # passes, 80 pass-epochs for both seeds together) fill the table and the plot's cost axis next.
 PRIORITY = (
-    "metaat", "max", "sat", "sat-l1x2", "standard", "fast", "l2l", "mat", "metaat-v2", "metaat-v2-refine9", "msd",
+    "metaat", "metaat-v3", "max", "sat", "sat-l1x2", "standard", "fast", "l2l", "mat", "metaat-v2", "metaat-v2-refine9",
+    "msd",
     "avg", "mng", "pgd-linf", "pgd-l2", "pgd-l1", "eat", "trades",
 )  # fmt: skip
-HISTORY = ("metaat-v1", "metaat-v2")  # rows of earlier defaults: run only when named (or in PRIORITY)
+HISTORY = ("metaat-v1", "metaat-v2", "metaat-v3")  # rows of earlier defaults: run only when named (or in PRIORITY)
 FULL_METHODS = PRIORITY + tuple(m for m in METHODS if m not in PRIORITY and not m.startswith(HISTORY))
 
 
@@ -617,11 +629,17 @@ PASS_FREE_OPTIONS: dict[str, frozenset[str]] = {
 }
 
 
+@functools.lru_cache(maxsize=None)
 def _passes_key(method: str) -> tuple[str, tuple[str, ...], str]:
+    """The row's configuration with every option resolved, less those that cost no pass (two rows
+    that spell the same configuration differently get the same key)."""
+    import metaat.defenses as defenses
+
     defense, threats, options = METHODS[method]
     free = PASS_FREE_OPTIONS.get(defense, frozenset())
-    rest = {k: v for k, v in options.items() if k not in free}
-    return defense, threats, json.dumps(rest, sort_keys=True)
+    resolved = defenses.create(defense, list(threats), **options).config.to_dict()
+    rest = {k: v for k, v in resolved.items() if k not in free}
+    return defense, threats, json.dumps(rest, sort_keys=True, default=str)
 
 
 def dry_run_passes(method: str, batches: int = 8, batch_size: int = 8) -> float:

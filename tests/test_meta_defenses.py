@@ -102,20 +102,23 @@ def test_defense_step_honours_the_contract(name: str, options: dict[str, Any]) -
         ("l2l", {}, 2.0),
         ("l2l", {"steps": 3}, 4.0),
         ("mat", {"steps": 2}, 3.0),
-        # default: 3/4 · (1 learned + 3 refinement + 1 update + 1 consistency) + 1/4 · (5 + 1 + 1)
-        ("metaat", {}, 6.25),
-        ("metaat", {"consistency": 0}, 5.25),
-        ("metaat", {"distill": 0}, 6.25),  # the attacker's distillation reuses PGD's first gradient
+        # default: 1 learned + 3 refinement + 1 update + 1 consistency
+        ("metaat", {}, 6.0),
+        ("metaat", {"consistency": 0}, 5.0),
+        # PGD-5 every 4th batch (the default until 2026-11-28): 3/4 · 6 + 1/4 · (5 + 1 + 1)
+        ("metaat", {"pgd_every": 4}, 6.25),
+        ("metaat", {"pgd_every": 4, "consistency": 0}, 5.25),
+        ("metaat", {"pgd_every": 4, "distill": 0}, 6.25),  # the attacker's distillation reuses PGD's first gradient
         # the look-ahead's second-order step on the PGD batch (one in four): 3.5 more passes there
-        ("metaat", {"lookahead": True}, 6.25 + 3.5 / 4),
-        ("metaat", {"refine_steps": 0}, 4.0),
-        ("metaat", {"refine_steps": 0, "consistency": 0}, 3.0),
-        ("metaat", {"pgd_every": 0, "consistency": 0, "refine_steps": 0}, 2.0),
-        ("metaat", {"refine_steps": 2}, 5.5),
-        ("metaat", {"refine_steps": 2, "learned_start": False}, 5.5),
-        # per-norm refinement overrides refine_steps: 3/4 · (1 + 1 + 1 + 1) + 1/4 · 7
-        ("metaat", {"refine_by_norm": {"linf": 1, "l2": 1, "l1": 1}}, 4.75),
-        ("metaat", {"refine_by_norm": {"linf": 1, "l2": 1, "l1": 1}, "learned_start": False}, 4.75),
+        ("metaat", {"pgd_every": 4, "lookahead": True}, 6.25 + 3.5 / 4),
+        ("metaat", {"refine_steps": 0}, 3.0),
+        ("metaat", {"refine_steps": 0, "consistency": 0}, 2.0),
+        ("metaat", {"refine_steps": 0, "pgd_every": 4}, 4.0),
+        ("metaat", {"refine_steps": 2}, 5.0),
+        ("metaat", {"refine_steps": 2, "learned_start": False}, 5.0),
+        # per-norm refinement overrides refine_steps: 1 + 1 + 1 + 1, or 3/4 · 4 + 1/4 · 7 with PGD batches
+        ("metaat", {"refine_by_norm": {"linf": 1, "l2": 1, "l1": 1}}, 4.0),
+        ("metaat", {"refine_by_norm": {"linf": 1, "l2": 1, "l1": 1}, "pgd_every": 4, "learned_start": False}, 4.75),
     ],
 )
 def test_passes_per_example(name: str, options: dict[str, Any], expected: float) -> None:
@@ -137,10 +140,12 @@ def test_passes_per_example(name: str, options: dict[str, Any], expected: float)
 
 
 def test_threat_sampling_adapts_to_the_weakest_threat() -> None:
-    defense = defenses.create("metaat", list(THREATS))
-    defense.acc_pgd = [0.8, 0.5, 0.1]  # type: ignore[attr-defined]
-    probs = defense.threat_probabilities()  # type: ignore[attr-defined]
-    assert probs[2] > probs[1] > probs[0] > 0 and sum(probs) == pytest.approx(1)
+    # by default, from the refined batches' running accuracy; with PGD batches, from theirs
+    for options, source in (({}, "acc_learned"), ({"pgd_every": 4}, "acc_pgd")):
+        defense = defenses.create("metaat", list(THREATS), **options)
+        setattr(defense, source, [0.8, 0.5, 0.1])
+        probs = defense.threat_probabilities()  # type: ignore[attr-defined]
+        assert probs[2] > probs[1] > probs[0] > 0 and sum(probs) == pytest.approx(1), options
     uniform = defenses.create("metaat", list(THREATS), adaptive=False, l1_weight=1.0)
     assert uniform.threat_probabilities() == pytest.approx([1 / 3] * 3)  # type: ignore[attr-defined]
 
@@ -167,7 +172,7 @@ def test_l1_weight_scales_the_l1_share_on_top_of_either_sampler() -> None:
     [
         ("metaat", {"pgd_every": -1}, "pgd_every"),
         ("metaat", {"lookahead": True, "pgd_every": 0, "learned_start": True}, "lookahead needs"),
-        ("metaat", {"lookahead": True, "learned_start": False}, "needs learned_start=true"),
+        ("metaat", {"lookahead": True, "pgd_every": 4, "learned_start": False}, "needs learned_start=true"),
         ("metaat", {"refine_steps": -1}, "refine_steps"),
         ("metaat", {"refine_step_size": 1.5}, "refine_step_size"),
         ("metaat", {"l1_weight": 0.0}, "l1_weight"),
@@ -260,6 +265,43 @@ def test_resume_is_exact(tmp_path: Path, name: str, options: dict[str, Any]) -> 
         atk = attacks.create("learned", threat=THREATS[0], path=str(tmp_path / "a"))
         assert isinstance(atk.attacker, LearnedAttacker)  # type: ignore[attr-defined]
     assert a.state["defense"]["state"] == b.state["defense"]["state"]
+
+
+def test_a_default_changed_since_a_run_started_cannot_change_it_on_resume(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import dataclasses
+
+    from metaat.defenses.metaat import MetaAT, MetaATConfig
+    from metaat.train import resume_run
+    from metaat.train.checkpoint import read_checkpoint
+
+    kw: dict[str, Any] = {"n": 256, "eval_n": 0, "train_subset": 256}
+    straight = _fit("metaat", tmp_path / "a", epochs=2, **kw)
+    _fit("metaat", tmp_path / "b", epochs=1, **kw)
+    built = read_checkpoint(tmp_path / "b").state["defense"]["config"]
+    assert built["pgd_every"] == 0 and built["learned_start"] is True  # every option, defaults included
+
+    @dataclasses.dataclass(frozen=True)
+    class Changed(MetaATConfig):  # as if a later version's default were PGD batches every 2nd batch
+        pgd_every: int = 2
+
+    monkeypatch.setattr(MetaAT, "config_class", Changed)
+    cfg = TrainConfig.from_yaml(tmp_path / "b" / "config.yaml", epochs=2)  # options {}: today's defaults
+    from metaat.models import create
+
+    x, y = data.load("synthetic", "train", n=256)
+    with pytest.raises(ValueError, match="pgd_every: checkpoint 0, now 2"):
+        model, defense = create("cnn-small", 10, 1, 12), defenses.create("metaat", list(THREATS))
+        fit(model, defense, x, y, cfg, tmp_path / "b", resume=True, quiet=True)
+    # the run's saved config pins what it was built with: it ends exactly as the uninterrupted run
+    resumed = resume_run(tmp_path / "b", epochs=2, quiet=True)
+    assert resumed.global_step == straight.global_step
+    a, b = read_checkpoint(tmp_path / "a"), read_checkpoint(tmp_path / "b")
+    for key, value in a.model_state.items():
+        assert torch.equal(value, b.model_state[key]), key
+    assert b.state["config"]["options"] == {"pgd_every": 0}
+    assert TrainConfig.from_yaml(tmp_path / "b" / "config.yaml").options == {"pgd_every": 0}
 
 
 @pytest.mark.parametrize("name", ["mng", "l2l", "mat", "metaat"])

@@ -42,8 +42,8 @@ def test_full_study_runs_each_current_row_once_in_priority_order(load_benchmark:
     study = load_benchmark("study")
     full = study.FULL_METHODS
     assert len(full) == len(set(full))
-    history = {m for m in study.METHODS if m.startswith(("metaat-v1", "metaat-v2"))}
-    assert set(full) == set(study.METHODS) - history | {"metaat-v2", "metaat-v2-refine9"}
+    history = {m for m in study.METHODS if m.startswith(("metaat-v1", "metaat-v2", "metaat-v3"))}
+    assert set(full) == set(study.METHODS) - history | {"metaat-v3", "metaat-v2", "metaat-v2-refine9"}
     assert full[: len(study.PRIORITY)] == study.PRIORITY
     assert full[0] == "metaat" and {"sat", "avg", "max", "msd"} <= set(study.PRIORITY)
 
@@ -91,20 +91,20 @@ def test_plan_reports_done_part_trained_and_the_training_left(
     results.joinpath("s.json").write_text(json.dumps({"records": records}))
     speed = {"results": [{"seconds_per_60k_epoch": 300.0, "passes_per_example": 10.0}]}
     results.joinpath("train_speed.json").write_text(json.dumps(speed))
-    methods = ["--methods", "sat,max,msd,metaat+lookahead", "--seeds", "0,1"]
+    methods = ["--methods", "sat,max,msd,metaat-v3+lookahead", "--seeds", "0,1"]
     assert study.main(["--plan", "--study", "s", *methods]) == 0
     out = capsys.readouterr().out
     assert "| sat | 0 | done | 11.00 | 0 |" in out
     assert "| max | 0 | 2.00 of 5 epochs | 33.00 | 99 |" in out  # 3 epochs left at 33 passes
     assert "| max | 1 | 2.50 of 5 epochs | 33.00 | 82 |" in out  # 2.5 epochs left
     # no record prices these two: the training loop's meter over a few random batches does
-    assert "| metaat+lookahead | 0 | not started | 7.12 (dry run) | 36 |" in out
+    assert "| metaat-v3+lookahead | 0 | not started | 7.12 (dry run) | 36 |" in out
     assert "| msd | 0 | trained, evaluation left (linf 100 %, l1 33 %) | 26.00 (dry run) | 0 |" in out
     # no run folder here: a worker would resume from the repository's parked copy
     assert "| msd | 1 | 1.25 of 5 epochs (parked copy) | 26.00 (dry run) | 98 |" in out
     # 55 (sat seed 1) + 99 + 82.5 + 97.5 + 2 x 35.6 pass-epochs, at 30 s each
     assert "training left: 405 pass-epochs, about 3.4 h at 2 threads" in out
-    assert "passes of metaat+lookahead, msd from a dry run" in out and "passes unknown" not in out
+    assert "passes of metaat-v3+lookahead, msd from a dry run" in out and "passes unknown" not in out
     # 7 of the 8 pieces still to score, at the one CPU record's 1,800 s
     assert "evaluations left: 7 piece(s), about 3.5 h of one core" in out
     assert "took 1,800 s, over 1 record(s)" in out
@@ -287,18 +287,19 @@ def test_a_row_not_run_yet_takes_the_passes_of_its_twin(study_tmp: ModuleType) -
     ]
     (study.RESULTS / "x.json").write_text(json.dumps({"records": records}), encoding="utf-8")
     passes = study.known_passes()
-    assert passes["metaat-no-pgd"] == 6.0 and passes["sat"] == 11.0  # learned start: the same passes
+    assert passes["metaat"] == 6.0 and passes["sat"] == 11.0  # learned start: the same passes
+    assert passes["metaat-no-learned"] == 6.0  # the same row as metaat-v2-no-pgd, spelled otherwise
     assert passes["mng-noise"] == 15.5  # MNG-AC's generator input: no target pass either
-    assert passes["metaat-no-distill"] == 6.25  # nor does the attacker's distillation
-    assert "metaat+lookahead" not in passes and "metaat-no-consistency" not in passes  # other options: no twin
+    assert passes["metaat-v3"] == 6.25 and passes["metaat-v3-no-distill"] == 6.25  # nor the distillation
+    assert "metaat-v3+lookahead" not in passes and "metaat-no-consistency" not in passes  # other options: no twin
 
 
 def test_a_row_no_record_prices_is_priced_by_a_dry_run_of_the_meter(load_benchmark: Loader) -> None:
     study = load_benchmark("study")
-    assert study.dry_run_passes("metaat") == pytest.approx(6.25)  # the documented count
+    assert study.dry_run_passes("metaat") == pytest.approx(6.0)  # the documented count
     assert study.dry_run_passes("sat") == pytest.approx(11.0)
     # the look-ahead's second-order step adds 3.5 passes on each PGD batch (one in four)
-    assert study.dry_run_passes("metaat+lookahead") == pytest.approx(6.25 + 3.5 / 4)
+    assert study.dry_run_passes("metaat-v3+lookahead") == pytest.approx(6.25 + 3.5 / 4)
 
 
 def test_a_resumed_evaluation_counts_every_process_time(load_benchmark: Loader) -> None:

@@ -70,7 +70,7 @@ def train_cmd(
     from metaat.models import CheckpointError
     from metaat.train.checkpoint import read_checkpoint
     from metaat.train.config import TrainConfig
-    from metaat.train.loop import TrainingError, train
+    from metaat.train.loop import TrainingError, saved_config, train
 
     flags: dict[str, Any] = {
         "data": data,
@@ -112,8 +112,7 @@ def train_cmd(
                     f"cannot change {', '.join('--' + k.replace('_', '-') for k in fixed)} when resuming; "
                     f"allowed: {', '.join('--' + k.replace('_', '-') for k in _RESUME_FLAGS)}"
                 )
-            saved = read_checkpoint(resume).state["config"]
-            cfg = TrainConfig.from_dict(saved, **overrides)
+            cfg = saved_config(read_checkpoint(resume).state, **overrides)
             run_dir = resume
         else:
             base = TrainConfig.from_yaml(config) if config is not None else TrainConfig()

@@ -278,6 +278,7 @@ class _Trainer:
             "optimizer": opt_meta,
             "defense": {
                 "name": self.defense.name,
+                "config": defense_config(self.defense),
                 "state": distributed.gather_json(self.defense.state_dict(), self.info),
                 "optimizers": defense_opts,
             },
@@ -297,13 +298,27 @@ class _Trainer:
         ckpt = read_checkpoint(self.run_dir)
         state, tensors = ckpt.state, ckpt.tensors
         saved = TrainConfig.from_dict(state["config"])
+        # what the defense was built with, every option resolved (checkpoints from before 2026-11-28
+        # have only the options given, and are compared by those)
+        saved_defense = state["defense"].get("config")
+        free = set(RESUMABLE_CHANGES) | ({"options"} if saved_defense is not None else set())
         changed = [
             f"{k} (checkpoint {getattr(saved, k)!r}, now {getattr(self.cfg, k)!r})"
             for k in saved.to_dict()
-            if k not in RESUMABLE_CHANGES and getattr(saved, k) != getattr(self.cfg, k)
+            if k not in free and getattr(saved, k) != getattr(self.cfg, k)
         ]
         if changed:
             raise ValueError(f"cannot resume {self.run_dir} with a different " + "; ".join(changed))
+        if saved_defense is not None:
+            now = defense_config(self.defense)
+            diff = sorted(k for k in set(saved_defense) | set(now) if saved_defense.get(k) != now.get(k))
+            if diff:
+                fields = "; ".join(f"{k}: checkpoint {saved_defense.get(k)!r}, now {now.get(k)!r}" for k in diff)
+                raise ValueError(
+                    f"cannot resume {self.run_dir}: defense {self.defense.name} would now be built with another "
+                    f"configuration ({fields}); a default may have changed since the run started: resume it with "
+                    "its saved config (metaat train --resume, or metaat.train.resume_run), which pins those options"
+                )
         if state["world_size"] != self.info.world_size:
             raise ValueError(
                 f"{ckpt.path} was written by {state['world_size']} process(es); resume it with the same number"
@@ -612,6 +627,7 @@ class _Trainer:
                 "cost": result.cost,
                 "final_model": str(final),
                 "defense": repr(self.defense),
+                "defense_config": defense_config(self.defense),
                 "world_size": self.info.world_size,
                 "device": str(self.device),
                 "environment": environment(),
@@ -762,8 +778,31 @@ def train(
     )
 
 
+def defense_config(defense: Defense) -> dict[str, Any]:
+    """``defense``'s configuration with every option resolved (defaults included), as JSON values."""
+    resolved: dict[str, Any] = json.loads(json.dumps(defense.config.to_dict(), default=str))
+    return resolved
+
+
+def saved_config(state: dict[str, Any], **changes: Any) -> TrainConfig:
+    """The config a checkpoint's run continues with: its saved config plus ``changes`` (e.g. ``epochs``),
+    with every defense option whose default has changed since the run started pinned to the value the
+    run was built with, so that it goes on exactly as it began."""
+    import metaat.defenses as defenses
+
+    config = TrainConfig.from_dict(state["config"], **changes)
+    built = state.get("defense", {}).get("config")
+    if built is None:  # a checkpoint from before 2026-11-28: its options are all there is
+        return config
+    now = defense_config(defenses.create(config.defense, list(config.threats), **config.options))
+    pinned = {k: v for k, v in built.items() if now.get(k) != v}
+    if not pinned:
+        return config
+    return dataclasses.replace(config, options={**config.options, **pinned})
+
+
 def resume_run(run_dir: str | os.PathLike[str], *, quiet: bool | None = None, **changes: Any) -> TrainResult:
-    """Continue the run in ``run_dir`` with its saved config (``changes``: e.g. ``epochs``, ``threads``)."""
+    """Continue the run in ``run_dir`` with its saved config (``changes``: e.g. ``epochs``, ``threads``);
+    options whose defaults changed since it started keep the values it was built with."""
     ckpt = read_checkpoint(run_dir)
-    config = TrainConfig.from_dict(ckpt.state["config"], **changes)
-    return train(config, run_dir, resume=True, quiet=quiet)
+    return train(saved_config(ckpt.state, **changes), run_dir, resume=True, quiet=quiet)
