@@ -87,6 +87,7 @@ bench-transfer: setup data
 tables: setup
 	$(PY) benchmarks/paired.py --study fmnist_study
 	$(PY) benchmarks/paired.py --study fmnist_study --reference metaat
+	$(PY) benchmarks/paired.py --study fmnist_study --reference metaat-v3
 	$(PY) benchmarks/paired.py --study fmnist_study --reference metaat-v2
 	$(PY) benchmarks/paired.py --study fmnist_study --reference mng
 	$(PY) benchmarks/monitor_gap.py --study fmnist_study

@@ -9,7 +9,8 @@ no longer be reproduced by their command. This moves each ``OLD`` row's records 
 after checking, for every record, that its options under the previous defaults
 (``--previous-default DEFENSE.OPTION=VALUE``) build exactly the configuration that ``NEW``'s options
 build under the current code — together with its run, evidence and parked folders and the derived
-files (``<study>_paired*.json``, ``<study>_monitor_gap.json``). Each renamed record keeps its old name
+files (``<study>_paired*.json``, ``<study>_transfer*.json``, ``<study>_monitor_gap.json``; rerun
+``transfer.py --table-only`` for its Markdown). Each renamed record keeps its old name
 in ``relabelled_from`` and its original command in ``original_command``; ``command`` names the new
 row. ``NAME=NAME`` keeps a row's name and only writes its options as ``study.py`` now spells them
 (an earlier default's row that now pins the changed option), the old ones kept in ``options_were``.
@@ -105,13 +106,23 @@ def relabelled(r: dict[str, Any], old: str, new: str) -> dict[str, Any]:
     return out
 
 
+NAME_FIELDS = ("method", "reference", "source")  # fields of derived files that hold a row's name
+LABEL = re.compile(r"(.* for )(\S+)( seed \d+.*)")  # keys such as "ensemble for metaat seed 0 linf:0.1"
+
+
 def rename_in(data: Any, pairs: dict[str, str]) -> Any:
-    """Row names in a derived file's ``method`` / ``reference`` fields, at any depth."""
+    """Row names in a derived file's ``method`` / ``reference`` / ``source`` fields and in labels
+    "... for ROW seed N ..." used as keys, at any depth."""
+
+    def key(k: str) -> str:
+        match = LABEL.fullmatch(k)
+        return k if match is None else match.group(1) + pairs.get(match.group(2), match.group(2)) + match.group(3)
+
     if isinstance(data, list):
         return [rename_in(x, pairs) for x in data]
     if isinstance(data, dict):
         return {
-            k: (pairs.get(v, v) if k in ("method", "reference") and isinstance(v, str) else rename_in(v, pairs))
+            key(k): (pairs.get(v, v) if k in NAME_FIELDS and isinstance(v, str) else rename_in(v, pairs))
             for k, v in data.items()
         }
     return data
@@ -176,10 +187,17 @@ def main(argv: list[str] | None = None) -> int:
                 (results / "evidence" / args.study / old, results / "evidence" / args.study / new)
                 for old, new in pairs.items()
             ]
-            + [(study_script.PARKED / args.study / old, study_script.PARKED / args.study / new) for old, new in pairs.items()]
+            + [
+                (study_script.PARKED / args.study / old, study_script.PARKED / args.study / new)
+                for old, new in pairs.items()
+            ]
         )
         monitor = results / f"{args.study}_monitor_gap.json"
-        for file in [*sorted(results.glob(f"{args.study}_paired*.json")), *([monitor] if monitor.is_file() else [])]:
+        derived = [
+            *sorted(results.glob(f"{args.study}_paired*.json")),
+            *sorted(results.glob(f"{args.study}_transfer*.json")),
+        ]
+        for file in [*derived, *([monitor] if monitor.is_file() else [])]:
             atomic_write_json(file, rename_in(json.loads(file.read_text(encoding="utf-8")), pairs))
         paired = f"{args.study}_paired_vs_{{}}.json"  # a file named after its reference row follows it
         move_all([(results / paired.format(old), results / paired.format(new)) for old, new in pairs.items()])

@@ -629,7 +629,7 @@ PASS_FREE_OPTIONS: dict[str, frozenset[str]] = {
 }
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _passes_key(method: str) -> tuple[str, tuple[str, ...], str]:
     """The row's configuration with every option resolved, less those that cost no pass (two rows
     that spell the same configuration differently get the same key)."""

@@ -34,9 +34,7 @@ def relabel(load_benchmark: Loader, tmp_path: Path, monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr(study, "RESULTS", tmp_path / "results")
     monkeypatch.setattr(study, "RUNS", tmp_path / "runs")
     monkeypatch.setattr(study, "PARKED", tmp_path / "parked")
-    records = [
-        _record(m, s, o) for m, o in (("metaat", {}), ("metaat-no-pgd", {"pgd_every": 0})) for s in (0, 1)
-    ]
+    records = [_record(m, s, o) for m, o in (("metaat", {}), ("metaat-no-pgd", {"pgd_every": 0})) for s in (0, 1)]
     study.RESULTS.mkdir()
     (study.RESULTS / "s.json").write_text(json.dumps({"study": "s", "records": records}), encoding="utf-8")
     for method in ("metaat", "metaat-no-pgd"):
@@ -46,6 +44,11 @@ def relabel(load_benchmark: Loader, tmp_path: Path, monkeypatch: pytest.MonkeyPa
     rows = {"rows": [{"method": "metaat-no-pgd", "reference": "metaat", "seed": 0}]}
     (study.RESULTS / "s_paired_vs_metaat.json").write_text(json.dumps(rows), encoding="utf-8")
     (study.RESULTS / "s_monitor_gap.json").write_text(json.dumps({"rows": [{"method": "metaat"}]}), encoding="utf-8")
+    transfer = {
+        "rows": [{"method": "metaat", "source": "metaat-no-pgd"}],
+        "seconds": {"ensemble for metaat seed 0 l1": 2},
+    }
+    (study.RESULTS / "s_transfer.json").write_text(json.dumps(transfer), encoding="utf-8")
     return module
 
 
@@ -74,6 +77,9 @@ def test_rows_follow_the_new_default_with_their_folders_and_derived_files(
     paired = json.loads((study.RESULTS / "s_paired_vs_metaat-v3.json").read_text())
     assert paired["rows"] == [{"method": "metaat", "reference": "metaat-v3", "seed": 0}]
     assert json.loads((study.RESULTS / "s_monitor_gap.json").read_text())["rows"] == [{"method": "metaat-v3"}]
+    transfer = json.loads((study.RESULTS / "s_transfer.json").read_text())
+    assert transfer["rows"] == [{"method": "metaat-v3", "source": "metaat"}]
+    assert transfer["seconds"] == {"ensemble for metaat-v3 seed 0 l1": 2}
     assert "metaat-no-pgd -> metaat (2 record(s))" in capsys.readouterr().out
 
 
