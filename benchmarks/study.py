@@ -646,7 +646,7 @@ def dry_run_passes(method: str, batches: int = 8, batch_size: int = 8) -> float:
     """Passes per example of ``method`` counted by the training loop's meter over ``batches`` steps
     on random 28x28 images and a small CNN: a pass count depends on the defense and its options, not
     on the model or the data. For the plan of a row that no record prices yet; batch-periodic parts
-    (metaat's PGD every 4th batch) average exactly when ``batches`` is a multiple of their period."""
+    (metaat-v3's PGD every 4th batch) average exactly when ``batches`` is a multiple of their period."""
     import torch
     from torch import nn
 
