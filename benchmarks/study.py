@@ -634,12 +634,12 @@ def _passes_key(method: str) -> tuple[str, tuple[str, ...], str]:
     """The row's configuration with every option resolved, less those that cost no pass (two rows
     that spell the same configuration differently get the same key)."""
     import metaat.defenses as defenses
+    from metaat.train.loop import defense_config
 
     defense, threats, options = METHODS[method]
     free = PASS_FREE_OPTIONS.get(defense, frozenset())
-    resolved = defenses.create(defense, list(threats), **options).config.to_dict()
-    rest = {k: v for k, v in resolved.items() if k not in free}
-    return defense, threats, json.dumps(rest, sort_keys=True, default=str)
+    resolved = defense_config(defenses.create(defense, list(threats), **options))
+    return defense, threats, json.dumps({k: v for k, v in resolved.items() if k not in free}, sort_keys=True)
 
 
 def dry_run_passes(method: str, batches: int = 8, batch_size: int = 8) -> float:
