@@ -91,7 +91,7 @@ tables: setup
 	$(PY) benchmarks/paired.py --study fmnist_study --reference metaat-v2
 	$(PY) benchmarks/paired.py --study fmnist_study --reference mng
 	$(PY) benchmarks/monitor_gap.py --study fmnist_study
-	$(PY) benchmarks/make_tables.py --study fmnist_study --title "Full protocol: fmnist_study (in progress)"
+	$(PY) benchmarks/make_tables.py --study fmnist_study --title "Full protocol: fmnist_study"
 	$(PY) benchmarks/make_tables.py --study fmnist_small --title "Reduced study: fmnist_small" --readme benchmarks/README.md
 
 clean:
