@@ -7,10 +7,29 @@ the valid ones.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
+
+DOMAINS_PACKAGE = "metaat.domains"
+"""Package whose import registers the built-in domains (sensors, text) into every registry."""
+_domains_state = {"loaded": False}
+
+
+def load_domains() -> None:
+    """Import the built-in domains once, so that their datasets, models, threats and attacks are
+    registered; a registry calls this before it reports a name as unknown. Imported by name, because
+    the domains sit above every core layer and register themselves into it."""
+    if _domains_state["loaded"]:
+        return
+    _domains_state["loaded"] = True
+    try:
+        importlib.import_module(DOMAINS_PACKAGE)
+    except ModuleNotFoundError as exc:
+        if exc.name != DOMAINS_PACKAGE:
+            raise
 
 
 class UnknownNameError(KeyError, ValueError):
@@ -54,6 +73,8 @@ class Registry(Generic[T]):
         """The factory registered under ``name``; unknown names list the valid ones."""
         key = name.strip().lower().replace("_", "-")
         if key not in self._factories:
+            load_domains()
+        if key not in self._factories:
             raise UnknownNameError(f"unknown {self.kind} {name!r}; valid {self.plural}: {', '.join(self.available())}")
         return self._factories[key]
 
@@ -62,7 +83,8 @@ class Registry(Generic[T]):
         return self.get(name)(*args, **kwargs)
 
     def available(self) -> list[str]:
-        """Sorted registered names."""
+        """Sorted registered names (the built-in domains' included)."""
+        load_domains()
         return sorted(self._factories)
 
     def describe(self, name: str) -> str:
@@ -71,10 +93,16 @@ class Registry(Generic[T]):
         return self._help[name.strip().lower().replace("_", "-")]
 
     def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and name.strip().lower().replace("_", "-") in self._factories
+        if not isinstance(name, str):
+            return False
+        key = name.strip().lower().replace("_", "-")
+        if key not in self._factories:
+            load_domains()
+        return key in self._factories
 
     def __iter__(self):  # type: ignore[no-untyped-def]
         return iter(self.available())
 
     def __len__(self) -> int:
+        load_domains()
         return len(self._factories)

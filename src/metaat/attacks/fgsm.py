@@ -26,7 +26,7 @@ from torch import nn
 
 from metaat.attacks.base import ATTACKS, Attack, AttackConfig, chunks
 from metaat.losses import get_loss
-from metaat.threats import project, random_init, steepest_ascent
+from metaat.threats import project, random_init, threat_ascent
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,7 +64,7 @@ class FGSM(Attack):
             (grad,) = torch.autograd.grad(loss, delta)
             if cfg.targeted:
                 grad = -grad
-            direction = steepest_ascent(grad, threat.norm, x_adv=xc + delta.detach(), l1_sparsity=cfg.l1_sparsity)
+            direction = threat_ascent(grad, threat, x_adv=xc + delta.detach(), l1_sparsity=cfg.l1_sparsity)
             new = project(delta.detach() + step * direction, xc, threat)
             out[sl] = (xc + new).clamp(0, 1)
         return out

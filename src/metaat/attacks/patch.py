@@ -38,7 +38,7 @@ from torch import nn
 
 from metaat.attacks.base import ATTACKS, Attack, AttackConfig, chunks
 from metaat.losses import get_loss
-from metaat.threats import ThreatModel, default_step_size, project, steepest_ascent
+from metaat.threats import ThreatModel, default_step_size, project, threat_ascent
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,7 +107,7 @@ def learn_universal(
     delta = torch.zeros((1, *x.shape[1:]), dtype=x.dtype, device=x.device)
     for _ in range(steps):
         grad = _summed_gradient(model, x, y, delta, lambda xc, d, _sl: apply_universal(xc, d), loss, chunk)
-        delta = project_universal(delta + step * steepest_ascent(grad, threat.norm), threat)
+        delta = project_universal(delta + step * threat_ascent(grad, threat), threat)
     return delta.detach()
 
 

@@ -35,7 +35,7 @@ from torch import nn
 
 from metaat.attacks.base import ATTACKS, Attack, AttackConfig, chunks
 from metaat.losses import LossFn, get_loss
-from metaat.threats import ThreatModel, default_step_size, project, random_init, steepest_ascent
+from metaat.threats import ThreatModel, default_step_size, project, random_init, threat_ascent
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,7 +105,7 @@ def pgd_steps(
             l1 = grad.abs().flatten(1).sum(dim=1).clamp_min(1e-12).reshape(-1, *([1] * (grad.dim() - 1)))
             accumulated = momentum * accumulated + grad / l1
             grad = accumulated
-        direction = steepest_ascent(sign * grad, threat.norm, x_adv=x + delta, l1_sparsity=l1_sparsity)
+        direction = threat_ascent(sign * grad, threat, x_adv=x + delta, l1_sparsity=l1_sparsity)
         delta = project(delta + step_size * direction, x, threat)
     if return_best:
         delta = torch.where(found.reshape(-1, *([1] * (x.dim() - 1))), best, delta)

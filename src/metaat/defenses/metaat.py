@@ -80,7 +80,7 @@ from metaat.meta.io import generator_record
 from metaat.meta.lookahead import lookahead_loss
 from metaat.meta.rollout import attacker_rollout, input_gradient, route_ascent
 from metaat.meta.sampling import adaptive_probabilities, ema, reweight, sample_index, uniform
-from metaat.threats import NORMS, ThreatModel, default_step_size, project, random_init, steepest_ascent
+from metaat.threats import NORMS, ThreatModel, default_step_size, project, random_init, threat_ascent
 
 
 @dataclasses.dataclass(frozen=True)
@@ -334,7 +334,7 @@ class MetaAT(Defense):
         cfg = self.config
         step = default_step_size(threat, cfg.pgd_steps)
         grad0 = input_gradient(model, x, y, delta0)
-        direction = steepest_ascent(grad0, threat.norm, x_adv=x + delta0, l1_sparsity=cfg.l1_sparsity)
+        direction = threat_ascent(grad0, threat, x_adv=x + delta0, l1_sparsity=cfg.l1_sparsity)
         delta1 = project(delta0 + step * direction, x, threat)
         x_adv = (x + delta1).clamp(0, 1)
         if cfg.pgd_steps > 1:

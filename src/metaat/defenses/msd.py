@@ -35,7 +35,7 @@ from metaat.defenses.base import (
     check_steps,
     step_sizes_for,
 )
-from metaat.threats import ThreatModel, project, steepest_ascent
+from metaat.threats import ThreatModel, project, threat_ascent
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,7 +77,7 @@ def msd_attack(
             candidates = torch.stack(
                 [
                     project(
-                        delta + size * steepest_ascent(grad, threat.norm, x_adv=x + delta, l1_sparsity=l1_sparsity),
+                        delta + size * threat_ascent(grad, threat, x_adv=x + delta, l1_sparsity=l1_sparsity),
                         x,
                         threat,
                     )

@@ -16,7 +16,7 @@ from torch import nn
 
 from metaat.attacks.base import attack_mode
 from metaat.losses import LossFn, ce
-from metaat.threats import ThreatModel, project, random_init, steepest_ascent
+from metaat.threats import ThreatModel, project, random_init, threat_ascent
 
 
 def project_universal(u: torch.Tensor, threat: ThreatModel) -> torch.Tensor:
@@ -48,9 +48,7 @@ def refine_universal(
         u.requires_grad_(True)
         with torch.enable_grad(), attack_mode(model):
             (grad,) = torch.autograd.grad(loss_fn(model(apply_universal(x, u)), y).sum(), u)
-        u = project_universal(
-            u.detach() + step_size * steepest_ascent(grad, threat.norm, l1_sparsity=l1_sparsity), threat
-        )
+        u = project_universal(u.detach() + step_size * threat_ascent(grad, threat, l1_sparsity=l1_sparsity), threat)
     return u.detach()
 
 

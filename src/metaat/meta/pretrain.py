@@ -38,7 +38,7 @@ from metaat.meta.generators import AttackerSpec, LearnedAttacker
 from metaat.meta.io import save_generator
 from metaat.meta.rollout import attacker_rollout, input_gradient
 from metaat.runtime import check_out_dir
-from metaat.threats import ThreatModel, parse_threats, project, random_init, steepest_ascent
+from metaat.threats import ThreatModel, parse_threats, project, random_init, threat_ascent
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,7 +104,7 @@ def fgsm_delta(
 ) -> torch.Tensor:
     """One full-budget steepest-ascent step from ``delta0`` (FGSM / FGM / sparse L1), projected."""
     grad = input_gradient(model, x, y, delta0)
-    step = steepest_ascent(grad, threat.norm, x_adv=x + delta0)
+    step = threat_ascent(grad, threat, x_adv=x + delta0)
     return project(delta0 + threat.eps * step, x, threat)
 
 
