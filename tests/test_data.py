@@ -373,7 +373,8 @@ def test_validate_batch_accepts_good_batch() -> None:
 @pytest.mark.parametrize(
     ("x", "y", "kwargs", "message"),
     [
-        (torch.rand(2, 5, 5), None, {}, "4-D"),
+        (torch.rand(2, 25), None, {}, "4-D"),
+        (torch.rand(2, 5, 5), None, {"ndim": 4}, "4-D"),
         (torch.randint(0, 2, (2, 1, 3, 3)), None, {}, "floating"),
         (
             torch.tensor([float("nan"), 0.5, float("nan"), 0.1]).view(1, 1, 2, 2),

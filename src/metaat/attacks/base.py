@@ -51,11 +51,11 @@ def attack_mode(model: nn.Module) -> Iterator[nn.Module]:
             m.training = was_training
 
 
-def check_inputs(x: torch.Tensor, y: torch.Tensor) -> None:
-    """One-line errors for the inputs every attack refuses."""
+def check_inputs(x: torch.Tensor, y: torch.Tensor, box: tuple[float, float] = (0.0, 1.0)) -> None:
+    """One-line errors for the inputs every attack refuses (values outside the threat's ``box`` too)."""
     from metaat.data import validate_batch
 
-    validate_batch(x, y)
+    validate_batch(x, y, box=box)
 
 
 def check_model_inputs(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
@@ -75,14 +75,25 @@ def check_model_inputs(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> No
     spec = getattr(unwrap(model), "metaat_spec", None)
     if not isinstance(spec, dict):
         return
-    expected = (spec.get("in_channels"), spec.get("image_size"), spec.get("image_size"))
-    if None not in expected and tuple(x.shape[1:]) != expected:
+    expected = model_input_shape(spec)
+    if expected is not None and tuple(x.shape[1:]) != expected:
         raise ValueError(
             f"the model ({spec.get('name')}) expects inputs of shape {expected} but the data has {tuple(x.shape[1:])}"
         )
     classes = spec.get("num_classes")
     if isinstance(classes, int) and y.numel() and int(y.max()) >= classes:
         raise ValueError(f"labels go up to {int(y.max())} but the model outputs only {classes} classes")
+
+
+def model_input_shape(spec: dict[str, Any]) -> tuple[int, ...] | None:
+    """The shape of one input a model built by ``metaat.models.create`` takes (None if unknown)."""
+    shape = spec.get("input_shape")
+    if isinstance(shape, list | tuple):
+        return tuple(int(v) for v in shape)
+    channels, size = spec.get("in_channels"), spec.get("image_size")
+    if channels is None or size is None:
+        return None
+    return (int(channels), int(size), int(size))
 
 
 def auto_chunk(device: torch.device) -> int:
@@ -145,7 +156,7 @@ class Attack(ABC):
         *,
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
-        check_inputs(x, y)
+        check_inputs(x, y, self.threat.box)
         check_model_inputs(model, x, y)
         gen = generator if generator is not None else make_generator(self.config.seed)
         with attack_mode(model), torch.enable_grad():  # gradient attacks work inside a caller's no_grad too

@@ -12,8 +12,8 @@ import torch
 
 from metaat.registry import Registry
 
-SPLITS: tuple[str, ...] = ("train", "test")
-"""The split names every dataset understands."""
+SPLITS: tuple[str, ...] = ("train", "val", "test")
+"""The split names a dataset may offer (``DatasetInfo.splits`` says which ones it does)."""
 
 ENV_VAR = "METAAT_DATA"
 """Environment variable naming a folder that holds datasets (or one dataset's files)."""
@@ -23,15 +23,43 @@ class DataError(ValueError):
     """A data file exists but cannot be used (corrupt, truncated, inconsistent); the message names it."""
 
 
+DOMAIN_RANKS: dict[str, int] = {"images": 2, "sensors": 1, "text": 0}
+"""Spatial rank of one example per domain: images ``(C, H, W)``, signals ``(C, T)``, token ids ``(L,)``."""
+
+
 @dataclass(frozen=True)
 class DatasetInfo:
-    """What a model needs to know about a dataset before seeing it."""
+    """What a model needs to know about a dataset before seeing it.
+
+    ``image_size`` is the spatial size: the side of a square image, the length ``T`` of a signal or
+    the number ``L`` of tokens. ``box`` is the valid range of input values (pixels ``[0, 1]``; a
+    sensor's saturation range in units of each channel's standard deviation), which every threat
+    of this dataset is intersected with. ``splits`` names the splits the dataset offers.
+    """
 
     name: str
     num_classes: int
     in_channels: int
     image_size: int
     class_names: tuple[str, ...]
+    box: tuple[float, float] = (0.0, 1.0)
+    domain: str = "images"
+    splits: tuple[str, ...] = ("train", "test")
+
+    def __post_init__(self) -> None:
+        if self.domain not in DOMAIN_RANKS:
+            raise ValueError(f"unknown domain {self.domain!r}; valid domains: {', '.join(DOMAIN_RANKS)}")
+        unknown = [s for s in self.splits if s not in SPLITS]
+        if unknown:
+            raise ValueError(f"unknown split(s) {unknown}; valid splits: {', '.join(SPLITS)}")
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """Shape of one example: ``(C, H, W)`` images, ``(C, T)`` signals, ``(L,)`` token ids."""
+        rank = DOMAIN_RANKS[self.domain]
+        if rank == 0:
+            return (self.image_size,)
+        return (self.in_channels, *([self.image_size] * rank))
 
 
 _UINT8_TO_UNIT = np.arange(256, dtype=np.float32) / np.float32(255.0)  # exact k/255, as a lookup table
@@ -59,7 +87,7 @@ class Dataset(ABC):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Load ``split``, optionally only the ``n`` examples from index ``start`` on (default: its
         first ``n``)."""
-        check_split(split)
+        check_split(split, self.info.splits, self.info.name)
         if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n <= 0):
             raise ValueError(f"n must be a positive integer or None; got {n!r}")
         if isinstance(start, bool) or not isinstance(start, int) or start < 0:
@@ -74,15 +102,18 @@ class Dataset(ABC):
         x, y = x[start:stop], y[start:stop]
         if x.dtype == np.uint8:
             xt = torch.from_numpy(_UINT8_TO_UNIT[x])
+        elif np.issubdtype(x.dtype, np.integer):  # token ids stay integers
+            xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.int64).copy())
         else:
             xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32).copy())
         return xt, torch.from_numpy(np.ascontiguousarray(y, dtype=np.int64).copy())
 
 
-def check_split(split: str) -> None:
-    """Raise ``ValueError`` listing the valid splits when ``split`` is not one of them."""
-    if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; valid splits: {', '.join(SPLITS)}")
+def check_split(split: str, valid: tuple[str, ...] = SPLITS, dataset: str | None = None) -> None:
+    """Raise ``ValueError`` listing the valid splits when ``split`` is not one of ``valid``."""
+    if split not in valid:
+        where = f" of {dataset}" if dataset else ""
+        raise ValueError(f"unknown split {split!r}{where}; valid splits: {', '.join(valid)}")
 
 
 DATASETS: Registry[Dataset] = Registry[Dataset]("dataset")

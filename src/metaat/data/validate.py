@@ -12,10 +12,13 @@ def validate_batch(
     y: torch.Tensor | None = None,
     num_classes: int | None = None,
     in_channels: int | None = None,
+    box: tuple[float, float] = (0.0, 1.0),
+    ndim: int | None = None,
 ) -> None:
     """Check a batch against metaat's input contract; raise ``ValueError`` with a one-line reason.
 
-    ``x`` must be a floating-point 4-D NCHW tensor, finite, with pixels in [0, 1] (tolerance
+    ``x`` must be a floating-point tensor — 4-D NCHW images or 3-D ``(N, C, T)`` signals (exactly
+    ``ndim`` dimensions when given) — finite, with values in ``box`` (pixels: [0, 1]; tolerance
     1e-6) and ``in_channels`` channels when given. ``y``, when given, must be a 1-D int64
     tensor with one non-negative label per image, each below ``num_classes`` when that is given.
     """
@@ -23,8 +26,10 @@ def validate_batch(
         raise ValueError(f"x must be a torch.Tensor; got {type(x).__name__}")
     if not x.is_floating_point():
         raise ValueError(f"x must be a floating-point tensor; got dtype {x.dtype}")
-    if x.dim() != 4:
-        raise ValueError(f"x must be 4-D (N, C, H, W); got shape {tuple(x.shape)}")
+    if ndim is not None and x.dim() != ndim:
+        raise ValueError(f"x must be {ndim}-D; got shape {tuple(x.shape)}")
+    if x.dim() not in (3, 4):
+        raise ValueError(f"x must be 4-D (N, C, H, W) images or 3-D (N, C, T) signals; got shape {tuple(x.shape)}")
     if in_channels is not None and x.shape[1] != in_channels:
         raise ValueError(f"expected {in_channels} channel(s), got {x.shape[1]}")
     xd = x.detach()
@@ -36,8 +41,10 @@ def validate_batch(
         raise ValueError(f"x has {n_inf} infinite values")
     if xd.numel():
         lo, hi = float(xd.min()), float(xd.max())
-        if lo < -TOLERANCE or hi > 1.0 + TOLERANCE:
-            raise ValueError(f"pixels must lie in [0, 1]; got min {lo:.6g} max {hi:.6g}")
+        low, high = box
+        if lo < low - TOLERANCE or hi > high + TOLERANCE:
+            what = "pixels" if (low, high) == (0.0, 1.0) else "values"
+            raise ValueError(f"{what} must lie in [{low:g}, {high:g}]; got min {lo:.6g} max {hi:.6g}")
     if y is None:
         return
     if not isinstance(y, torch.Tensor):

@@ -45,7 +45,9 @@ def create(
     normalize: tuple[Sequence[float], Sequence[float]] | None = None,
     **kwargs: Any,
 ) -> nn.Module:
-    """Build model ``name`` for ``in_channels x image_size x image_size`` inputs and ``num_classes``.
+    """Build model ``name`` for ``in_channels x image_size x image_size`` inputs and ``num_classes``
+    (a 1-d model, whose factory sets ``input_rank = 1``, takes ``in_channels x image_size`` signals;
+    a text model, ``input_rank = 0``, takes ``image_size`` token ids).
 
     ``normalize=(mean, std)`` prepends a :class:`Normalize` layer (one value per channel, or one
     for all); the result is then ``nn.Sequential(normalize=..., net=...)``. ``kwargs`` go to the
@@ -66,6 +68,8 @@ def create(
         if len(norm_spec[0]) not in (1, in_channels):
             raise ValueError(f"normalize needs 1 or {in_channels} value(s) per statistic; got {len(norm_spec[0])}")
     net = MODELS.create(key, num_classes, in_channels, image_size, **kwargs)
+    rank = int(getattr(MODELS.get(key), "input_rank", 2))  # 2: images, 1: signals, 0: token ids
+    input_shape = [image_size] if rank == 0 else [in_channels, *([image_size] * rank)]
     model: nn.Module = net
     if norm_spec is not None:
         model = nn.Sequential(OrderedDict([("normalize", Normalize(*norm_spec)), ("net", net)]))
@@ -74,6 +78,7 @@ def create(
         "num_classes": num_classes,
         "in_channels": in_channels,
         "image_size": image_size,
+        "input_shape": input_shape,
         "normalize": norm_spec,
         "kwargs": dict(kwargs),
     }
