@@ -35,6 +35,7 @@ data:
 	@if $(HAVE_DATA); then \
 		echo "Fashion-MNIST: present"; \
 	else $(APT_INSTALL) dataset-fashion-mnist; fi
+	$(PY) -m metaat.domains.sensors.fetch --out "$${METAAT_DATA:-$$HOME/.cache/metaat}/sensors"
 
 test-deps:
 	@need=""; \
