@@ -49,6 +49,9 @@ class ThreatKind(ABC):
     name: str = ""
     syntax: str = ""
     continuous: bool = True
+    like: str = "linf"
+    """The Lp norm whose step shape and conditioning a learned attacker uses for this set (its
+    output is then projected exactly onto the set); ``eps`` plays that norm's budget."""
 
     @abstractmethod
     def parse_args(self, args: str) -> tuple[float, tuple[float, ...]]:
@@ -189,6 +192,12 @@ class ThreatModel:
     def kind(self) -> ThreatKind | None:
         """The registered kind of a domain threat (None for an Lp ball)."""
         return _KINDS.get(self.norm)
+
+    @property
+    def lp_like(self) -> str:
+        """This norm for an Lp ball; for a domain kind, the Lp norm it resembles (``ThreatKind.like``)."""
+        kind = self.kind
+        return self.norm if kind is None else kind.like
 
     @property
     def continuous(self) -> bool:

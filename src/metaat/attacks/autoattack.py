@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from metaat.attacks.base import ATTACKS, Attack, AttackConfig
-from metaat.threats import ThreatModel
+from metaat.threats import UNIT_BOX, ThreatModel, project
 
 AA_ATTACKS = ("apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "square")
 AA_VERSIONS = ("standard", "plus", "rand", "custom")
@@ -95,6 +95,52 @@ def reference_logging(threat: ThreatModel, warnings: list[str] | None = None) ->
             logger.removeHandler(h)
         logger.setLevel(saved[0])
         logger.propagate = saved[1]
+
+
+class ReferenceView(nn.Module):
+    """``model`` as the reference package must see it: inputs ``u`` in ``[0, 1]``, shaped like images.
+
+    The package clamps to ``[0, 1]`` and its Square attack unpacks ``(C, H, W)``: a signal batch
+    ``(B, C, T)`` travels as ``(B, C, 1, T)``, and a box ``[lo, hi]`` other than ``[0, 1]`` is mapped
+    affinely, ``x = lo + (hi - lo) · u``; every Lp radius scales by ``1 / (hi - lo)`` with it.
+    """
+
+    def __init__(self, model: nn.Module, box: tuple[float, float], signal: bool) -> None:
+        super().__init__()
+        self.model = model
+        self.box = box
+        self.signal = signal
+
+    def forward(self, u: torch.Tensor) -> torch.Tensor:
+        x = u.squeeze(2) if self.signal else u
+        lo, hi = self.box
+        return self.model(lo + (hi - lo) * x)
+
+
+def to_reference(model: nn.Module, x: torch.Tensor, threat: ThreatModel) -> tuple[nn.Module, torch.Tensor, ThreatModel]:
+    """``(model, x, threat)`` in the reference package's space (unchanged for images in [0, 1])."""
+    if x.dim() == 4 and threat.box == UNIT_BOX:
+        return model, x, threat
+    if not threat.is_lp:
+        raise ValueError(f"the reference AutoAttack covers Lp balls only, not {threat}")
+    lo, hi = threat.box
+    u = (x - lo) / (hi - lo)
+    if x.dim() == 3:
+        u = u.unsqueeze(2)
+    return (
+        ReferenceView(model, threat.box, x.dim() == 3),
+        u.contiguous(),
+        ThreatModel(threat.norm, threat.eps / (hi - lo)),
+    )
+
+
+def from_reference(u_adv: torch.Tensor, x: torch.Tensor, threat: ThreatModel) -> torch.Tensor:
+    """The reference's result back in the model's space, exactly inside ``threat``'s set."""
+    if x.dim() == 4 and threat.box == UNIT_BOX:
+        return u_adv.detach().clamp(0, 1)
+    lo, hi = threat.box
+    back = lo + (hi - lo) * (u_adv.detach().squeeze(2) if x.dim() == 3 else u_adv.detach())
+    return x + project(back - x, x, threat)  # removes the rounding of the affine round trip
 
 
 def reference_version() -> str:
@@ -181,13 +227,14 @@ class AutoAttack(Attack):
         return self.config.batch_size or 250
 
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        aa = build_reference(model, self.config, x.device)
+        view, u, ref_threat = to_reference(model, x, self.config.threat)
+        aa = build_reference(view, dataclasses.replace(self.config, threat=ref_threat), x.device)
         state = Path(self.config.state_path) if self.config.state_path else None
         devices = [x.device.index or 0] if x.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices), reference_logging(self.config.threat):
             # The reference uses .view() on tensors shaped like x: a non-contiguous x (a transposed or
             # channels-last batch) would crash it.
-            x_adv, _ = aa.run_standard_evaluation(  # type: ignore[attr-defined]
-                x.contiguous(), y.contiguous(), batch_size=self.chunk_size(x), state_path=state
+            u_adv, _ = aa.run_standard_evaluation(  # type: ignore[attr-defined]
+                u.contiguous(), y.contiguous(), batch_size=self.chunk_size(x), state_path=state
             )
-        return x_adv.detach().clamp(0, 1)
+        return from_reference(u_adv, x, self.config.threat)

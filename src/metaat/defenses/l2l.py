@@ -55,17 +55,20 @@ class L2LConfig(DefenseConfig):
 
 
 def build_attacker(
-    in_channels: int, hidden: int, depth: int, path: str | None, device: torch.device
+    in_channels: int, hidden: int, depth: int, path: str | None, device: torch.device, rank: int = 2
 ) -> LearnedAttacker:
-    """A fresh attacker, or the one saved at ``path`` (checked against the input channels)."""
+    """A fresh attacker, or the one saved at ``path`` (checked against the input channels and rank:
+    2 for images, 1 for signals)."""
     if path:
         attacker = load_generator(path)
         if not isinstance(attacker, LearnedAttacker):
             raise ValueError(f"{path} holds a {getattr(attacker, 'kind', '?')} generator, not a learned attacker")
         if attacker.spec.in_channels != in_channels:
             raise ValueError(f"{path}: attacker built for {attacker.spec.in_channels} channels, data has {in_channels}")
+        if attacker.spec.rank != rank:
+            raise ValueError(f"{path}: attacker built for rank-{attacker.spec.rank} inputs, data has rank {rank}")
     else:
-        attacker = LearnedAttacker(AttackerSpec(in_channels=in_channels, hidden=hidden, depth=depth))
+        attacker = LearnedAttacker(AttackerSpec(in_channels=in_channels, hidden=hidden, depth=depth, rank=rank))
     return attacker.to(device).train()
 
 
@@ -88,7 +91,9 @@ class L2L(Defense):
 
     def setup(self, model: nn.Module, device: torch.device, num_classes: int, input_shape: tuple[int, ...]) -> None:
         cfg = self.config
-        self.attacker = build_attacker(int(input_shape[0]), cfg.hidden, cfg.depth, cfg.attacker_path, device)
+        self.attacker = build_attacker(
+            int(input_shape[0]), cfg.hidden, cfg.depth, cfg.attacker_path, device, rank=len(input_shape) - 1
+        )
         self.optimizer = torch.optim.Adam(self.attacker.parameters(), lr=cfg.attacker_lr)
 
     def modules(self) -> dict[str, nn.Module]:

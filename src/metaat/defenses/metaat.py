@@ -164,7 +164,9 @@ class MetaAT(Defense):
         cfg = self.config
         if not cfg.learned_start:
             return  # no learned attacker: nothing to build, train or checkpoint
-        self.attacker = build_attacker(int(input_shape[0]), cfg.hidden, cfg.depth, cfg.attacker_path, device)
+        self.attacker = build_attacker(
+            int(input_shape[0]), cfg.hidden, cfg.depth, cfg.attacker_path, device, rank=len(input_shape) - 1
+        )
         self.optimizer = torch.optim.Adam(self.attacker.parameters(), lr=cfg.attacker_lr)
 
     def modules(self) -> dict[str, nn.Module]:

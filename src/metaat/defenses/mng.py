@@ -94,7 +94,13 @@ class MNG(Defense):
 
     def setup(self, model: nn.Module, device: torch.device, num_classes: int, input_shape: tuple[int, ...]) -> None:
         cfg = self.config
-        spec = NoiseSpec(in_channels=int(input_shape[0]), hidden=cfg.hidden, depth=cfg.depth, source=cfg.generator)
+        spec = NoiseSpec(
+            in_channels=int(input_shape[0]),
+            hidden=cfg.hidden,
+            depth=cfg.depth,
+            source=cfg.generator,
+            rank=len(input_shape) - 1,
+        )
         self.generator = NoiseGenerator(spec).to(device)
         self.optimizer = torch.optim.Adam(self.generator.parameters(), lr=cfg.generator_lr)
 

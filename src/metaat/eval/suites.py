@@ -28,7 +28,14 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from metaat.attacks.autoattack import AutoAttackConfig, build_reference, reference_logging, reference_version
+from metaat.attacks.autoattack import (
+    AutoAttackConfig,
+    build_reference,
+    from_reference,
+    reference_logging,
+    reference_version,
+    to_reference,
+)
 from metaat.attacks.pgd import pgd_steps
 from metaat.losses import get_loss
 from metaat.registry import Registry
@@ -194,13 +201,14 @@ class ReferenceSuite(Suite):
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ids: torch.Tensor, threat: ThreatModel, seed: int
     ) -> torch.Tensor:
         targets = self._targets()
-        aa: Any = build_reference(model, self._config(threat, point_seed(seed, threat) % (2**31)), x.device)
+        view, u, ref_threat = to_reference(model, x, threat)
+        aa: Any = build_reference(view, self._config(ref_threat, point_seed(seed, threat) % (2**31)), x.device)
         aa.apgd_targeted.n_target_classes = min(aa.apgd_targeted.n_target_classes, targets)
         aa.fab.n_target_classes = targets
         devices = [x.device.index or 0] if x.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices), reference_logging(threat, self._warnings):
-            x_adv, _ = aa.run_standard_evaluation(x, y, batch_size=max(1, x.shape[0]))
-        return x_adv.detach().clamp(0, 1)
+            u_adv, _ = aa.run_standard_evaluation(u, y, batch_size=max(1, x.shape[0]))
+        return from_reference(u_adv, x, threat)
 
 
 @SUITES.register("quick", help="metaat PGD-25, CE + margin loss: fast monitoring (not a headline number)")

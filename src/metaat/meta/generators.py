@@ -46,19 +46,27 @@ THREAT_FEATURES = len(NORMS) + 1
 
 
 def per_pixel_budget(threat: ThreatModel, dim: int) -> float:
-    """The budget spread evenly over ``dim`` coordinates: eps (L∞), eps/√d (L2), eps/d (L1)."""
-    if threat.norm == "linf":
+    """The budget spread evenly over ``dim`` coordinates: eps (L∞), eps/√d (L2), eps/d (L1); a domain
+    threat counts as the Lp norm it resembles (``ThreatModel.lp_like``)."""
+    norm = threat.lp_like
+    if norm == "linf":
         return threat.eps
-    if threat.norm == "l2":
+    if norm == "l2":
         return threat.eps / math.sqrt(dim)
     return threat.eps / dim
 
 
 def threat_features(threat: ThreatModel, dim: int, like: torch.Tensor) -> torch.Tensor:
     """Encoding ``(1, 4)``: norm one-hot and ``log(per-pixel budget)`` scaled to about [-1, 1]."""
-    onehot = [1.0 if threat.norm == n else 0.0 for n in NORMS]
+    onehot = [1.0 if threat.lp_like == n else 0.0 for n in NORMS]
     scale = (math.log(per_pixel_budget(threat, dim)) + 4.0) / 2.0
     return torch.tensor([onehot + [scale]], dtype=like.dtype, device=like.device)
+
+
+def box_centre(threat: ThreatModel) -> float:
+    """Middle of the threat's input box (0.5 for pixels): generators see inputs centred on it."""
+    low, high = threat.box
+    return 0.5 if (low, high) == (0.0, 1.0) else (low + high) / 2
 
 
 def max_normalise(t: torch.Tensor) -> torch.Tensor:
@@ -67,14 +75,17 @@ def max_normalise(t: torch.Tensor) -> torch.Tensor:
     return t / scale.reshape((-1,) + (1,) * (t.dim() - 1))
 
 
-def _conv_stack(in_ch: int, hidden: int, depth: int, out_ch: int) -> nn.ModuleList:
+def _conv_stack(in_ch: int, hidden: int, depth: int, out_ch: int, rank: int = 2) -> nn.ModuleList:
     if depth < 2:
         raise ValueError(f"depth must be >= 2, got {depth}")
     if hidden < 1:
         raise ValueError(f"hidden must be >= 1, got {hidden}")
-    layers = [nn.Conv2d(in_ch, hidden, 3, padding=1)]
-    layers += [nn.Conv2d(hidden, hidden, 3, padding=1) for _ in range(depth - 2)]
-    last = nn.Conv2d(hidden, out_ch, 3, padding=1)
+    if rank not in (1, 2):
+        raise ValueError(f"rank must be 1 (signals) or 2 (images), got {rank}")
+    conv = nn.Conv2d if rank == 2 else nn.Conv1d
+    layers: list[nn.Module] = [conv(in_ch, hidden, 3, padding=1)]
+    layers += [conv(hidden, hidden, 3, padding=1) for _ in range(depth - 2)]
+    last = conv(hidden, out_ch, 3, padding=1)
     with torch.no_grad():  # small output at init: the skip term (attacker) or small noise (MNG) dominates
         last.weight.mul_(0.1)
         if last.bias is not None:
@@ -89,6 +100,7 @@ class AttackerSpec:
     in_channels: int = 1
     hidden: int = 32
     depth: int = 3
+    rank: int = 2  # spatial rank of the inputs: 2 = images (B, C, H, W), 1 = signals (B, C, T)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -108,7 +120,7 @@ class LearnedAttacker(nn.Module):
         super().__init__()
         self.spec = spec if spec is not None else AttackerSpec(**kwargs)
         c, h = self.spec.in_channels, self.spec.hidden
-        self.convs = _conv_stack(3 * c, h, self.spec.depth, 2 * c)
+        self.convs = _conv_stack(3 * c, h, self.spec.depth, 2 * c, self.spec.rank)
         n_film = self.spec.depth - 1
         self.film = nn.Sequential(nn.Linear(THREAT_FEATURES, 32), nn.ReLU(), nn.Linear(32, 2 * h * n_film))
         film_out = self.film[2]
@@ -126,17 +138,19 @@ class LearnedAttacker(nn.Module):
 
     def forward(self, x: torch.Tensor, delta: torch.Tensor, grad: torch.Tensor, threat: ThreatModel) -> torch.Tensor:
         """The next perturbation, projected onto ``threat``'s set around ``x`` (differentiable in φ)."""
-        c = self.spec.in_channels
-        if x.dim() != 4 or x.shape[1] != c:
-            raise ValueError(f"learned attacker expects (B, {c}, H, W) inputs, got {tuple(x.shape)}")
+        c, rank = self.spec.in_channels, self.spec.rank
+        if x.dim() != 2 + rank or x.shape[1] != c:
+            want = "(B, {c}, H, W)" if rank == 2 else "(B, {c}, T)"
+            raise ValueError(f"learned attacker expects {want.format(c=c)} inputs, got {tuple(x.shape)}")
         dim = x[0].numel()
-        k = NORMS.index(threat.norm)
+        k = NORMS.index(threat.lp_like)
         gamma_beta = self.film(threat_features(threat, dim, x))[0]
-        h = torch.cat([x - 0.5, max_normalise(delta), max_normalise(grad)], dim=1)
+        h = torch.cat([x - box_centre(threat), max_normalise(delta), max_normalise(grad)], dim=1)
         n_hidden = len(self.convs) - 1
         gb = gamma_beta.reshape(n_hidden, 2, -1)
+        per_channel = (1, -1) + (1,) * rank
         for i, conv in enumerate(self.convs[:-1]):
-            h = conv(h) * (1 + gb[i, 0])[None, :, None, None] + gb[i, 1][None, :, None, None]
+            h = conv(h) * (1 + gb[i, 0]).reshape(per_channel) + gb[i, 1].reshape(per_channel)
             h = F.relu(h)
         out = self.convs[-1](h)
         u, a = out[:, :c], out[:, c:]
@@ -158,9 +172,10 @@ def shape_step(
 ) -> torch.Tensor:
     """Map raw outputs ``u`` (direction) and ``a`` (L1 allocation) to a step of norm <= eps."""
     eps = threat.eps
-    if threat.norm == "linf":
+    norm = threat.lp_like
+    if norm == "linf":
         return eps * torch.tanh(u + skip * grad.sign())
-    if threat.norm == "l2":
+    if norm == "l2":
         g = grad.flatten(1)
         rms = (g.norm(dim=1, keepdim=True) / math.sqrt(g.shape[1])).clamp_min(1e-12)
         v = u.flatten(1) + skip * g / rms
@@ -169,7 +184,8 @@ def shape_step(
     direction = torch.tanh(u + skip * grad.sign())
     # Coordinates on the box whose step points outwards would waste budget: allocate them nothing.
     dsign = direction.detach().sign()
-    stuck = ((x_cur >= 1 - 1e-6) & (dsign > 0)) | ((x_cur <= 1e-6) & (dsign < 0))
+    low, high = threat.box
+    stuck = ((x_cur >= high - 1e-6) & (dsign > 0)) | ((x_cur <= low + 1e-6) & (dsign < 0))
     logits = (a + focus * max_normalise(grad).abs()).flatten(1).masked_fill(stuck.flatten(1), -1e4)
     weights = torch.softmax(logits, dim=1).reshape(u.shape)
     return eps * direction * weights
@@ -183,6 +199,7 @@ class NoiseSpec:
     hidden: int = 32
     depth: int = 3
     source: str = "input"
+    rank: int = 2  # spatial rank of the inputs: 2 = images (B, C, H, W), 1 = signals (B, C, T)
 
     def __post_init__(self) -> None:
         if self.source not in ("input", "noise"):
@@ -203,9 +220,9 @@ class NoiseGenerator(nn.Module):
         self.spec = spec if spec is not None else NoiseSpec(**kwargs)
         c = self.spec.in_channels
         in_ch = 2 * c if self.spec.source == "input" else c
-        self.convs = _conv_stack(in_ch, self.spec.hidden, self.spec.depth, c)
+        self.convs = _conv_stack(in_ch, self.spec.hidden, self.spec.depth, c, self.spec.rank)
         last = self.convs[-1]
-        assert isinstance(last, nn.Conv2d)
+        assert isinstance(last, nn.Conv1d | nn.Conv2d)
         with torch.no_grad():  # undo the attacker's small-output init: MNG's noise should fill the ball
             last.weight.mul_(10.0)
 
@@ -216,17 +233,18 @@ class NoiseGenerator(nn.Module):
 
     def forward(self, x: torch.Tensor, noise: torch.Tensor, threat: ThreatModel) -> torch.Tensor:
         """A perturbation in ``threat``'s set around ``x`` (differentiable in φ)."""
-        c = self.spec.in_channels
-        if x.dim() != 4 or x.shape[1] != c or noise.shape != x.shape:
+        c, rank = self.spec.in_channels, self.spec.rank
+        if x.dim() != 2 + rank or x.shape[1] != c or noise.shape != x.shape:
+            want = "(B, {c}, H, W)" if rank == 2 else "(B, {c}, T)"
             raise ValueError(
-                f"noise generator expects x and noise of shape (B, {c}, H, W), got "
+                f"noise generator expects x and noise of shape {want.format(c=c)}, got "
                 f"{tuple(x.shape)} and {tuple(noise.shape)}"
             )
-        h = torch.cat([x - 0.5, noise], dim=1) if self.spec.source == "input" else noise
+        h = torch.cat([x - box_centre(threat), noise], dim=1) if self.spec.source == "input" else noise
         for conv in self.convs[:-1]:
             h = F.relu(conv(h))
         out = self.convs[-1](h)
-        if threat.norm == "linf":
+        if threat.lp_like == "linf":
             raw = threat.eps * torch.tanh(out)
         else:
             raw = per_pixel_budget(threat, x[0].numel()) * out
