@@ -1,16 +1,18 @@
-"""Turn the study records into the README's benchmark table and the cost-vs-robustness plot.
+"""Turn the study records into the docs' benchmark tables, the README's summary and the cost-vs-robustness plot.
 
-    python benchmarks/make_tables.py [--study fmnist_study] [--no-readme]
-    python benchmarks/make_tables.py --study fmnist_study --title "Full protocol"
-    python benchmarks/make_tables.py --study fmnist_small --title "Reduced" --readme benchmarks/README.md
+    python benchmarks/make_tables.py --study fmnist_study --title "Full protocol" --page docs/studies/fmnist.md
+    python benchmarks/make_tables.py --study fmnist_study --page README.md --rows metaat,sat,max
+    python benchmarks/make_tables.py --study fmnist_study --check --page docs/studies/fmnist.md
 
 Reads ``benchmarks/results/<study>.json`` (one record per method and seed, written by
 ``study.py``), aggregates mean ± std over seeds (headline records, ``--suite standard``, get a table
 of their own and are never averaged with the per-threat rows), and writes ``benchmarks/results/<study>_table.md``,
 ``benchmarks/results/<study>_union_vs_cost.svg`` and the section between the
-``benchmark:start`` / ``benchmark:end`` markers of the README (``--readme``: another Markdown file,
-its links relative to that file). Nothing here is typed by hand: every number comes
-from the records.
+``benchmark:start`` / ``benchmark:end`` markers of a Markdown page (``--page``, relative to the project
+root; its links are written relative to that page, and a page inside ``docs/`` gets a copy of the plot
+beside it, under ``figures/``, because the documentation site only serves files under ``docs/``).
+``--rows`` writes the short summary instead (the named rows only: clean, union, passes per example),
+which the README shows. Nothing here is typed by hand: every number comes from the records.
 """
 
 from __future__ import annotations
@@ -19,14 +21,18 @@ import argparse
 import json
 import os
 import shlex
+import shutil
 import statistics
 import sys
+import textwrap
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
+DOCS = "docs"  # pages under ROOT/DOCS get the plot copied beside them (the site serves nothing else)
+DEFAULT_PAGE = "docs/studies/fmnist.md"
 START, END = "<!-- benchmark:start -->", "<!-- benchmark:end -->"
 TARGET_BASELINES = ("sat", "avg", "max", "msd")  # issue 4: metaat's union must reach the best of these
 
@@ -281,12 +287,20 @@ def _link(path: Path, folder: Path) -> str:
     return Path(os.path.relpath(path, folder)).as_posix()
 
 
-def section(study: str, write: bool = True, page: Path | None = None) -> tuple[str, str]:
-    """(the study's table as Markdown, its README text); with ``write``, the table and plot files too.
+def _figure_path(study: str, here: Path) -> Path:
+    """Where a page in folder ``here`` finds the plot: a copy under ``figures/`` for a docs page, the
+    results file otherwise."""
+    svg = RESULTS / f"{study}_union_vs_cost.svg"
+    inside_docs = (ROOT / DOCS).resolve() in (here.resolve(), *here.resolve().parents)
+    return here / "figures" / svg.name if inside_docs else svg
 
-    ``page`` is the Markdown file the text goes into (default: the project's README): links are
+
+def section(study: str, write: bool = True, page: Path | None = None) -> tuple[str, str]:
+    """(the study's table as Markdown, its page text); with ``write``, the table and plot files too.
+
+    ``page`` is the Markdown file the text goes into (default: the docs' study page): links are
     written relative to its folder."""
-    here = (page or ROOT / "README.md").parent
+    here = (page or ROOT / DEFAULT_PAGE).parent
     src = RESULTS / f"{study}.json"
     every = json.loads(src.read_text(encoding="utf-8"))["records"]
     kept = [r for r in every if not r.get("superseded")]  # kept in the JSON with the reason, not shown
@@ -300,15 +314,59 @@ def section(study: str, write: bool = True, page: Path | None = None) -> tuple[s
             + headline_table(headline, records)
         )
     svg = RESULTS / f"{study}_union_vs_cost.svg"
+    figure_path = _figure_path(study, here)
     if write:
         (RESULTS / f"{study}_table.md").write_text(md, encoding="utf-8")
         plot(rows, svg, f"{study}: union robust accuracy vs training cost")
-    figure = f"![union robust accuracy vs cost]({_link(svg, here)})\n\n" if len(rows) > 1 else ""
+        if figure_path != svg and len(rows) > 1:
+            figure_path.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(svg, figure_path)
+    figure = f"![union robust accuracy vs cost]({_link(figure_path, here)})\n\n" if len(rows) > 1 else ""
     gone = len(every) - len(kept)
     note = f" ({gone} superseded record(s) stay in that file, each saying why, and are not shown.)" if gone else ""
     head = describe(records or headline) if kept else "No record on the current protocol yet."
     text = f"{head}\n\n{md}\n{figure}Records: `{_link(src, here)}`.{note}"
     return md, text
+
+
+def summary_table(rows: list[dict[str, Any]], names: list[str]) -> str:
+    """The README's short table: the named rows, in the order of their mean union, with clean and union
+    robust accuracy (mean ± std over seeds), passes per example and the seeds."""
+    by_name = {row["method"]: row for row in rows}
+    missing = [n for n in names if n not in by_name]
+    if missing:
+        raise ValueError(f"no records for {', '.join(missing)}; rows with records: {', '.join(by_name)}")
+    head = "| method | clean | union | passes / example | seeds |\n|---|---:|---:|---:|---|\n"
+    lines = [
+        f"| `{row['method']}` | {mean_std(row['clean'])} | **{mean_std(row['union'])}** | "
+        f"{statistics.mean(row['passes']):g} | {', '.join(map(str, row['seeds']))} |"
+        for row in rows
+        if row["method"] in names
+    ]
+    return head + "\n".join(lines) + "\n"
+
+
+def summary(study: str, names: list[str]) -> str:
+    """The README's text for ``study``: one wrapped sentence saying what was measured, and the short table."""
+    every = json.loads((RESULTS / f"{study}.json").read_text(encoding="utf-8"))["records"]
+    records, _ = split_headline([r for r in every if not r.get("superseded")])
+    r0 = records[0]
+    subset = r0.get("train_subset")
+    data = f"the first {subset:,} training images" if subset else "all 60,000 training images"
+    epochs = ", ".join(map(str, sorted({r["epochs"] for r in records})))
+    seeds = ", ".join(map(str, sorted({r["seed"] for r in records})))
+    lead = (
+        f"`cnn-small` on Fashion-MNIST ({data}, {epochs} epochs, seeds {seeds}); robust accuracy (%) on "
+        f"{_points(r0)} under the reference APGD-CE + APGD-T per threat, union = per-example AND over "
+        f"L∞ 0.1, L2 1.5 and L1 10; {_train_threats([r for r in records if r['method'] in names])}; "
+        f"cost in forward + backward passes per training example."
+    )
+    return _wrap(lead) + "\n\n" + summary_table(aggregate(records), names).rstrip("\n")
+
+
+def _wrap(text: str, width: int = 120) -> str:
+    """A paragraph wrapped at ``width`` without splitting words or hyphenated names."""
+    return textwrap.fill(text, width=width, break_long_words=False, break_on_hyphens=False)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -321,40 +379,56 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--title", action="append", default=None, help="a heading per --study, in the same order")
     p.add_argument(
+        "--page",
         "--readme",
-        default="README.md",
+        dest="page",
+        default=DEFAULT_PAGE,
         help="the Markdown file (relative to the project root) whose benchmark:start/end section is written",
     )
-    p.add_argument("--no-readme", action="store_true")
+    p.add_argument(
+        "--rows",
+        default=None,
+        help="comma-separated rows: write the README's short summary of these rows instead of the full tables",
+    )
+    p.add_argument("--no-readme", "--no-page", dest="no_readme", action="store_true", help="write the table files only")
     p.add_argument(
         "--check",
         action="store_true",
-        help="write nothing; exit 1 when the README's section differs from what the records give",
+        help="write nothing; exit 1 when the page's section differs from what the records give",
     )
     args = p.parse_args(argv)
     studies = args.study or ["fmnist_study"]
     titles = args.title or []
     if titles and len(titles) != len(studies):
         p.error(f"{len(titles)} --title for {len(studies)} --study; give one per study or none")
-    readme = ROOT / args.readme
+    if args.rows and (len(studies) > 1 or titles):
+        p.error("--rows summarises one study, without --title")
+    readme = ROOT / args.page
     if not readme.is_file() and (args.check or not args.no_readme):
-        p.error(f"no file {readme}; --readme names a Markdown file under {ROOT}")
+        p.error(f"no file {readme}; --page names a Markdown file under {ROOT}")
     missing = [s for s in studies if not (RESULTS / f"{s}.json").is_file()]
     if missing:
         known = sorted(f.stem for f in RESULTS.glob("*.json") if '"records"' in f.read_text(encoding="utf-8"))
         p.error(f"no records for {', '.join(missing)} in {RESULTS}; studies with records: {', '.join(known) or 'none'}")
-    parts = []
-    for i, study in enumerate(studies):
-        md, text = section(study, write=not args.check, page=readme)
-        if not args.check:
-            print(md)
-        if len(studies) > 1 or titles:
-            title = titles[i] if titles else f"`{study}`"
-            text = f"### {title}\n\n{text}"
-        parts.append(text)
     shown = [a for a in (sys.argv[1:] if argv is None else argv) if a != "--check"]
-    command = "python benchmarks/make_tables.py " + " ".join(shlex.quote(a) for a in shown)
-    parts.append(f"Regenerate this section: `{command.strip()}`.")
+    command = ("python benchmarks/make_tables.py " + " ".join(shlex.quote(a) for a in shown)).strip()
+    parts = []
+    if args.rows:
+        try:
+            parts.append(summary(studies[0], [n.strip() for n in args.rows.split(",") if n.strip()]))
+        except ValueError as exc:
+            p.error(str(exc))
+        parts.append(_wrap(f"Regenerate this section: `{command}`."))
+    else:
+        for i, study in enumerate(studies):
+            md, text = section(study, write=not args.check, page=readme)
+            if not args.check:
+                print(md)
+            if len(studies) > 1 or titles:
+                title = titles[i] if titles else f"`{study}`"
+                text = f"### {title}\n\n{text}"
+            parts.append(text)
+        parts.append(f"Regenerate this section: `{command}`.")
     block = "\n\n".join(parts)
     if args.no_readme and not args.check:
         return 0
@@ -368,13 +442,13 @@ def main(argv: list[str] | None = None) -> int:
     current, tail = rest.split(END, 1)
     if args.check:
         if current.strip() == block.strip():
-            print(f"{args.readme}'s benchmark section matches the records")
+            print(f"{args.page}'s benchmark section matches the records")
             return 0
         old, new = current.strip().splitlines(), block.strip().splitlines()
         diff = [f"- {a}\n+ {b}" for a, b in zip(old, new, strict=False) if a != b][:3]
         print(
-            f"{args.readme}'s benchmark section differs from the records ({len(old)} vs {len(new)} lines); first "
-            f"differences:\n" + "\n".join(d[:400] for d in diff) + f"\nrun: {command.strip()}",
+            f"{args.page}'s benchmark section differs from the records ({len(old)} vs {len(new)} lines); first "
+            f"differences:\n" + "\n".join(d[:400] for d in diff) + f"\nrun: {command}",
             file=sys.stderr,
         )
         return 1

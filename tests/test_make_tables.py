@@ -182,7 +182,7 @@ def test_an_unknown_study_is_one_clear_error_and_the_readme_is_untouched(
     monkeypatch.setattr(mt, "ROOT", tmp_path)
     monkeypatch.setattr(mt, "RESULTS", tmp_path / "results")
     with pytest.raises(SystemExit):
-        mt.main(["--study", "small", "--study", "nope"])
+        mt.main(["--study", "small", "--study", "nope", "--page", "README.md"])
     err = capsys.readouterr().err
     assert "no records for nope" in err and "studies with records: small" in err
     assert readme.read_text() == f"x\n{mt.START}\nold\n{mt.END}\n"
@@ -214,9 +214,12 @@ def test_superseded_records_are_kept_but_not_shown_and_the_test_slice_is_named(
     assert mt.section("t")[1].startswith("No record on the current protocol yet.")
 
 
-@pytest.mark.parametrize("page", ["README.md", "benchmarks/README.md"])
-def test_the_readme_benchmark_section_is_what_the_records_give(load_benchmark: Loader, page: str) -> None:
-    """Every number in the benchmark sections of the README and of benchmarks/README.md comes from
+QUOTED_PAGES = ["README.md", "docs/studies/fmnist.md", "docs/studies/fmnist-reduced.md"]
+
+
+@pytest.mark.parametrize("page", QUOTED_PAGES)
+def test_the_quoted_tables_are_what_the_records_give(load_benchmark: Loader, page: str) -> None:
+    """Every number in the benchmark sections of the README and of the docs' study pages comes from
     benchmarks/results/: regenerating each with the command it names changes nothing (a record added
     or edited without rerunning make_tables.py fails here)."""
     import re
@@ -227,8 +230,55 @@ def test_the_readme_benchmark_section_is_what_the_records_give(load_benchmark: L
     found = re.search(r"Regenerate this section: `python benchmarks/make_tables.py ([^`]*)`", text)
     assert found, f"{page}'s benchmark section names no regenerate command"
     args = shlex.split(found.group(1))
-    assert page == "README.md" or args[args.index("--readme") + 1] == page
+    assert args[args.index("--page") + 1] == page  # the command rewrites this very page
     assert mt.main([*args, "--check"]) == 0
+
+
+def test_every_quoted_table_is_tested() -> None:
+    """A page that carries a benchmark section is in QUOTED_PAGES, so none escapes the check above."""
+    root = Path(__file__).resolve().parents[1]
+    pages = [root / "README.md", *sorted((root / "docs").rglob("*.md"))]
+    with_section = {p.relative_to(root).as_posix() for p in pages if "<!-- benchmark:start -->" in p.read_text("utf-8")}
+    assert with_section == set(QUOTED_PAGES)
+
+
+def test_the_readme_summary_shows_the_named_rows_only(
+    load_benchmark: Loader, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    mt = load_benchmark("make_tables")
+    common = _sandbox(mt, tmp_path, monkeypatch)
+    recs = [{**_record(m, s, u, None, ALL), **common} for m, s, u in (("a", 0, 0.5), ("a", 1, 0.4), ("b", 0, 0.6))]
+    recs.append({**_record("c", 0, 0.7, None, ALL), **common})  # an ablation the README leaves out
+    mt.RESULTS.joinpath("s.json").write_text(json.dumps({"records": recs}))
+    (tmp_path / "README.md").write_text(f"# R\n{mt.START}\nold\n{mt.END}\n")
+    assert mt.main(["--study", "s", "--page", "README.md", "--rows", "a,b"]) == 0
+    body = (tmp_path / "README.md").read_text()
+    table = [ln for ln in body.splitlines() if ln.startswith("| `")]
+    assert table == ["| `b` | 80.0 | **60.0** | 6.25 | 0 |", "| `a` | 80.0 ± 0.0 | **45.0 ± 7.1** | 6.25 | 0, 1 |"]
+    assert all(len(ln) <= 120 for ln in body.splitlines() if not ln.startswith("|"))
+    assert "--rows a,b" in body and not (mt.RESULTS / "s_union_vs_cost.svg").exists()  # no plot for a summary
+    assert mt.main(["--study", "s", "--page", "README.md", "--rows", "a,b", "--check"]) == 0
+    with pytest.raises(SystemExit):
+        mt.main(["--study", "s", "--page", "README.md", "--rows", "a,nope"])
+    assert "no records for nope" in capsys.readouterr().err
+
+
+def test_a_docs_page_gets_the_plot_beside_it(
+    load_benchmark: Loader, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The documentation site serves only files under docs/: a docs page's plot is copied next to it."""
+    mt = load_benchmark("make_tables")
+    common = _sandbox(mt, tmp_path, monkeypatch)
+    recs = [{**_record(m, 0, u, None, ALL), **common} for m, u in (("a", 0.5), ("b", 0.4))]
+    mt.RESULTS.joinpath("s.json").write_text(json.dumps({"records": recs}))
+    page = tmp_path / "docs" / "studies" / "s.md"
+    page.parent.mkdir(parents=True)
+    page.write_text(f"# S\n{mt.START}\n{mt.END}\n")
+    assert mt.main(["--study", "s", "--page", "docs/studies/s.md"]) == 0
+    copy = page.parent / "figures" / "s_union_vs_cost.svg"
+    assert copy.read_bytes() == (mt.RESULTS / "s_union_vs_cost.svg").read_bytes()
+    assert "](figures/s_union_vs_cost.svg)" in page.read_text()
+    assert "Records: `../../benchmarks/results/s.json`" in page.read_text()
 
 
 def test_a_section_in_another_page_links_from_that_page(
@@ -262,9 +312,9 @@ def test_check_reports_a_stale_section_and_writes_nothing(
     mt.RESULTS.joinpath("s.json").write_text(json.dumps({"records": [rec]}))
     readme = tmp_path / "README.md"
     readme.write_text(f"intro\n{mt.START}\nold table\n{mt.END}\noutro\n")
-    assert mt.main(["--study", "s", "--check"]) == 1
+    assert mt.main(["--study", "s", "--page", "README.md", "--check"]) == 1
     assert "differs from the records" in capsys.readouterr().err
     assert "old table" in readme.read_text() and not (mt.RESULTS / "s_table.md").exists()
-    assert mt.main(["--study", "s"]) == 0  # regenerate
-    assert mt.main(["--study", "s", "--check"]) == 0
+    assert mt.main(["--study", "s", "--page", "README.md"]) == 0  # regenerate
+    assert mt.main(["--study", "s", "--page", "README.md", "--check"]) == 0
     assert readme.read_text().startswith("intro\n") and readme.read_text().endswith("outro\n")

@@ -18,18 +18,25 @@ from metaat import cli
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
-def readme_command_lines() -> list[list[str]]:
-    """The words of every command line in the README's bash blocks that runs ``metaat`` (directly or
-    as ``-m metaat.cli`` under torchrun), comments dropped."""
-    blocks = re.findall(r"```bash\n(.*?)```", README.read_text(encoding="utf-8"), flags=re.S)
+def command_lines(page: Path = README) -> list[list[str]]:
+    """The words of every command line in a page's bash blocks that runs ``metaat`` (directly, after
+    environment assignments such as ``METAAT_PLUGINS=...``, or as ``-m metaat.cli`` under torchrun),
+    comments dropped."""
+    blocks = re.findall(r"```bash\n(.*?)```", page.read_text(encoding="utf-8"), flags=re.S)
     out = []
     for line in (ln for block in blocks for ln in block.splitlines()):
         words = shlex.split(line, comments=True)
+        while words and re.fullmatch(r"[A-Z_]+=\S*", words[0]):
+            words = words[1:]
         if words[:1] == ["metaat"]:
             out.append(words[1:])
         elif "metaat.cli" in words:
             out.append(words[words.index("metaat.cli") + 1 :])
     return out
+
+
+def readme_command_lines() -> list[list[str]]:
+    return command_lines(README)
 
 
 def test_the_readme_shows_the_cli() -> None:
@@ -38,33 +45,38 @@ def test_the_readme_shows_the_cli() -> None:
 
 
 def full_cli() -> typer.Typer:
-    """A copy of ``metaat``'s app with every command module registered (the real one registers them
-    lazily in ``main``)."""
+    """A copy of ``metaat``'s app with every command module registered (the CLI may register them
+    lazily in ``main``, from the modules listed in ``_COMMAND_MODULES``)."""
     app = typer.Typer()
     app.registered_commands = list(cli.app.registered_commands)
-    for name in cli._COMMAND_MODULES:
+    for name in getattr(cli, "_COMMAND_MODULES", ()):
         importlib.import_module(name).register(app)
     return app
 
 
-def test_every_readme_command_uses_a_real_subcommand_and_real_options() -> None:
+DOC_PAGES = [README, *sorted((README.parent / "docs").rglob("*.md"))]
+
+
+@pytest.mark.parametrize("page", DOC_PAGES, ids=lambda p: p.name)
+def test_every_documented_command_uses_a_real_subcommand_and_real_options(page: Path) -> None:
     root = typer.main.get_command(full_cli())
     assert hasattr(root, "commands")
-    for words in readme_command_lines():
+    for words in command_lines(page):
         command = root.commands.get(words[0])
-        assert command is not None, f"README runs `metaat {words[0]}`; valid: {sorted(root.commands)}"
+        assert command is not None, f"{page.name} runs `metaat {words[0]}`; valid: {sorted(root.commands)}"
         known = {opt for param in command.params for opt in (*param.opts, *param.secondary_opts)}
         for word in words[1:]:
             if word.startswith("--"):
-                assert word.split("=")[0] in known, f"`metaat {' '.join(words)}`: {word} is not an option"
+                assert word.split("=")[0] in known, f"{page.name}: `metaat {' '.join(words)}`: {word} is not an option"
 
 
-BENCHMARK_PAGES = [README, README.parent / "benchmarks" / "README.md"]
+ROOT = README.parent
+BENCHMARK_PAGES = [README, ROOT / "benchmarks" / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 
 
 def benchmark_command_lines() -> list[tuple[str, list[str]]]:
-    """(page, words) of every ``python benchmarks/<script>.py ...`` command the README and
-    benchmarks/README.md show, in backticks or bash blocks; comments and placeholders dropped."""
+    """(page, words) of every ``python benchmarks/<script>.py ...`` command the README,
+    benchmarks/README.md and the docs show, in backticks or bash blocks; comments and placeholders dropped."""
     out = []
     for page in BENCHMARK_PAGES:
         text = page.read_text(encoding="utf-8")
@@ -78,14 +90,14 @@ def benchmark_command_lines() -> list[tuple[str, list[str]]]:
                     continue
                 words = shlex.split(re.sub(r"<[^>]*>", "X", part), comments=True)  # <folder>: a placeholder
                 if len(words) > 1:
-                    out.append((page.name if page == README else "benchmarks/README.md", words[1:]))
+                    out.append((page.relative_to(ROOT).as_posix(), words[1:]))
     return out
 
 
 def test_every_benchmark_command_in_the_docs_names_a_real_script_and_real_options(
     load_benchmark: Callable[[str], ModuleType], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The commands that reproduce the README's numbers cannot drift from the scripts: each names a
+    """The commands that reproduce the documented numbers cannot drift from the scripts: each names a
     script in benchmarks/ and only options its parser defines (spelled out, not abbreviated)."""
     import argparse
 
