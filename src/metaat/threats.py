@@ -52,6 +52,10 @@ class ThreatKind(ABC):
     like: str = "linf"
     """The Lp norm whose step shape and conditioning a learned attacker uses for this set (its
     output is then projected exactly onto the set); ``eps`` plays that norm's budget."""
+    evaluation_attacks: tuple[tuple[str, tuple[tuple[str, object], ...]], ...] = ()
+    """The registered attacks (name, options) whose per-point worst case, after metaat's PGD with
+    CE and margin losses, is this set's robust accuracy in the ``apgd`` and ``standard`` suites (the
+    reference AutoAttack covers Lp balls only)."""
 
     @abstractmethod
     def parse_args(self, args: str) -> tuple[float, tuple[float, ...]]:
@@ -228,6 +232,30 @@ def parse_threats(
     if len(set(threats)) != len(threats):
         raise ValueError(f"duplicate threat models in {[str(t) for t in threats]}")
     return threats
+
+
+DEFAULT_THREATS: dict[str, float] = {"linf": 0.1, "l2": 1.5, "l1": 10.0}
+"""Benchmark radii for Fashion-MNIST, in [0, 1] pixel space — the one place they are set. A threat
+given without a radius (``linf``, ``l2``, ``l1``) takes its radius from here."""
+
+
+def resolve_threat(text: str | ThreatModel) -> str:
+    """``"linf:0.1"`` stays, a bare norm (``"l2"``) gets its radius from :data:`DEFAULT_THREATS`.
+
+    >>> resolve_threat("l2"), resolve_threat("linf:0.03")
+    ('l2:1.5', 'linf:0.03')
+    """
+    if isinstance(text, ThreatModel):
+        return str(text)
+    name = str(text).strip().lower()
+    if ":" not in name:
+        norm = _ALIASES.get(name, name)
+        if norm not in DEFAULT_THREATS:
+            raise ValueError(
+                f"threat {text!r}: give 'norm:eps' (e.g. linf:0.1) or a bare norm, one of {', '.join(DEFAULT_THREATS)}"
+            )
+        return f"{norm}:{DEFAULT_THREATS[norm]:g}"
+    return str(ThreatModel.parse(name))
 
 
 def _flat(t: torch.Tensor) -> torch.Tensor:

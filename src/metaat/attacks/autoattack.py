@@ -22,6 +22,7 @@ import collections
 import contextlib
 import dataclasses
 import logging
+import math
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -100,21 +101,29 @@ def reference_logging(threat: ThreatModel, warnings: list[str] | None = None) ->
 class ReferenceView(nn.Module):
     """``model`` as the reference package must see it: inputs ``u`` in ``[0, 1]``, shaped like images.
 
-    The package clamps to ``[0, 1]`` and its Square attack unpacks ``(C, H, W)``: a signal batch
-    ``(B, C, T)`` travels as ``(B, C, 1, T)``, and a box ``[lo, hi]`` other than ``[0, 1]`` is mapped
-    affinely, ``x = lo + (hi - lo) · u``; every Lp radius scales by ``1 / (hi - lo)`` with it.
+    The package clamps to ``[0, 1]`` and its Square attack draws square windows over ``(C, H, W)``:
+    a signal batch ``(B, C, T)`` travels as ``(B, C, h, w)`` with ``h = ⌊√T⌋`` and ``w = ⌈T / h⌉``
+    (read row by row; the ``h·w − T`` padding values are ignored by the model, so budget spent on
+    them is wasted, never extra), and a box ``[lo, hi]`` other than ``[0, 1]`` is mapped affinely,
+    ``x = lo + (hi − lo) · u``; every Lp radius scales by ``1 / (hi − lo)`` with it.
     """
 
-    def __init__(self, model: nn.Module, box: tuple[float, float], signal: bool) -> None:
+    def __init__(self, model: nn.Module, box: tuple[float, float], length: int | None) -> None:
         super().__init__()
         self.model = model
         self.box = box
-        self.signal = signal
+        self.length = length
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
-        x = u.squeeze(2) if self.signal else u
+        x = u.flatten(2)[:, :, : self.length] if self.length is not None else u
         lo, hi = self.box
         return self.model(lo + (hi - lo) * x)
+
+
+def signal_grid(length: int) -> tuple[int, int]:
+    """``(h, w)`` with ``h·w >= length``: the near-square grid a signal of ``length`` samples fills."""
+    h = max(1, math.isqrt(length))
+    return h, -(-length // h)
 
 
 def to_reference(model: nn.Module, x: torch.Tensor, threat: ThreatModel) -> tuple[nn.Module, torch.Tensor, ThreatModel]:
@@ -125,13 +134,13 @@ def to_reference(model: nn.Module, x: torch.Tensor, threat: ThreatModel) -> tupl
         raise ValueError(f"the reference AutoAttack covers Lp balls only, not {threat}")
     lo, hi = threat.box
     u = (x - lo) / (hi - lo)
+    length = None
     if x.dim() == 3:
-        u = u.unsqueeze(2)
-    return (
-        ReferenceView(model, threat.box, x.dim() == 3),
-        u.contiguous(),
-        ThreatModel(threat.norm, threat.eps / (hi - lo)),
-    )
+        length = x.shape[2]
+        h, w = signal_grid(length)
+        u = torch.nn.functional.pad(u, (0, h * w - length), value=0.5).reshape(x.shape[0], x.shape[1], h, w)
+    ref_threat = ThreatModel(threat.norm, threat.eps / (hi - lo))
+    return ReferenceView(model, threat.box, length), u.contiguous(), ref_threat
 
 
 def from_reference(u_adv: torch.Tensor, x: torch.Tensor, threat: ThreatModel) -> torch.Tensor:
@@ -139,7 +148,10 @@ def from_reference(u_adv: torch.Tensor, x: torch.Tensor, threat: ThreatModel) ->
     if x.dim() == 4 and threat.box == UNIT_BOX:
         return u_adv.detach().clamp(0, 1)
     lo, hi = threat.box
-    back = lo + (hi - lo) * (u_adv.detach().squeeze(2) if x.dim() == 3 else u_adv.detach())
+    u = u_adv.detach()
+    if x.dim() == 3:
+        u = u.flatten(2)[:, :, : x.shape[2]]
+    back = lo + (hi - lo) * u
     return x + project(back - x, x, threat)  # removes the rounding of the affine round trip
 
 

@@ -66,5 +66,5 @@ class FGSM(Attack):
                 grad = -grad
             direction = threat_ascent(grad, threat, x_adv=xc + delta.detach(), l1_sparsity=cfg.l1_sparsity)
             new = project(delta.detach() + step * direction, xc, threat)
-            out[sl] = (xc + new).clamp(0, 1)
+            out[sl] = (xc + new).clamp(*threat.box)
         return out

@@ -109,7 +109,7 @@ def pgd_steps(
         delta = project(delta + step_size * direction, x, threat)
     if return_best:
         delta = torch.where(found.reshape(-1, *([1] * (x.dim() - 1))), best, delta)
-    return (x + delta).clamp(0, 1)
+    return (x + delta).clamp(*threat.box)
 
 
 @ATTACKS.register("pgd")

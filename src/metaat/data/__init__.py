@@ -30,8 +30,8 @@ def load(
     start: int = 0,
     **config: Any,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Load ``split`` ("train", "test", or "val" where the dataset has one) of dataset ``name``, optionally only ``n`` examples, from
-    index ``start`` on (default: the first ones).
+    """Load ``split`` ("train", "test", or "val" where the dataset has one) of dataset ``name``,
+    optionally only ``n`` examples, from index ``start`` on (default: the first ones).
 
     ``config`` goes to the dataset's constructor (only ``synthetic`` takes any: ``image_size``,
     ``channels``, ``num_classes``, ``seed``, ...). Returns float32 NCHW images in [0, 1] and
@@ -56,6 +56,7 @@ __all__ = [
     "DATASETS",
     "ENV_VAR",
     "SPLITS",
+    "check_split",
     "DataError",
     "Dataset",
     "DatasetInfo",

@@ -95,7 +95,7 @@ class MAT(Defense):
                 refined = refine_universal(
                     model, x, y, u0, threat, steps=cfg.steps, step_size=step, l1_sparsity=cfg.l1_sparsity
                 )
-                x_adv = apply_universal(x, refined)
+                x_adv = apply_universal(x, refined, threat.box)
             else:
                 delta0 = project(u0.expand_as(x), x, threat)
                 with attack_mode(model):

@@ -338,7 +338,7 @@ class MetaAT(Defense):
         grad0 = input_gradient(model, x, y, delta0)
         direction = threat_ascent(grad0, threat, x_adv=x + delta0, l1_sparsity=cfg.l1_sparsity)
         delta1 = project(delta0 + step * direction, x, threat)
-        x_adv = (x + delta1).clamp(0, 1)
+        x_adv = (x + delta1).clamp(*threat.box)
         if cfg.pgd_steps > 1:
             with attack_mode(model):
                 x_adv = pgd_steps(

@@ -92,7 +92,7 @@ def msd_attack(
             improved = step_loss > best_loss
             best[improved] = delta[improved]
             best_loss = torch.where(improved, step_loss, best_loss)
-    return (x + best).clamp(0, 1).detach()
+    return (x + best).clamp(*threats[0].box).detach()
 
 
 @DEFENSES.register("msd", help="multi steepest descent over the union of threats (Maini et al. 2020)")

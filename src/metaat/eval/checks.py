@@ -29,6 +29,7 @@ and ``reference-warnings``: the warnings the reference package raised during the
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,10 +38,12 @@ import torch
 from torch import nn
 
 import metaat.attacks as attacks
+from metaat.attacks.autoattack import from_reference, to_reference
 from metaat.attacks.base import attack_mode
-from metaat.eval.suites import QuickSuite, point_seed
+from metaat.eval.suites import QuickSuite
 from metaat.eval.union import fraction, predict
 from metaat.losses import ce, margin
+from metaat.runtime import derive_seed
 from metaat.threats import ThreatModel
 
 STATUSES = ("passed", "flagged", "skipped")
@@ -224,8 +227,13 @@ def _pgd_flags(
 
 
 def box_diameter(threat: ThreatModel, dim: int) -> float:
-    """Largest useful eps: the box [0, 1]^dim fits in this ball (any input reaches any other)."""
-    return {"linf": 1.0, "l2": math.sqrt(dim), "l1": float(dim)}[threat.norm]
+    """Largest useful eps: the input box (``[0, 1]^dim`` for pixels) fits in this ball, so any input
+    reaches any other; a domain threat's amplitude is capped at the box's width."""
+    low, high = threat.box
+    width = high - low
+    if threat.box == (0.0, 1.0):
+        width = 1.0
+    return {"linf": width, "l2": width * math.sqrt(dim), "l1": width * float(dim)}.get(threat.norm, width)
 
 
 def square_flags(
@@ -234,11 +242,12 @@ def square_flags(
     """Robust flags under the reference package's Square attack (black-box, score-based)."""
     from pyautoattack.square import SquareAttack
 
+    view, u, ref_threat = to_reference(model, x, threat)
     square = SquareAttack(
-        model,
-        norm=threat.autoattack_norm,
+        view,
+        norm=ref_threat.autoattack_norm,
         n_queries=queries,
-        eps=threat.eps,
+        eps=ref_threat.eps,
         p_init=0.8,
         n_restarts=1,
         seed=seed,
@@ -249,8 +258,8 @@ def square_flags(
     )
     devices = [x.device.index or 0] if x.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices), torch.no_grad():
-        x_adv = square.perturb(x.contiguous(), y)
-    return _robust(model, x, y, x_adv.clamp(0, 1))
+        u_adv = square.perturb(u.contiguous(), y)
+    return _robust(model, x, y, from_reference(u_adv, x, threat))
 
 
 def threat_checks(
@@ -274,7 +283,7 @@ def threat_checks(
     acc_fgsm = fraction(_robust(model, x, y, fgsm))
     base = _pgd_flags(model, x, y, threat, seed, QuickSuite(steps=cfg.steps, losses=("ce",)))
     strong = _pgd_flags(
-        model, x, y, threat, point_seed(seed, "strong"), QuickSuite(steps=2 * cfg.steps, restarts=2, losses=("ce",))
+        model, x, y, threat, derive_seed(seed, "strong"), QuickSuite(steps=2 * cfg.steps, restarts=2, losses=("ce",))
     )
     acc_base, acc_strong = fraction(base), fraction(strong)
     out = [
@@ -300,9 +309,9 @@ def threat_checks(
             accuracy_doubled=acc_strong,
         ),
     ]
-    big = ThreatModel(threat.norm, min(threat.eps * cfg.eps_factor, box_diameter(threat, x[0].numel())))
+    big = dataclasses.replace(threat, eps=min(threat.eps * cfg.eps_factor, box_diameter(threat, x[0].numel())))
     acc_big = fraction(
-        _pgd_flags(model, x, y, big, point_seed(seed, "large"), QuickSuite(steps=cfg.steps, losses=("ce", "margin")))
+        _pgd_flags(model, x, y, big, derive_seed(seed, "large"), QuickSuite(steps=cfg.steps, losses=("ce", "margin")))
     )
     out.append(
         _result(
@@ -319,13 +328,18 @@ def threat_checks(
     # The white-box side is every white-box attack run: PGD with CE (two budgets), PGD with the
     # margin loss, and the evaluation's own suite when its flags are given.
     margin_pgd = _pgd_flags(
-        model, x, y, threat, point_seed(seed, "margin"), QuickSuite(steps=cfg.steps, losses=("margin",))
+        model, x, y, threat, derive_seed(seed, "margin"), QuickSuite(steps=cfg.steps, losses=("margin",))
     )
     white = base & strong & margin_pgd
     if reported is not None:
         white &= reported.to(white.device)
+    if not threat.is_lp:
+        out.append(
+            CheckResult("white-box-vs-black-box", "skipped", "the reference Square attack covers Lp balls only", t)
+        )
+        return out
     try:
-        black = square_flags(model, x, y, threat, cfg.square_queries, point_seed(seed, "square") % (2**31))
+        black = square_flags(model, x, y, threat, cfg.square_queries, derive_seed(seed, "square") % (2**31))
     except (RuntimeError, IndexError, AssertionError) as err:
         reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
         out.append(

@@ -26,11 +26,13 @@ from metaat.attacks.base import attack_mode, auto_chunk, check_model_inputs
 from metaat.eval.checks import CheckConfig, CheckResult, run_checks
 from metaat.eval.state import EvalState, flags_from_text, flags_to_text, model_digest, tensor_digest
 from metaat.eval.suites import Suite, make_suite
-from metaat.eval.union import Progress, Shard, fraction, model_device, predict, worst_case_ensemble
+from metaat.eval.union import Progress, Shard, fraction, predict, worst_case_ensemble
 from metaat.eval.unseen import UnseenConfig, run_unseen
-from metaat.threats import ThreatModel, lp_norm, parse_threats
+from metaat.models import model_device
+from metaat.threats import DEFAULT_THREATS, UNIT_BOX, ThreatModel, lp_norm, parse_threats, resolve_threat
 
-DEFAULT_THREATS: tuple[str, ...] = ("linf:0.1", "l2:1.5", "l1:10")
+EVAL_THREATS: tuple[str, ...] = tuple(resolve_threat(norm) for norm in DEFAULT_THREATS)
+"""The threats evaluated when none are given: each norm of :data:`metaat.threats.DEFAULT_THREATS`."""
 
 
 @dataclass(frozen=True)
@@ -120,10 +122,12 @@ def check_model_fits(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> int:
     return classes
 
 
-def _select(x: torch.Tensor, y: torch.Tensor, n: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+def _select(
+    x: torch.Tensor, y: torch.Tensor, n: int | None, box: tuple[float, float]
+) -> tuple[torch.Tensor, torch.Tensor]:
     from metaat.data import validate_batch
 
-    validate_batch(x, y)
+    validate_batch(x, y, box=box)
     # The reference package uses .view() on inputs; non-contiguous tensors would make it fail.
     x, y = x.contiguous(), y.contiguous()
     if n is None:
@@ -147,7 +151,7 @@ def _examples(
     k: int,
 ) -> list[dict[str, Any]]:
     """Up to ``k`` adversarial examples per threat (broken points first), re-attacked for display."""
-    from metaat.eval.plots import image_png_base64
+    from metaat.eval.plots import example_pngs
 
     device = model_device(model)
     out = []
@@ -163,7 +167,7 @@ def _examples(
             x_adv = suite.attack(model, xs, ys, ids, threat, seed).detach()
             pred_clean, pred_adv = predict(model, xs, k), predict(model, x_adv, k)
         delta = x_adv - xs
-        norms = lp_norm(delta, threat.norm)
+        norms = lp_norm(delta, threat.lp_like)
         for i in range(ids.numel()):
             scale = float(delta[i].abs().max()) or 1.0
             out.append(
@@ -175,9 +179,7 @@ def _examples(
                     "adversarial_prediction": int(pred_adv[i]),
                     "perturbation_norm": float(norms[i]),
                     "perturbation_scale": scale,
-                    "clean_png": image_png_base64(xs[i]),
-                    "adversarial_png": image_png_base64(x_adv[i]),
-                    "perturbation_png": image_png_base64(0.5 + delta[i] / (2 * scale)),
+                    **example_pngs(xs[i], x_adv[i], scale),
                 }
             )
     return out
@@ -187,7 +189,7 @@ def evaluate(
     model: nn.Module,
     x: torch.Tensor,
     y: torch.Tensor,
-    threats: Sequence[str | ThreatModel] | str = DEFAULT_THREATS,
+    threats: Sequence[str | ThreatModel] | str = EVAL_THREATS,
     *,
     suite: str | Suite = "apgd",
     union_only: bool = False,
@@ -201,6 +203,7 @@ def evaluate(
     examples: int = 3,
     progress: Progress | None = None,
     shard: Shard | None = None,
+    box: tuple[float, float] | None = None,
 ) -> EvalResult:
     """Evaluate ``model`` on the first ``n`` points of ``(x, y)`` under ``threats``.
 
@@ -212,6 +215,9 @@ def evaluate(
     attacks on (default: two-fold on the evaluated points). ``progress(stage, done, total)`` is
     called after every chunk. The model's mode and ``requires_grad`` flags are restored.
 
+    ``box``: the valid range of input values every threat is intersected with — by default the
+    one the model was built for (``metaat_spec["box"]``, set for signals), else the pixel box [0, 1].
+
     ``shard``: this process's share when the evaluation is split over processes (``torchrun``; see
     :class:`~metaat.eval.union.Shard`). Every process must be given the same arguments and its own
     ``state_path``; each attacks its share of the chunks, all get the merged flags (the same as one
@@ -219,8 +225,8 @@ def evaluate(
     without them).
     """
     t_start = time.perf_counter()
-    parsed = parse_threats(list(threats) if not isinstance(threats, str) else threats)
-    x, y = _select(x, y, n)
+    parsed = input_box_threats(parse_threats(list(threats) if not isinstance(threats, str) else threats), model, box)
+    x, y = _select(x, y, n, parsed[0].box)
     unseen_cfg: UnseenConfig | None = _config(unseen, UnseenConfig)
     check_cfg: CheckConfig | None = _config(checks, CheckConfig)
     if batch_size is not None and batch_size < 1:
@@ -231,7 +237,7 @@ def evaluate(
     device = model_device(model)
     chunk = batch_size or auto_chunk(device)
     protocol = the_suite.protocol(parsed)
-    fingerprint = {
+    fingerprint: dict[str, Any] = {
         "model": model_digest(model),
         "data": tensor_digest(x, y),
         "holdout": tensor_digest(*holdout) if holdout is not None else None,
@@ -244,6 +250,8 @@ def evaluate(
         "checks": dataclasses.asdict(check_cfg) if check_cfg else None,
         "examples": examples,
     }
+    if parsed[0].box != UNIT_BOX:  # only then: pixel evaluations' state files keep their fingerprint
+        fingerprint["box"] = list(parsed[0].box)
     if shard is not None:  # only then: one process's earlier state files keep their fingerprint
         fingerprint["shard"] = f"{shard.rank} of {shard.world}"
     state = EvalState.open(state_path, _jsonable(fingerprint))
@@ -346,6 +354,24 @@ def evaluate(
         checks=check_out,
         examples=tuple(shown or ()),
     )
+
+
+def input_box_threats(
+    threats: tuple[ThreatModel, ...], model: nn.Module, box: tuple[float, float] | None
+) -> tuple[ThreatModel, ...]:
+    """``threats`` inside ``box`` — or the box the model was built for, or their own (one box for all)."""
+    from metaat.models.checkpoint import unwrap
+
+    if box is None:
+        spec = getattr(unwrap(model), "metaat_spec", None)
+        saved = spec.get("box") if isinstance(spec, dict) else None
+        box = (float(saved[0]), float(saved[1])) if saved else None
+    if box is not None:
+        threats = tuple(t.with_box(*box) for t in threats)
+    boxes = sorted({t.box for t in threats})
+    if len(boxes) > 1:
+        raise ValueError(f"the threats must share one input box; got {boxes}")
+    return threats
 
 
 def _merge_warnings(state: EvalState, suite: Suite) -> list[str] | None:

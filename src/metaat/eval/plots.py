@@ -33,6 +33,44 @@ def image_png_base64(image: torch.Tensor) -> str:
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
+def signal_png_base64(clean: torch.Tensor, other: torch.Tensor | None = None, title: str = "") -> str:
+    """A (C, T) signal as a base64 PNG, one panel row per channel; ``other`` is drawn over it in red."""
+    arr = clean.detach().to("cpu", torch.float32).numpy()
+    over = other.detach().to("cpu", torch.float32).numpy() if other is not None else None
+    channels = arr.shape[0]
+    fig, axes = plt.subplots(channels, 1, figsize=(3.2, 0.45 * channels + 0.3), sharex=True, squeeze=False)
+    for c in range(channels):
+        ax = axes[c, 0]
+        ax.plot(arr[c], color="#1f4e79", linewidth=0.8)
+        if over is not None:
+            ax.plot(over[c], color="#c0392b", linewidth=0.8)
+        ax.set_yticks([])
+        ax.tick_params(labelsize=5)
+    if title:
+        axes[0, 0].set_title(title, fontsize=6)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight", metadata={"Software": None})
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def example_pngs(x: torch.Tensor, x_adv: torch.Tensor, scale: float) -> dict[str, str]:
+    """The report's three pictures of one example: clean, adversarial, perturbation. Images are
+    drawn as images; signals ``(C, T)`` as one trace per channel (adversarial in red over clean)."""
+    delta = x_adv - x
+    if x.dim() == 2:
+        return {
+            "clean_png": signal_png_base64(x, title="clean"),
+            "adversarial_png": signal_png_base64(x, x_adv, title="clean (blue) vs adversarial (red)"),
+            "perturbation_png": signal_png_base64(delta, title="perturbation"),
+        }
+    return {
+        "clean_png": image_png_base64(x),
+        "adversarial_png": image_png_base64(x_adv),
+        "perturbation_png": image_png_base64(0.5 + delta / (2 * scale)),
+    }
+
+
 def _svg(fig: Any, salt: str) -> str:
     buf = io.StringIO()
     with plt.rc_context({"svg.hashsalt": salt, "svg.fonttype": "path"}):

@@ -21,7 +21,6 @@ gradient-masking check in the report).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
@@ -39,22 +38,16 @@ from metaat.attacks.autoattack import (
 from metaat.attacks.pgd import pgd_steps
 from metaat.losses import get_loss
 from metaat.registry import Registry
-from metaat.runtime import make_generator
+from metaat.runtime import derive_seed, make_generator
 from metaat.threats import ThreatModel, default_step_size, random_init
 
 REFERENCE_PACKAGE = "pyautoattack"
 
 
-def point_seed(seed: int, *parts: object) -> int:
-    """A 63-bit seed derived from ``seed`` and any labels (threat, run, point index)."""
-    text = "|".join(str(p) for p in (seed, *parts))
-    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little") >> 1
-
-
 def per_point_starts(x: torch.Tensor, ids: torch.Tensor, threat: ThreatModel, seed: int, tag: str) -> torch.Tensor:
     """Random starts for ``x`` (B, ...), point ``i`` drawn from its own generator keyed by ``ids[i]``."""
     parts = [
-        random_init(x[i : i + 1], threat, make_generator(point_seed(seed, threat, tag, int(ids[i]))))
+        random_init(x[i : i + 1], threat, make_generator(derive_seed(seed, threat, tag, int(ids[i]))))
         for i in range(x.shape[0])
     ]
     return torch.cat(parts) if parts else torch.zeros_like(x)
@@ -170,6 +163,8 @@ class ReferenceSuite(Suite):
         return min(9, self.num_classes - 1)
 
     def describe(self, threat: ThreatModel) -> list[str]:
+        if not threat.is_lp:
+            return describe_domain(threat)
         names = list(self.attacks) if self.attacks else ["apgd-ce", "apgd-t", "fab-t", "square"]
         l1 = threat.norm == "l1"
         text = {
@@ -200,15 +195,53 @@ class ReferenceSuite(Suite):
     def attack(
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ids: torch.Tensor, threat: ThreatModel, seed: int
     ) -> torch.Tensor:
+        if not threat.is_lp:
+            return domain_worst_case(model, x, y, ids, threat, seed)
         targets = self._targets()
         view, u, ref_threat = to_reference(model, x, threat)
-        aa: Any = build_reference(view, self._config(ref_threat, point_seed(seed, threat) % (2**31)), x.device)
+        aa: Any = build_reference(view, self._config(ref_threat, derive_seed(seed, threat) % (2**31)), x.device)
         aa.apgd_targeted.n_target_classes = min(aa.apgd_targeted.n_target_classes, targets)
         aa.fab.n_target_classes = targets
         devices = [x.device.index or 0] if x.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices), reference_logging(threat, self._warnings):
             u_adv, _ = aa.run_standard_evaluation(u, y, batch_size=max(1, x.shape[0]))
         return from_reference(u_adv, x, threat)
+
+
+DOMAIN_PGD = QuickSuite(steps=100, restarts=2)
+"""metaat's PGD that opens every domain threat's worst case in the reference suites."""
+
+
+def describe_domain(threat: ThreatModel) -> list[str]:
+    """The attacks :func:`domain_worst_case` runs for ``threat``."""
+    kind = threat.kind
+    extra = kind.evaluation_attacks if kind is not None else ()
+    return DOMAIN_PGD.describe(threat) + [
+        f"metaat {name}" + (f" ({', '.join(f'{k}={v}' for k, v in options)})" if options else "")
+        for name, options in extra
+    ]
+
+
+def domain_worst_case(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, ids: torch.Tensor, threat: ThreatModel, seed: int
+) -> torch.Tensor:
+    """Per-point worst case for a domain threat: metaat's PGD (CE, margin; 2 restarts of 100 steps),
+    then each of the kind's ``evaluation_attacks`` on the points still robust."""
+    from metaat.attacks import create
+
+    x_adv = DOMAIN_PGD.attack(model, x, y, ids, threat, seed)
+    kind = threat.kind
+    for name, options in kind.evaluation_attacks if kind is not None else ():
+        with torch.no_grad():
+            robust = (model(x_adv).argmax(dim=1) == y).nonzero().squeeze(1)
+        if robust.numel() == 0:
+            break
+        attack = create(name, threat=threat, seed=derive_seed(seed, threat, name) % (2**31), **dict(options))
+        cand = attack.perturb(model, x[robust], y[robust], make_generator(derive_seed(seed, threat, name, "gen")))
+        with torch.no_grad():
+            broken = model(cand).argmax(dim=1) != y[robust]
+        x_adv[robust[broken]] = cand[broken]
+    return x_adv
 
 
 @SUITES.register("quick", help="metaat PGD-25, CE + margin loss: fast monitoring (not a headline number)")

@@ -11,6 +11,8 @@ Shapes: the bank tensor is ``(T, size, C, H, W)``; ``x`` is ``(B, C, H, W)``.
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from torch import nn
 
@@ -20,14 +22,17 @@ from metaat.threats import ThreatModel, project, random_init, threat_ascent
 
 
 def project_universal(u: torch.Tensor, threat: ThreatModel) -> torch.Tensor:
-    """Exact projection onto ``threat``'s ball ∩ [-1, 1]^d (the box [-.5, .5] around 0.5, scaled by 2)."""
-    half = ThreatModel(threat.norm, threat.eps / 2)
-    return 2 * project(u / 2, torch.full_like(u, 0.5), half)
+    """Exact projection onto ``threat``'s set ∩ [-w, w]^d, ``w`` the width of its input box (for pixels
+    [-1, 1]^d: the box [-.5, .5] around the box's centre 0.5, scaled by 2)."""
+    low, high = threat.box
+    half = dataclasses.replace(threat, eps=threat.eps / 2)
+    centre = 0.5 if threat.box == (0.0, 1.0) else low + (high - low) / 2
+    return 2 * project(u / 2, torch.full_like(u, centre), half)
 
 
-def apply_universal(x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    """``clip(x + u, 0, 1)`` — in the threat set around each ``x`` when ``u`` is in the universal set."""
-    return (x + u).clamp(0, 1)
+def apply_universal(x: torch.Tensor, u: torch.Tensor, box: tuple[float, float] = (0.0, 1.0)) -> torch.Tensor:
+    """``clip(x + u, box)`` — in the threat set around each ``x`` when ``u`` is in the universal set."""
+    return (x + u).clamp(*box)
 
 
 def refine_universal(
@@ -47,7 +52,7 @@ def refine_universal(
     for _ in range(steps):
         u.requires_grad_(True)
         with torch.enable_grad(), attack_mode(model):
-            (grad,) = torch.autograd.grad(loss_fn(model(apply_universal(x, u)), y).sum(), u)
+            (grad,) = torch.autograd.grad(loss_fn(model(apply_universal(x, u, threat.box)), y).sum(), u)
         u = project_universal(u.detach() + step_size * threat_ascent(grad, threat, l1_sparsity=l1_sparsity), threat)
     return u.detach()
 

@@ -24,6 +24,7 @@ from torch import nn
 from metaat.models import resnet, small, wideresnet  # noqa: F401  (registers the models)
 from metaat.models.base import MODELS, Normalize
 from metaat.models.checkpoint import CheckpointError, get_spec, load_model, save_model
+from metaat.models.modules import count_parameters, model_device, unwrap
 
 
 def _canonical(name: str) -> str:
@@ -43,6 +44,7 @@ def create(
     in_channels: int = 1,
     image_size: int = 28,
     normalize: tuple[Sequence[float], Sequence[float]] | None = None,
+    box: tuple[float, float] | None = None,
     **kwargs: Any,
 ) -> nn.Module:
     """Build model ``name`` for ``in_channels x image_size x image_size`` inputs and ``num_classes``
@@ -51,7 +53,8 @@ def create(
 
     ``normalize=(mean, std)`` prepends a :class:`Normalize` layer (one value per channel, or one
     for all); the result is then ``nn.Sequential(normalize=..., net=...)``. ``kwargs`` go to the
-    model's factory (e.g. ``depth`` / ``widen_factor`` for ``wrn-28-10``). The constructor
+    model's factory (e.g. ``depth`` / ``widen_factor`` for ``wrn-28-10``). ``box`` records the valid
+    input range of a non-image domain (evaluation intersects every threat with it). The constructor
     arguments are stored as ``model.metaat_spec``.
     """
     key = _canonical(name)
@@ -82,6 +85,8 @@ def create(
         "normalize": norm_spec,
         "kwargs": dict(kwargs),
     }
+    if box is not None and tuple(box) != (0.0, 1.0):  # the valid input range, where not pixels
+        spec["box"] = [float(box[0]), float(box[1])]
     setattr(model, "metaat_spec", spec)  # noqa: B010  (nn.Module.__setattr__ is typed for tensors)
     return model
 
@@ -95,13 +100,9 @@ def create_from_spec(spec: dict[str, Any]) -> nn.Module:
         in_channels=spec.get("in_channels", 1),
         image_size=spec.get("image_size", 28),
         normalize=(normalize[0], normalize[1]) if normalize else None,
+        box=(spec["box"][0], spec["box"][1]) if spec.get("box") else None,
         **(spec.get("kwargs") or {}),
     )
-
-
-def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
-    """Number of parameters of ``model`` (only those with ``requires_grad`` if ``trainable_only``)."""
-    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
 
 def locate_model(path: str | os.PathLike[str]) -> tuple[Path, Path | None]:
@@ -146,6 +147,8 @@ __all__ = [
     "get_spec",
     "load_model",
     "locate_model",
+    "model_device",
     "resolve_model",
     "save_model",
+    "unwrap",
 ]
