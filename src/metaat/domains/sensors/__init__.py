@@ -5,6 +5,6 @@ Importing this package registers its datasets (``watch`` and the UEA/UCR sets), 
 lazily (``make data`` fetches them), so the import works without them. See ``docs/domains/sensors.md``.
 """
 
-from metaat.domains.sensors import data, threats
+from metaat.domains.sensors import data, models, threats
 
-__all__ = ["data", "threats"]
+__all__ = ["data", "models", "threats"]
