@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import pytest
 import torch
@@ -14,7 +15,7 @@ from metaat.domains.sensors.fetch import WATCH_NPZ
 from metaat.models import create
 from metaat.models.base import MODELS
 
-SMALL = {
+SMALL: dict[str, dict[str, Any]] = {
     "fcn": {"widths": (8, 16, 8)},
     "resnet1d": {"widths": (8, 16, 16)},
     "inception-time": {"filters": 4, "depth": 3},
@@ -27,7 +28,7 @@ def test_models_map_signals_to_logits_and_train_every_parameter(name: str, lengt
     assert MODELS.get(name).input_rank == 1  # type: ignore[attr-defined]
     torch.manual_seed(0)
     model = create(name, num_classes=5, in_channels=3, image_size=length, **SMALL[name])
-    assert model.metaat_spec["input_shape"] == [3, length]
+    assert getattr(model, "metaat_spec")["input_shape"] == [3, length]  # noqa: B009
     x = torch.randn(4, 3, length)
     logits = model(x)
     assert logits.shape == (4, 5)
