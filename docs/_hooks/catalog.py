@@ -1,6 +1,9 @@
-"""MkDocs hook: ``<!-- catalog: metaat.attacks -->`` on a page becomes one mkdocstrings entry per module
-of that package (its docstring: paper, threat model, options, example), found at build time, so a new
-attack or defense file appears in the reference without editing the docs."""
+"""MkDocs hooks for the API reference.
+
+``<!-- catalog: metaat.attacks -->`` on a page becomes one mkdocstrings entry per module of that
+package (its docstring: paper, threat model, options, example), found at build time, so a new attack
+or defense file appears in the reference without editing the docs; and the Sphinx roles the
+docstrings use (``:func:`x```) render as plain code."""
 
 from __future__ import annotations
 
@@ -27,3 +30,11 @@ def entries(package: str) -> str:
 
 def on_page_markdown(markdown: str, **kwargs: Any) -> str:
     return MARK.sub(lambda m: entries(m.group(1)), markdown)
+
+
+ROLE = re.compile(r":(?:mod|func|class|meth|attr|data|obj|exc|py:\w+):(?=<code>)")
+
+
+def on_page_content(html: str, **kwargs: Any) -> str:
+    """Docstrings name objects with Sphinx roles (``:func:`x```); on this site they read as code."""
+    return ROLE.sub("", html)
