@@ -103,6 +103,7 @@ def aggregate(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "unseen": [(r.get("unseen") or {}).get("mean") for r in rs],
                 "passes": [r["passes_per_example"] for r in rs],
                 "seconds": [r["seconds_per_epoch"] for r in rs],
+                "presets": sorted({str(r["preset"]) for r in rs if r.get("preset")}),
                 "records": rs,
             }
         )
@@ -142,12 +143,22 @@ def paired_delta(row: dict[str, Any], reference: dict[str, Any]) -> str:
     return f"{statistics.mean(diffs):+.1f} ± {statistics.stdev(diffs):.1f} ({len(diffs)})"
 
 
+def _presets(row: dict[str, Any]) -> str:
+    """The preset(s) a row's records say trained them (``configs/presets/<name>.yaml``), or ``–``."""
+    return ", ".join(f"`{name}`" for name in row["presets"]) or "–"
+
+
 def table(rows: list[dict[str, Any]]) -> str:
     reference = reference_row(rows)
     delta = f" | Δ union vs {reference['method']} (same seeds)" if reference else ""
+    presets = any(row["presets"] for row in rows)  # a column once records name the preset they trained
     head = (
-        f"| method | clean | L∞ 0.1 | L2 1.5 | L1 10 | union | unseen | passes / example | s / epoch | seeds{delta} |\n"
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|" + ("---:|" if reference else "") + "\n"
+        f"| method | clean | L∞ 0.1 | L2 1.5 | L1 10 | union | unseen | passes / example | s / epoch | seeds{delta}"
+        + (" | preset" if presets else "")
+        + " |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"
+        + ("---:|" if reference else "")
+        + ("---|" if presets else "")
+        + "\n"
     )
     lines = []
     for row in rows:
@@ -157,6 +168,7 @@ def table(rows: list[dict[str, Any]]) -> str:
             f"{mean_std(row['passes'], 1, 2)} | "
             f"{mean_std(row['seconds'], 1, 0)}{_gpu_mark(row['records'])} | {', '.join(map(str, row['seeds']))} |"
             + (f" {paired_delta(row, reference)} |" if reference else "")
+            + (f" {_presets(row)} |" if presets else "")
         )
     return head + "\n".join(lines) + "\n"
 
@@ -331,17 +343,21 @@ def section(study: str, write: bool = True, page: Path | None = None) -> tuple[s
 
 def summary_table(rows: list[dict[str, Any]], names: list[str]) -> str:
     """The README's short table: the named rows, in the order of their mean union, with clean and union
-    robust accuracy (mean ± std over seeds), passes per example and the seeds."""
+    robust accuracy (mean ± std over seeds), passes per example, the seeds and, once records name it,
+    the preset that trained each row."""
     by_name = {row["method"]: row for row in rows}
     missing = [n for n in names if n not in by_name]
     if missing:
         raise ValueError(f"no records for {', '.join(missing)}; rows with records: {', '.join(by_name)}")
-    head = "| method | clean | union | passes / example | seeds |\n|---|---:|---:|---:|---|\n"
+    shown = [row for row in rows if row["method"] in names]
+    presets = any(row["presets"] for row in shown)
+    head = "| method | clean | union | passes / example | seeds |" + (" preset |" if presets else "")
+    head += "\n|---|---:|---:|---:|---|" + ("---|" if presets else "") + "\n"
     lines = [
         f"| `{row['method']}` | {mean_std(row['clean'])} | **{mean_std(row['union'])}** | "
         f"{statistics.mean(row['passes']):g} | {', '.join(map(str, row['seeds']))} |"
-        for row in rows
-        if row["method"] in names
+        + (f" {_presets(row)} |" if presets else "")
+        for row in shown
     ]
     return head + "\n".join(lines) + "\n"
 

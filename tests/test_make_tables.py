@@ -263,6 +263,26 @@ def test_the_readme_summary_shows_the_named_rows_only(
     assert "no records for nope" in capsys.readouterr().err
 
 
+def test_rows_name_the_preset_their_records_trained(load_benchmark: Loader) -> None:
+    """Once records say which preset (configs/presets/<name>.yaml) trained them, both tables show it;
+    a row whose records name none shows a dash, and records without presets add no column."""
+    mt = load_benchmark("make_tables")
+    records = [
+        {**_record("metaat", 0, 0.5, None, ALL), "preset": "metaat-learned-refine3"},
+        {**_record("metaat", 1, 0.4, None, ALL), "preset": "metaat-learned-refine3"},
+        _record("old", 0, 0.3, None, ALL),
+    ]
+    rows = mt.aggregate(records)
+    full = mt.table(rows).splitlines()
+    assert full[0].endswith("| seeds | preset |") and full[1].endswith("|---|---|")
+    assert full[2].endswith("| 0, 1 | `metaat-learned-refine3` |") and full[3].endswith("| 0 | – |")
+    short = mt.summary_table(rows, ["metaat", "old"]).splitlines()
+    assert short[0] == "| method | clean | union | passes / example | seeds | preset |"
+    assert short[2].endswith("| `metaat-learned-refine3` |")
+    assert "preset" not in mt.table(mt.aggregate(records[2:]))
+    assert "preset" not in mt.summary_table(rows, ["old"])
+
+
 def test_a_docs_page_gets_the_plot_beside_it(
     load_benchmark: Loader, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
