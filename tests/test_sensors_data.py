@@ -192,3 +192,23 @@ def test_archive_sets_load_with_their_declared_shape(name: str) -> None:
     assert tuple(x.shape[1:]) == ds.info.input_shape and int(y.max()) < ds.info.num_classes
     xv, _ = ds.load("val")
     assert len(xv) >= ds.info.num_classes
+
+
+def test_a_users_own_ts_files_register_as_a_dataset(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    header = "@problemName Toy\n@univariate false\n@dimensions 2\n@classLabel true up down\n@data\n"
+    for split, n in (("TRAIN", 20), ("TEST", 6)):
+        rows = []
+        for i in range(n):
+            length = int(rng.integers(8, 13))
+            chans = [",".join(f"{v:.4f}" for v in rng.normal(size=length)) for _ in range(2)]
+            rows.append(":".join([*chans, ("up", "down")[i % 2]]))
+        (tmp_path / f"Toy_{split}.ts").write_text(header + "\n".join(rows) + "\n")
+    sd.register_ts_dataset(sd.UeaSet("toy-user-set", "Toy", 10, "a user's set"), 2, ("up", "down"))
+    ds = DATASETS.create("toy-user-set")
+    x, y = ds.load("train", data_dir=tmp_path)
+    xv, yv = ds.load("val", data_dir=tmp_path)
+    xt, _ = ds.load("test", data_dir=tmp_path)
+    assert x.shape == (16, 2, 10) and xv.shape == (4, 2, 10) and xt.shape == (6, 2, 10)
+    assert sorted(yv.tolist()) == [0, 0, 1, 1]
+    np.testing.assert_allclose(x.mean(dim=(0, 2)).numpy(), 0.0, atol=1e-5)

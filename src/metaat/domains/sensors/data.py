@@ -61,12 +61,14 @@ def search_dirs(data_dir: Path | None) -> list[Path]:
 
 
 def find_file(name: str, data_dir: Path | None) -> Path:
-    """The first ``name`` in :func:`search_dirs`, its sha256 checked against the pinned one."""
+    """The first ``name`` in :func:`search_dirs`; a file ``make data`` fetches is checked against its
+    pinned sha256."""
     dirs = search_dirs(data_dir)
     for folder in dirs:
         path = folder / name
         if path.is_file():
-            _check_sha256(path, path.stat().st_size, path.stat().st_mtime_ns)
+            if name in PINNED:  # a user's own archive files carry no pin
+                _check_sha256(path, path.stat().st_size, path.stat().st_mtime_ns)
             return path
     raise FileNotFoundError(f"sensor data file {name} not found in {', '.join(str(d) for d in dirs)}; {MAKE_HINT}")
 
@@ -225,12 +227,16 @@ _UEA_SHAPES: dict[str, tuple[int, tuple[str, ...]]] = {
 }
 
 
-def _register_uea(spec: UeaSet) -> None:
-    channels, classes = _UEA_SHAPES[spec.problem]
-    info = DatasetInfo(spec.name, len(classes), channels, spec.length, classes, BOX, "sensors", SPLITS)
-    cls = type(f"Uea{spec.problem}", (UeaDataset,), {"spec": spec, "info": info, "__doc__": spec.help})
+def register_ts_dataset(spec: UeaSet, in_channels: int, class_names: tuple[str, ...]) -> type[UeaDataset]:
+    """Register a dataset read from ``<problem>_TRAIN.ts`` / ``<problem>_TEST.ts`` in the sensor
+    data folders (``--data-dir``, ``$METAAT_DATA``, ``~/.cache/metaat/sensors``): how a user with the
+    full UEA archive (or UCI HAR converted to ``.ts``) adds a set. ``class_names`` must be the file's
+    ``@classLabel`` list, in order. Files not fetched by ``make data`` carry no pinned sha256."""
+    info = DatasetInfo(spec.name, len(class_names), in_channels, spec.length, class_names, BOX, "sensors", SPLITS)
+    cls = type(f"Ts{spec.problem}", (UeaDataset,), {"spec": spec, "info": info, "__doc__": spec.help})
     DATASETS.register(spec.name, help=spec.help)(cls)
+    return cls
 
 
 for _spec in UEA_SETS:
-    _register_uea(_spec)
+    register_ts_dataset(_spec, *_UEA_SHAPES[_spec.problem])
