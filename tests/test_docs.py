@@ -115,3 +115,12 @@ def test_make_docs_builds_strictly() -> None:
     makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
     target = re.search(r"^docs:.*\n((?:\t.*\n)+)", makefile, flags=re.M)
     assert target and "mkdocs build --strict" in target.group(1)
+
+
+def test_the_config_files_the_docs_name_exist() -> None:
+    """A preset or config the README or the docs tell a reader to use is in the repository."""
+    pages = [README, *sorted((ROOT / "docs").rglob("*.md"))]
+    named = {m for page in pages for m in re.findall(r"configs/[\w./-]+\.yaml", page.read_text(encoding="utf-8"))}
+    assert named, "the docs name no config file"
+    missing = sorted(path for path in named if not (ROOT / path).is_file())
+    assert not missing, f"the docs name config files that do not exist: {missing}"
