@@ -124,3 +124,13 @@ def test_the_config_files_the_docs_name_exist() -> None:
     assert named, "the docs name no config file"
     missing = sorted(path for path in named if not (ROOT / path).is_file())
     assert not missing, f"the docs name config files that do not exist: {missing}"
+
+
+def test_getting_started_shows_the_readme_python_that_a_test_runs() -> None:
+    """docs/getting-started.md repeats the README's Python quickstart, which tests/test_readme_python.py
+    runs; the two cannot drift apart."""
+
+    def first_python(path: Path) -> str:
+        return re.findall(r"```python\n(.*?)```", path.read_text(encoding="utf-8"), flags=re.S)[0]
+
+    assert first_python(ROOT / "docs" / "getting-started.md") == first_python(README)
