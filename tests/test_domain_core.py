@@ -165,3 +165,34 @@ def test_pgd_and_evaluation_on_signals_use_the_box() -> None:
     assert any("scaledtest" in line for line in result.protocol["attacks"]["scaledtest:2,0.2"]) is False
     norms = lp_norm(x_adv - x, "linf")
     assert float(norms.max()) <= 0.5 + 1e-6
+
+
+@pytest.mark.parametrize("defense", ["metaat", "mng", "mat", "msd"])
+def test_every_kind_of_defense_trains_on_signals(defense: str, tmp_path: object) -> None:
+    """The meta-learners (1-d generators, universal banks) and a multi-norm baseline train on (B, C, T)
+    inputs with a non-pixel box and a domain threat, through the same loop."""
+    import metaat.defenses as D
+    import metaat.models as M
+    from metaat.train import TrainConfig, fit
+
+    g = torch.Generator().manual_seed(0)
+    x = (torch.randn(48, 3, 32, generator=g) * 1.5).clamp(*BOX)
+    y = (x[:, 0].mean(dim=1) > 0).long()
+    threats = [ThreatModel("linf", 0.3).with_box(*BOX), ThreatModel.parse("scaledtest:2,0.1").with_box(*BOX)]
+    config = TrainConfig(
+        data="synthetic",
+        model="fcn-small",
+        defense=defense,
+        threats=tuple(map(str, threats)),
+        epochs=1,
+        batch_size=16,
+        eval_n=16,
+        threads=1,
+    )
+    torch.manual_seed(0)
+    model = M.create("fcn-small", 2, 3, 32, box=BOX)
+    result = fit(model, D.create(defense, threats), x, y, config, tmp_path / "run", x[:16], y[:16], quiet=True)  # type: ignore[operator]
+    assert result.status == "completed"
+    assert 0.0 <= result.metrics["eval"]["clean"] <= 1.0
+    assert result.cost["passes_per_example"] >= 1.0
+    assert M.load_model(result.final_model).metaat_spec["box"] == list(BOX)  # type: ignore[arg-type]

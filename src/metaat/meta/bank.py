@@ -74,8 +74,9 @@ class PerturbationBank(nn.Module):
         """Fill every entry with a perturbation drawn uniformly from its threat's ball."""
         shape = self.bank.shape[2:]
         for t, threat in enumerate(self.threats):
-            centre = torch.full((self.size, *shape), 0.5)
-            half = ThreatModel(threat.norm, threat.eps / 2)
+            low, high = threat.box
+            centre = torch.full((self.size, *shape), 0.5 if threat.box == (0.0, 1.0) else low + (high - low) / 2)
+            half = dataclasses.replace(threat, eps=threat.eps / 2)
             draw = 2 * random_init(centre, half, generator)
             self.bank[t] = project_universal(draw.to(self.bank), threat)
 

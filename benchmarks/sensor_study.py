@@ -1,0 +1,209 @@
+"""The sensor benchmark: every defense on the smartwatch IMU data (``watch``), 1-d FCN, several seeds.
+
+Protocol (stated in docs/domains/sensors.md and recorded in every row):
+
+* training on the training subjects; every choice (epochs, radii, options) made on the validation
+  subject, which is also the per-epoch monitor; the test subjects are read once per final row;
+* threats in σ units inside the ±8σ saturation box: ``linf:0.25``, ``l2:3``, ``spike:5,2``,
+  ``drift:0.5``, fixed before any method was trained (L2 at the same fraction of the L∞ ball's
+  diagonal as the image radii: 1.5 / (0.1·28) ≈ 0.54, times 0.25·√600); union = per-window AND;
+* evaluation on the test windows: the reference APGD-CE + APGD-T (``pyautoattack``, through
+  metaat's reference view) for L∞ / L2, and for spike and drift metaat's PGD (CE and margin, two
+  restarts of 100 steps) followed by the domain's own search attacks (the worst case per window);
+  the unseen families (dropout / stuck-at, misalignment, time warp) searched exhaustively;
+* cost: forward+backward passes per training example (the loop's meter) and seconds per epoch.
+
+Each (method, seed) is trained in its own run folder (resumable: a killed run continues from its
+checkpoint) and its row is appended to ``benchmarks/results/sensor_study.json`` as soon as it is
+evaluated, so the study can stop and resume anywhere. ``--quick`` is a smoke run (tiny budgets;
+its records go to ``sensor_study_quick.json``).
+
+    python benchmarks/sensor_study.py --seeds 0 1 --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ROOT = Path(__file__).resolve().parent
+METHODS: tuple[str, ...] = (
+    "standard",
+    "metaat",
+    "sat",
+    "pgd",
+    "mng",
+    "msd",
+    "max",
+    "trades",
+    "fast",
+    "avg",
+    "eat",
+    "l2l",
+    "mat",
+)
+THREATS: tuple[str, ...] = ("linf:0.25", "l2:3", "spike:5,2", "drift:0.5")
+DATA, MODEL = "watch", "fcn-small"
+
+
+@dataclasses.dataclass(frozen=True)
+class Budget:
+    """What one row costs: epochs, monitor size, evaluated test windows, unseen subset."""
+
+    epochs: int = 10
+    eval_n: int | None = None  # None: every test window
+    unseen_n: int = 200
+    batch_size: int = 64
+
+
+QUICK = Budget(epochs=1, eval_n=40, unseen_n=20, batch_size=64)
+
+
+def row_key(method: str, seed: int) -> str:
+    return f"{method}/seed{seed}"
+
+
+def load_records(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        return {"rows": {}}
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def save_records(path: Path, records: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(records, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def train_row(method: str, seed: int, budget: Budget, runs: Path, threads: int) -> tuple[Path, dict[str, Any]]:
+    """Train (or resume, or reuse) one row's model; returns its run folder and the training result."""
+    from metaat.train import TrainConfig, resume_run, train
+    from metaat.train.checkpoint import has_checkpoint
+
+    run_dir = runs / method / f"seed{seed}"
+    config = TrainConfig(
+        data=DATA,
+        model=MODEL,
+        defense=method,
+        threats=THREATS,
+        epochs=budget.epochs,
+        batch_size=budget.batch_size,
+        lr=1e-3,
+        seed=seed,
+        eval_n=200,
+        threads=threads,
+    )
+    if (run_dir / "final").exists():
+        summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
+        return run_dir, summary
+    result = resume_run(run_dir, quiet=True) if has_checkpoint(run_dir) else train(config, run_dir, quiet=True)
+    if result.status != "completed":
+        raise SystemExit(f"{method} seed {seed}: training {result.status} ({result.message}); run again to resume")
+    seconds = [float(m.get("epoch_seconds", 0.0)) for m in _epoch_lines(run_dir)]
+    summary = {
+        "passes_per_example": result.cost.get("passes_per_example"),
+        "seconds_per_epoch": sum(seconds) / max(1, len(seconds)),
+        "epochs": result.epochs_completed,
+        "monitor": result.metrics.get("eval", {}),
+    }
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    return run_dir, summary
+
+
+def _epoch_lines(run_dir: Path) -> list[dict[str, Any]]:
+    lines = (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+    out = [json.loads(line) for line in lines if line.strip()]
+    return [r for r in out if r.get("type") == "epoch"]
+
+
+def evaluate_row(run_dir: Path, seed: int, budget: Budget) -> dict[str, Any]:
+    """Test-split evaluation of one trained row (read once)."""
+    import metaat.data as data
+    from metaat.eval import UnseenConfig, evaluate
+    from metaat.models import load_model
+
+    model = load_model(run_dir / "final")
+    x, y = data.load(DATA, "test")
+    unseen = UnseenConfig(n=min(budget.unseen_n, x.shape[0]), sweep_factors=(1.0, 2.0))
+    result = evaluate(
+        model,
+        x,
+        y,
+        list(THREATS),
+        suite="apgd",
+        n=budget.eval_n,
+        seed=seed,
+        unseen=unseen,
+        checks=False,
+        state_path=run_dir / "eval_state.json",
+    )
+    domain = (result.unseen or {}).get("domain") or {}
+    return {
+        "n": result.n,
+        "clean": result.clean,
+        "robust": result.robust,
+        "union": result.union,
+        "unseen": {k: v["accuracy"] for k, v in domain.items()},
+        "unseen_mean": sum(v["accuracy"] for v in domain.values()) / len(domain) if domain else None,
+        "protocol": result.protocol,
+        "eval_seconds": result.timings.get("total"),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--methods", nargs="*", default=list(METHODS))
+    parser.add_argument("--seeds", nargs="*", type=int, default=[0, 1])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--quick", action="store_true", help="smoke run: 1 epoch, 40 test windows")
+    parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "sensor_study")
+    parser.add_argument(
+        "--phase", choices=("all", "train", "eval"), default="all", help="train only, evaluate trained rows, or both"
+    )
+    args = parser.parse_args(argv)
+    budget = QUICK if args.quick else Budget()
+    out = ROOT / "results" / ("sensor_study_quick.json" if args.quick else "sensor_study.json")
+    runs = args.runs.with_name(args.runs.name + "_quick") if args.quick else args.runs
+    torch.set_num_threads(args.threads)
+    records = load_records(out)
+    records["command"] = "python benchmarks/sensor_study.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    records["protocol"] = {
+        "data": DATA,
+        "model": MODEL,
+        "threats": list(THREATS),
+        "budget": dataclasses.asdict(budget),
+        "selection": "validation subject (monitor, every choice); test subjects read once per row",
+    }
+    for method in args.methods:
+        for seed in args.seeds:
+            key = row_key(method, seed)
+            if key in records["rows"]:
+                continue
+            t0 = time.perf_counter()
+            if args.phase == "eval" and not (runs / method / f"seed{seed}" / "final").exists():
+                continue
+            run_dir, summary = train_row(method, seed, budget, runs, args.threads)
+            print(f"{key}: trained ({summary['passes_per_example']} passes/example)", flush=True)
+            if args.phase == "train":
+                continue
+            row = {"method": method, "seed": seed, **summary, **evaluate_row(run_dir, seed, budget)}
+            row["hardware"] = f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"
+            row["threads"] = args.threads
+            row["wall_seconds"] = round(time.perf_counter() - t0, 1)
+            records["rows"][key] = row
+            save_records(out, records)
+            print(f"{key}: clean {row['clean']:.3f} union {row['union']:.3f} passes {row['passes_per_example']}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
