@@ -10,8 +10,10 @@ for ``--runs``, its ``benchmarks/runs`` (e.g. unpacked from a tarball that machi
 record there that is not done here (same method, seed, epochs, subset, points and suite), the
 record's evaluation state is read from its evidence or run folder and must reproduce the record's
 union exactly (a record without a finished state, or one whose flags disagree with it, is refused and
-named); then the small files are copied into ``benchmarks/results/evidence`` and the record is added
-under the study's records lock, exactly as ``study.py`` does for its own pieces.
+named), and the record must be of a row here and name the preset that row trains (a record from a
+checkout older than the presets gets its row's preset when its options are that preset's; any other
+is refused and named); then the small files are copied into ``benchmarks/results/evidence`` and the
+record is added under the study's records lock, exactly as ``study.py`` does for its own pieces.
 
 ``--runs`` also copies the run folder (model, logs, evaluation state; checkpoints left out) of every
 piece whose training finished there, where this checkout has no finished model of it and no worker
@@ -31,6 +33,7 @@ from typing import Any
 import study as study_script  # its RESULTS read at call time (tests point it elsewhere)
 from study import (
     EVIDENCE_FILES,
+    ROWS,
     add_record,
     claimed,
     done_keys,
@@ -38,6 +41,7 @@ from study import (
     keep_evidence,
     load_records,
     piece_lock,
+    read_preset,
     record_key,
     record_state_path,
     reproduces,
@@ -73,6 +77,27 @@ def backing(root: Path, study: str, r: dict[str, Any]) -> Path:
     )
 
 
+def with_preset(r: dict[str, Any]) -> dict[str, Any]:
+    """Record ``r`` naming the preset its row trains here (a record from a checkout older than the presets
+    names none: it gets its row's, when its options are the preset's); ValueError when the record is of
+    no row here or names another preset."""
+    name = f"{r['method']} seed {r['seed']} ({r['suite']})"
+    preset = ROWS.get(r["method"])
+    if preset is None:
+        raise ValueError(f"{name}: not merged, no row {r['method']!r} here (a newer checkout's row?)")
+    if "preset" in r:
+        if r["preset"] != preset:
+            raise ValueError(f"{name}: not merged, it names preset {r['preset']!r}; the row trains {preset!r} here")
+        return r
+    written = read_preset(preset)
+    options = r.get("options", {})
+    if {k: written["options"].get(k) for k in options} != options or r.get("defense", written["defense"]) != (
+        written["defense"]
+    ):
+        raise ValueError(f"{name}: not merged, its defense or options are not those of preset {preset!r}")
+    return {**r, "preset": preset}
+
+
 def copy_run(src: Path, dst: Path) -> None:
     """The run folder's model, small files and evaluation states (checkpoints stay behind)."""
     tmp = dst.with_name(dst.name + ".merging")
@@ -101,6 +126,7 @@ def merge(root: Path, study: str, runs: bool = False) -> dict[str, list[str]]:
             report["already here"].append(name)
             continue
         try:
+            r = with_preset(r)
             base = backing(root, study, r)
         except ValueError as exc:
             report["refused"].append(str(exc))

@@ -1,6 +1,10 @@
 """Paired comparison of two methods on the same test points: who is robust where the other is not.
 
     python benchmarks/paired.py --study fmnist_study --reference max
+    python benchmarks/paired.py --study fmnist_study --reference sat-pgd10   # a preset: the row that trains it
+
+``--reference`` names a study row, or the preset (``configs/presets``) that one row of the study's
+records trains; each output row names both sides' rows and presets.
 
 Two rows' union accuracies on the same 1,000 points are not independent samples, so their
 difference is best judged point by point. For every record of ``benchmarks/results/<study>.json``
@@ -91,6 +95,15 @@ def carried(previous: dict[str, Any], key: str, keep: Any) -> list[dict[str, Any
     return [{**e, "kept_from": e.get("kept_from", when)} for e in previous.get(key, []) if keep(e)]
 
 
+def reference_row(name: str, preset: dict[str, Any]) -> str | None:
+    """The row ``name`` stands for: itself when rows ``preset`` (row -> preset) has it, else the one row
+    whose preset it is; None when there is no such row, or several."""
+    if name in preset:
+        return name
+    rows = [row for row, p in preset.items() if p == name]
+    return rows[0] if len(rows) == 1 else None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--study", default="fmnist_study")
@@ -101,12 +114,16 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     records = [r for r in every if r.get("suite") == "apgd"]
     methods = sorted({str(r["method"]) for r in records})
-    if args.reference not in methods:
+    preset = {str(r["method"]): r.get("preset") for r in records}  # a row's records all name its preset
+    reference = reference_row(args.reference, preset)
+    if reference is None:
         print(
-            f"paired: no {args.study} record of --reference {args.reference!r}; valid: {', '.join(methods)}",
+            f"paired: no {args.study} record of --reference {args.reference!r} (a row, or the preset of one row); "
+            f"valid: {', '.join(methods)}",
             file=sys.stderr,
         )
         return 2
+    args.reference = reference
     flags: dict[tuple[str, int], list[bool]] = {}  # per-point unions that reproduce their record
     models: dict[tuple[str, int], tuple[str | None, list[bool]]] = {}  # every state read: model digest, union
     skipped = []
@@ -132,7 +149,8 @@ def main(argv: list[str] | None = None) -> int:
         ref = flags.get((args.reference, seed))
         if method == args.reference or ref is None:
             continue
-        rows.append({"method": method, "reference": args.reference, "seed": seed, **compare(union, ref)})
+        names = {"preset": preset[method], "reference_preset": preset[args.reference]}
+        rows.append({"method": method, "reference": args.reference, "seed": seed, **names, **compare(union, ref)})
     previous = previous_output(name)
     current = {(str(r["method"]), int(r["seed"])) for r in records}
     done = {(row["method"], row["seed"]) for row in rows}

@@ -3,15 +3,18 @@
     python benchmarks/study.py                      # the full study (make bench), piece by piece
     python benchmarks/study.py --quick              # minutes: a few methods on a subset (make bench-quick)
     python benchmarks/study.py --methods pgd-linf,metaat --seeds 0,1 --epochs 5
+    python benchmarks/study.py --methods sat-pgd10 --seeds 2   # a preset: the row that trains it
     python benchmarks/study.py --plan               # what is done, part-trained and left; runs nothing
     python benchmarks/study.py --threads 1 & python benchmarks/study.py --threads 1   # two workers
 
-Each (method, seed) trains ``cnn-small`` under one schedule into ``benchmarks/runs/<study>/<method>/seed<k>``
-(killed runs resume from their last checkpoint), is evaluated with the reference package's
-APGD-CE + APGD-T per threat (``--suite apgd``; ``--suite standard`` for headline rows) on the
-first ``--n`` test points, and appends one record to ``benchmarks/results/<study>.json`` as soon
-as it finishes. Finished records are kept; rerunning skips them. ``make_tables.py`` turns the
-records into the README's table and plot.
+Each row (``ROWS``) trains one preset, ``configs/presets/<preset>.yaml``, whose name says what it trains
+and never changes meaning. Each (row, seed) trains its preset, with the study's epochs, subset and seed,
+into ``benchmarks/runs/<study>/<row>/seed<k>`` (killed runs resume from their last checkpoint), is
+evaluated with the reference package's APGD-CE + APGD-T per threat (``--suite apgd``; ``--suite
+standard`` for headline rows) on ``--n`` test points, and appends one record to
+``benchmarks/results/<study>.json`` as soon as it finishes, naming its row (``method``) and its preset
+(``preset``). Finished records are kept; rerunning skips them; records are never renamed.
+``make_tables.py`` turns the records into the study's tables and plot.
 
 Several processes can work through the same list on one machine: each (method, seed) is claimed
 with an exclusive ``flock`` on ``runs/<study>/<method>/seed<k>.lock`` (a claimed piece is skipped by
@@ -35,6 +38,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import yaml
 from unseen_summary import summary as unseen_summary  # benchmarks/ is on the path when run as a script
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,7 +46,7 @@ RESULTS = ROOT / "benchmarks" / "results"
 RUNS = ROOT / "benchmarks" / "runs"
 # Copies of each finished piece's small files (evaluation state, training log, summary, config) are
 # kept in the repository under results/evidence/: the run folders (models included) are not, and a
-# machine can be replaced (2026-11-26: one was, and the first twelve records' per-point flags went with it).
+# machine can be replaced (one was, and the first twelve records' per-point flags went with it).
 EVIDENCE_FILES = ("metrics.jsonl", "summary.json", "config.yaml", "environment.json")
 # Unfinished pieces outlive the machine too: ``--park`` copies each one's run folder (its latest
 # checkpoint or, once trained, its final model, with the evaluation state and logs) into the repository
@@ -59,90 +63,148 @@ TEST_SIZE = 10_000  # Fashion-MNIST's test split
 TEST_START = {"fmnist_study": 9000}
 ALL = (LINF, L2, L1)
 
-# Earlier metaat defaults, each pinned in full against today's defaults. v1 (until 2026-11-26): a
-# learned attacker takes the first step, no L1 prior. v2 (2026-11-26 to 2026-11-27): plain PGD steps
-# only, with the L1 prior. v3 (2026-11-27 to 2026-11-28): the learned start, with PGD-5 every 4th batch.
-V1: dict[str, Any] = {"learned_start": True, "l1_weight": 1.0, "pgd_every": 4}
-V2: dict[str, Any] = {"learned_start": False, "pgd_every": 4}
-V3: dict[str, Any] = {"pgd_every": 4}
-# method -> (defense, training threats, defense options)
-METHODS: dict[str, tuple[str, tuple[str, ...], dict[str, Any]]] = {
-    "standard": ("standard", (LINF,), {}),
-    "fast": ("fast", (LINF,), {}),
-    "pgd-linf": ("pgd", (LINF,), {"steps": 10}),
-    "pgd-l2": ("pgd", (L2,), {"steps": 10}),
-    "pgd-l1": ("pgd", (L1,), {"steps": 10}),
-    "trades": ("trades", (LINF,), {}),
-    "sat": ("sat", ALL, {}),
-    "avg": ("avg", ALL, {}),
-    "max": ("max", ALL, {}),
-    "msd": ("msd", ALL, {}),
-    "eat": ("eat", (LINF, L1), {}),  # the paper trains on the two extreme norms only
-    "mng": ("mng", ALL, {}),  # the paper's generator: it sees x and noise
-    "mng-noise": ("mng", ALL, {"generator": "noise"}),  # the released code's generator: noise only
-    "l2l": ("l2l", ALL, {}),
-    "mat": ("mat", ALL, {}),
-    # a fairness control: SAT with metaat's L1 prior (L1 drawn twice as often), to tell that prior
-    # from the rest of metaat's recipe
-    "sat-l1x2": ("sat", ALL, {"weights": [1.0, 1.0, 2.0]}),
-    "metaat": ("metaat", ALL, {}),
-    # ablations of metaat's default recipe: each switches one part off (adding the PGD batches back
-    # is metaat-v3, the previous default)
-    "metaat-no-l1-prior": ("metaat", ALL, {"l1_weight": 1.0}),
-    "metaat-no-adaptive": ("metaat", ALL, {"adaptive": False}),
-    "metaat-no-consistency": ("metaat", ALL, {"consistency": 0.0}),
-    "metaat-no-learned": ("metaat", ALL, {"learned_start": False}),  # plain PGD steps: is the attacker worth it?
-    # v3: the default from 2026-11-27 to 2026-11-28 (PGD-5 every 4th batch, the attacker distilled
-    # towards it) and the ablations run on it; metaat-v3-no-pgd became today's default
-    "metaat-v3": ("metaat", ALL, V3),
-    "metaat-v3-no-l1-prior": ("metaat", ALL, {**V3, "l1_weight": 1.0}),
-    "metaat-v3-no-adaptive": ("metaat", ALL, {**V3, "adaptive": False}),
-    "metaat-v3-no-consistency": ("metaat", ALL, {**V3, "consistency": 0.0}),
-    "metaat-v3-no-distill": ("metaat", ALL, {**V3, "distill": 0.0}),
-    "metaat-v3+lookahead": ("metaat", ALL, {**V3, "lookahead": True}),
-    # v2: the default from 2026-11-26 to 2026-11-27 (PGD steps only, no learned attacker), which is
-    # also the ablation "learned start off", and the rows run on it
-    "metaat-v2": ("metaat", ALL, V2),
-    "metaat-v2-no-l1-prior": ("metaat", ALL, {**V2, "l1_weight": 1.0}),
-    "metaat-v2-no-adaptive": ("metaat", ALL, {**V2, "adaptive": False}),
-    "metaat-v2-no-consistency": ("metaat", ALL, {**V2, "consistency": 0.0}),
-    "metaat-v2-no-pgd": ("metaat", ALL, {**V2, "pgd_every": 0}),
-    # metaat-v2 at SAT's / E-AT's cost: 9 refinement steps instead of 3 (about 10.75 passes per example)
-    "metaat-v2-refine9": ("metaat", ALL, {**V2, "refine_steps": 9}),
-    # v1: the previous default (learned warm start, no L1 prior) and the ablations run on it
-    "metaat-v1": ("metaat", ALL, V1),
-    "metaat-v1-no-refine": ("metaat", ALL, {**V1, "refine_steps": 0}),
-    "metaat-v1-refine2": ("metaat", ALL, {**V1, "refine_steps": 2}),
-    "metaat-v1-refine4": ("metaat", ALL, {**V1, "refine_steps": 4}),
-    "metaat-v1-extreme": ("metaat", (LINF, L1), V1),  # E-AT's choice: train on L∞ and L1 only
-    "metaat-v1-no-pgd": ("metaat", ALL, {**V1, "pgd_every": 0}),
-    "metaat-v1-no-adaptive": ("metaat", ALL, {**V1, "adaptive": False}),
-    "metaat-v1-no-consistency": ("metaat", ALL, {**V1, "consistency": 0.0}),
-    # refinement steps spent where the few-step attack is weakest: L∞ 1, L2 3, L1 6 (about 6.5 passes)
-    "metaat-v1-l1focus": ("metaat", ALL, {**V1, "refine_by_norm": {"linf": 1, "l2": 3, "l1": 6}}),
-    "metaat-v1-no-refine-no-pgd": ("metaat", ALL, {**V1, "refine_steps": 0, "pgd_every": 0}),
-    "metaat-v1-no-refine-plain": ("metaat", ALL, {**V1, "refine_steps": 0, "distill": 0.0, "consistency": 0.0}),
-    "metaat-v1-no-refine-pgd2": ("metaat", ALL, {**V1, "refine_steps": 0, "pgd_every": 2}),
+PRESETS = ROOT / "configs" / "presets"
+# configs/presets/default.yaml: a link to the preset of metaat's default recipe (its options are the defense's
+# defaults). A change of default adds a preset and moves this link; no preset and no record is renamed.
+DEFAULT_LINK = "default.yaml"
+# The fields a preset spells out, every one of them, so that a changed default can never change what it trains;
+# everything else (subset, seed, threads, device, per-epoch monitor, checkpoints) is the runner's business.
+RECIPE_FIELDS = (
+    "data", "model", "defense", "threats", "epochs", "batch_size", "optimizer", "lr", "momentum", "weight_decay",
+    "schedule", "grad_clip", "clean_ratio", "fo_overfit_guard", "fo_overfit_drop", "options",
+)  # fmt: skip
+
+# Study row -> the preset it trains (configs/presets/<preset>.yaml); a record names its row (``method``) and
+# its preset (``preset``). A row's preset never changes. A new row is named after its preset; the rows below
+# whose names differ from their presets' are the rows that had records before presets existed, and they keep
+# their names because their records do (several may train one preset). Their history (metaat-v1, -v2, -v3:
+# earlier defaults and the ablations run on them) is in CHANGELOG.md and the study's documentation.
+ROWS: dict[str, str] = {
+    "standard": "standard",
+    "fast": "fast-fgsm-linf",
+    "pgd-linf": "pgd10-linf",
+    "pgd-l2": "pgd10-l2",
+    "pgd-l1": "pgd10-l1",
+    "trades": "trades-beta6-pgd10-linf",
+    "sat": "sat-pgd10",
+    "avg": "avg-pgd10",
+    "max": "max-pgd10",
+    "msd": "msd10",
+    "eat": "eat-pgd10-linf-l1",  # the paper trains on the two extreme norms only
+    "mng": "mng-pgd10-input-generator",  # the paper's generator: it sees x and noise
+    "mng-noise": "mng-pgd10-noise-generator",  # the released code's generator: noise only
+    "l2l": "l2l-1step",
+    "mat": "mat-bank16-2steps",
+    # a fairness control: SAT with metaat's L1 prior (L1 drawn twice as often)
+    "sat-l1x2": "sat-pgd10-l1x2",
+    "metaat": "metaat-learned-refine3-adaptive-l1x2-js",
+    "metaat-no-l1-prior": "metaat-learned-refine3-adaptive-js",
+    "metaat-no-adaptive": "metaat-learned-refine3-uniform-l1x2-js",
+    "metaat-no-consistency": "metaat-learned-refine3-adaptive-l1x2",
+    "metaat-no-learned": "metaat-pgdstart-refine3-adaptive-l1x2-js",
+    "metaat-v3": "metaat-learned-refine3-pgd5-every4-distill-adaptive-l1x2-js",
+    "metaat-v3-no-l1-prior": "metaat-learned-refine3-pgd5-every4-distill-adaptive-js",
+    "metaat-v3-no-adaptive": "metaat-learned-refine3-pgd5-every4-distill-uniform-l1x2-js",
+    "metaat-v3-no-consistency": "metaat-learned-refine3-pgd5-every4-distill-adaptive-l1x2",
+    "metaat-v2": "metaat-pgdstart-refine3-pgd5-every4-adaptive-l1x2-js",
+    "metaat-v2-no-l1-prior": "metaat-pgdstart-refine3-pgd5-every4-adaptive-js",
+    "metaat-v2-no-adaptive": "metaat-pgdstart-refine3-pgd5-every4-uniform-l1x2-js",
+    "metaat-v2-no-consistency": "metaat-pgdstart-refine3-pgd5-every4-adaptive-l1x2",
+    "metaat-v2-no-pgd": "metaat-pgdstart-refine3-adaptive-l1x2-js",
+    "metaat-v2-refine9": "metaat-pgdstart-refine9-pgd5-every4-adaptive-l1x2-js",
+    "metaat-v1": "metaat-learned-refine3-pgd5-every4-distill-adaptive-js",
+    "metaat-v1-no-refine": "metaat-learned-refine0-pgd5-every4-distill-adaptive-js",
+    "metaat-v1-refine2": "metaat-learned-refine2-pgd5-every4-distill-adaptive-js",
+    "metaat-v1-refine4": "metaat-learned-refine4-pgd5-every4-distill-adaptive-js",
+    "metaat-v1-extreme": "metaat-learned-refine3-pgd5-every4-distill-adaptive-js-linf-l1",
+    "metaat-v1-no-pgd": "metaat-learned-refine3-adaptive-js",
+    "metaat-v1-no-adaptive": "metaat-learned-refine3-pgd5-every4-distill-uniform-js",
+    "metaat-v1-no-consistency": "metaat-learned-refine3-pgd5-every4-distill-adaptive",
+    "metaat-v1-l1focus": "metaat-learned-refine1-3-6-pgd5-every4-distill-adaptive-js",
+    # its record's 2 passes per example say it trained without the consistency term
+    "metaat-v1-no-refine-no-pgd": "metaat-learned-refine0-adaptive",
+    "metaat-v1-no-refine-plain": "metaat-learned-refine0-pgd5-every4-adaptive",
+    "metaat-v1-no-refine-pgd2": "metaat-learned-refine0-pgd5-every2-distill-adaptive-js",
+    # rows named after their presets
+    **{
+        preset: preset
+        for preset in (
+            "metaat-learned-refine3-pgd5-every4-adaptive-l1x2-js",
+            "metaat-learned-refine3-pgd5-every4-distill-lookahead-adaptive-l1x2-js",
+        )
+    },
 }
 QUICK_METHODS = ("standard", "pgd-linf", "sat", "metaat")
-# the full study (make bench): every defense, metaat and the ablations of its current default; the
-# v1, v2 and v3 rows are history (earlier defaults) and run only when named, except metaat-v3 (the
-# previous default, i.e. today's plus the PGD batches), metaat-v2 and metaat-v2-refine9, which the
-# full study keeps: metaat-v2 is the row the learned start was chosen against, metaat-v2-refine9
-# (1 + 9 PGD steps, SAT's cost) says whether the recipe's extras add anything once its attack is as
-# strong as PGD-10. Ordered by what a partly
-# finished study most needs: metaat and the target baselines first, then the single-norm and other
-# defenses, then the ablations (the full study costs far more than one session; each piece is kept
-# as it ends). sat-l1x2 (SAT with metaat's L1 prior) follows sat: the control that says whether
-# metaat's recipe adds anything beyond the prior. The four cheap rows (standard, fast, l2l, mat: 1-3
-# passes, 80 pass-epochs for both seeds together) fill the table and the plot's cost axis next.
+# the full study (make bench): every defense, metaat's default and the ablations of it, and three rows of
+# earlier defaults: metaat-v3 (today's default plus PGD-5 every 4th batch, distilled into the attacker),
+# metaat-v2 (plain PGD steps with those batches: the row the learned start was chosen against) and
+# metaat-v2-refine9 (1 + 9 PGD steps, SAT's cost: do the recipe's extras add anything once its attack is as
+# strong as PGD-10?). Ordered by what a partly finished study most needs: metaat and the target baselines
+# first (sat-l1x2, SAT with metaat's L1 prior, says whether the recipe adds anything beyond the prior), the
+# four cheap rows (standard, fast, l2l, mat: 1-3 passes) next, then the other defenses and the ablations.
+# Every other row runs only when named.
 PRIORITY = (
     "metaat", "metaat-v3", "max", "sat", "sat-l1x2", "standard", "fast", "l2l", "mat", "metaat-v2", "metaat-v2-refine9",
-    "msd",
-    "avg", "mng", "pgd-linf", "pgd-l2", "pgd-l1", "eat", "trades",
+    "msd", "avg", "mng", "pgd-linf", "pgd-l2", "pgd-l1", "eat", "trades",
 )  # fmt: skip
-HISTORY = ("metaat-v1", "metaat-v2", "metaat-v3")  # rows of earlier defaults: run only when named (or in PRIORITY)
-FULL_METHODS = PRIORITY + tuple(m for m in METHODS if m not in PRIORITY and not m.startswith(HISTORY))
+FULL_METHODS = PRIORITY + (
+    "mng-noise", "metaat-no-l1-prior", "metaat-no-adaptive", "metaat-no-consistency", "metaat-no-learned",
+)  # fmt: skip
+
+
+def preset_path(name: str) -> Path:
+    """``configs/presets/<name>.yaml``; ``KeyError`` listing the presets when there is none."""
+    path = PRESETS / f"{name}.yaml"
+    if name == DEFAULT_LINK.removesuffix(".yaml") or not path.is_file():
+        raise KeyError(f"no preset {name!r}; presets: {', '.join(preset_names())}")
+    return path
+
+
+def preset_names() -> list[str]:
+    """Every preset in ``configs/presets`` (the default link is not one of its own)."""
+    return sorted(p.stem for p in PRESETS.glob("*.yaml") if p.name != DEFAULT_LINK)
+
+
+def default_preset() -> str:
+    """The preset that ``configs/presets/default.yaml`` links to: metaat's default recipe."""
+    return (PRESETS / DEFAULT_LINK).resolve().stem
+
+
+def load_preset(name: str) -> Any:
+    """The ``TrainConfig`` of preset ``name``."""
+    from metaat.train import TrainConfig
+
+    return TrainConfig.from_yaml(preset_path(name))
+
+
+@functools.cache
+def read_preset(name: str) -> dict[str, Any]:
+    """Preset ``name`` as written (a mapping of ``TrainConfig`` fields; radii spelled out)."""
+    values = yaml.safe_load(preset_path(name).read_text(encoding="utf-8"))
+    if not isinstance(values, dict):
+        raise ValueError(f"{preset_path(name)}: a preset is a mapping of config keys to values")
+    return values
+
+
+# row -> (defense, training threats, defense options), as its preset spells them
+METHODS: dict[str, tuple[str, tuple[str, ...], dict[str, Any]]] = {
+    row: (read_preset(p)["defense"], tuple(read_preset(p)["threats"]), dict(read_preset(p)["options"]))
+    for row, p in ROWS.items()
+}
+
+
+def rows_named(names: list[str]) -> tuple[list[str], list[str]]:
+    """(rows, unknown names): each name is a row, or a preset that exactly one row trains."""
+    rows, unknown = [], []
+    for name in names:
+        trained_by = [row for row, preset in ROWS.items() if preset == name]
+        if name in ROWS:
+            rows.append(name)
+        elif len(trained_by) == 1:
+            rows.append(trained_by[0])
+        else:
+            unknown.append(name if not trained_by else f"{name} (the preset of rows {', '.join(trained_by)}: name one)")
+    return rows, unknown
 
 
 def atomic_write_json(path: Path, data: Any) -> None:
@@ -387,31 +449,11 @@ def hardware_label(run_dir: Path, trained_on: str, evaluated_on: str, here: str)
     return f"trained on {json.loads(env.read_text(encoding='utf-8'))['hardware']}, evaluated on {here}"
 
 
-def run_one(method: str, seed: int, args: argparse.Namespace, study: str) -> dict[str, Any]:
-    import torch
-
-    import metaat
-    import metaat.data as data
-    from metaat.attacks.base import auto_chunk
-    from metaat.eval import evaluate
-    from metaat.eval.union import model_device
-    from metaat.models import resolve_model
-    from metaat.runtime import environment, hardware_summary, set_threads
-    from metaat.train import TrainConfig, train
-
-    defense, threats, options = METHODS[method]
-    opts = dict(options)
-    if method == "metaat" or method.startswith("metaat-"):
-        opts.update(args.metaat_options)
-    run_dir = run_path(study, method, seed)
-    cfg = TrainConfig(
-        data="fashion-mnist",
-        model="cnn-small",
-        defense=defense,
-        options=opts,
-        threats=threats,
+def row_config(method: str, seed: int, args: argparse.Namespace) -> Any:
+    """The ``TrainConfig`` (method, seed) trains: its row's preset, with what the study sets for every
+    row alike (epochs, subset, seed, threads, device, the per-epoch monitor's points, checkpoints)."""
+    return load_preset(ROWS[method]).replace(
         epochs=args.epochs,
-        batch_size=128,
         train_subset=args.train_subset,
         eval_n=200,
         checkpoint_every=100,  # a cut-off piece loses at most 100 steps (results are unchanged by it)
@@ -419,6 +461,22 @@ def run_one(method: str, seed: int, args: argparse.Namespace, study: str) -> dic
         threads=args.threads,
         device=args.device,
     )
+
+
+def run_one(method: str, seed: int, args: argparse.Namespace, study: str) -> dict[str, Any]:
+    import torch
+
+    import metaat
+    import metaat.data as data
+    from metaat.attacks.base import auto_chunk
+    from metaat.eval import evaluate
+    from metaat.models import model_device, resolve_model
+    from metaat.runtime import environment, hardware_summary, set_threads
+    from metaat.train import train
+
+    preset = ROWS[method]
+    run_dir = run_path(study, method, seed)
+    cfg = row_config(method, seed, args)
     set_threads(args.threads)
     if restore_parked(study, method, seed):
         print(f"[study] {method} seed {seed}: resuming from its parked copy", flush=True)
@@ -462,9 +520,10 @@ def run_one(method: str, seed: int, args: argparse.Namespace, study: str) -> dic
     seconds = float(cost.get("attack_seconds", 0.0)) + float(cost.get("update_seconds", 0.0))
     return {
         "method": method,
-        "defense": defense,
-        "options": opts,
-        "train_threats": list(threats),
+        "preset": preset,
+        "defense": cfg.defense,
+        "options": dict(cfg.options),
+        "train_threats": list(cfg.threats),
         "seed": seed,
         "epochs": epochs,
         "train_subset": args.train_subset,
@@ -634,7 +693,7 @@ def _passes_key(method: str) -> tuple[str, tuple[str, ...], str]:
     """The row's configuration with every option resolved, less those that cost no pass (two rows
     that spell the same configuration differently get the same key)."""
     import metaat.defenses as defenses
-    from metaat.train.loop import defense_config
+    from metaat.train.resume import defense_config
 
     defense, threats, options = METHODS[method]
     free = PASS_FREE_OPTIONS.get(defense, frozenset())
@@ -774,7 +833,9 @@ def plan(methods: list[str], seeds: list[int], args: argparse.Namespace, study: 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="a few methods on a subset, minutes")
-    p.add_argument("--methods", default=None, help=f"comma-separated; valid: {', '.join(METHODS)}")
+    p.add_argument(
+        "--methods", default=None, help=f"comma-separated rows, or presets a row trains; rows: {', '.join(METHODS)}"
+    )
     p.add_argument("--seeds", default="0,1")
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--train-subset", type=int, default=None)
@@ -802,7 +863,6 @@ def main(argv: list[str] | None = None) -> int:
         "rows that ran on other hardware",
     )
     p.add_argument("--study", default=None, help="results name (default fmnist_study, or fmnist_quick)")
-    p.add_argument("--metaat-option", action="append", default=[], help="key=value for the metaat rows")
     p.add_argument("--plan", action="store_true", help="print what is done and what is left, run nothing")
     p.add_argument(
         "--park",
@@ -811,9 +871,6 @@ def main(argv: list[str] | None = None) -> int:
         "machine resumes them; drops the copies of finished pieces; trains nothing",
     )
     args = p.parse_args(argv)
-    import yaml
-
-    args.metaat_options = {k: yaml.safe_load(v) for k, v in (o.split("=", 1) for o in args.metaat_option)}
     if args.quick:
         methods = list(QUICK_METHODS)
         args.seeds = "0"
@@ -823,11 +880,11 @@ def main(argv: list[str] | None = None) -> int:
         args.suite = "quick" if args.suite == "apgd" else args.suite
     else:
         methods = list(FULL_METHODS)
+    unknown: list[str] = []
     if args.methods:
-        methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    unknown = [m for m in methods if m not in METHODS]
+        methods, unknown = rows_named([m.strip() for m in args.methods.split(",") if m.strip()])
     if unknown:
-        p.error(f"unknown method(s) {unknown}; valid: {', '.join(METHODS)}")
+        p.error(f"unknown method(s) {unknown}; valid: {', '.join(METHODS)} (or a preset one row trains)")
     seeds = [int(s) for s in args.seeds.split(",")]
     study = args.study or ("fmnist_quick" if args.quick else "fmnist_study")
     if args.test_start is None:

@@ -55,27 +55,40 @@ def test_backed_records_merge_with_their_evidence_and_an_unbacked_one_is_refused
     other = tmp_path / "other"
     results = other / "benchmarks" / "results"
     results.mkdir(parents=True)
-    records = [_record("a", 0, 0.5), _record("b", 0, 0.75), _record("c", 1, 0.25), _record("d", 0, 0.5)]
+    records = [_record("sat", 0, 0.5), _record("max", 0, 0.75), _record("msd", 1, 0.25), _record("avg", 0, 0.5)]
     (results / "s.json").write_text(json.dumps({"records": records}), encoding="utf-8")
-    ev_a, run_a = merge.other_dirs(other, "s", "a", 0)
-    _state(ev_a, "1100")  # backs a's union 0.5, from its evidence
+    ev_a, run_a = merge.other_dirs(other, "s", "sat", 0)
+    _state(ev_a, "1100")  # backs sat's union 0.5, from its evidence
     (ev_a / "summary.json").write_text('{"device": "cuda"}', encoding="utf-8")
-    _state(merge.other_dirs(other, "s", "b", 0)[1], "1110")  # b: from its run folder
-    _state(merge.other_dirs(other, "s", "c", 1)[0], "1110")  # c's record says 0.25: another model's flags
-    study.add_record(study.RESULTS / "s.json", "s", _record("d", 0, 0.5))  # d is done here already
+    _state(merge.other_dirs(other, "s", "max", 0)[1], "1110")  # max: from its run folder
+    _state(merge.other_dirs(other, "s", "msd", 1)[0], "1110")  # msd's record says 0.25: another model's flags
+    study.add_record(study.RESULTS / "s.json", "s", _record("avg", 0, 0.5))  # avg is done here already
 
-    assert merge.main([str(other), "--study", "s"]) == 1  # c refused, the rest merged
+    assert merge.main([str(other), "--study", "s"]) == 1  # msd refused, the rest merged
     out = capsys.readouterr()
-    assert "[merge] 1 record(s) already here" in out.out and "merged: a seed 0" in out.out
-    assert "c seed 1" in out.err and "union 0.7500" in out.err and "c seed 1" not in out.out
-    here = {(r["method"], r["seed"]) for r in study.load_records(study.RESULTS / "s.json")}
-    assert here == {("a", 0), ("b", 0), ("d", 0)}
-    kept = study.evidence_path("s", "a", 0)
+    assert "[merge] 1 record(s) already here" in out.out and "merged: sat seed 0" in out.out
+    assert "msd seed 1" in out.err and "union 0.7500" in out.err and "msd seed 1" not in out.out
+    here = {(r["method"], r["seed"]): r.get("preset") for r in study.load_records(study.RESULTS / "s.json")}
+    # records of a checkout older than the presets come in naming their row's preset
+    assert here == {("sat", 0): "sat-pgd10", ("max", 0): "max-pgd10", ("avg", 0): None}
+    kept = study.evidence_path("s", "sat", 0)
     assert sorted(p.name for p in kept.iterdir()) == ["eval-apgd-4.state.json", "summary.json"]
-    assert study.finished_state_in(study.evidence_path("s", "b", 0), _record("b", 0, 0.75)) is not None
+    assert study.finished_state_in(study.evidence_path("s", "max", 0), _record("max", 0, 0.75)) is not None
     assert merge.main([str(other), "--study", "s"]) == 1  # rerun: nothing twice, c still refused
     assert len(study.load_records(study.RESULTS / "s.json")) == 3
     assert merge.main([str(tmp_path / "nowhere"), "--study", "s"]) == 2
+
+
+def test_a_record_comes_in_only_naming_the_preset_its_row_trains_here(merge: ModuleType) -> None:
+    sat = {**_record("sat", 0, 0.5), "defense": "sat", "options": {"steps": 10}}
+    assert merge.with_preset(sat)["preset"] == "sat-pgd10"  # older than the presets: its row's
+    assert merge.with_preset({**sat, "preset": "sat-pgd10"})["preset"] == "sat-pgd10"
+    with pytest.raises(ValueError, match="names preset 'sat-pgd10-l1x2'; the row trains 'sat-pgd10' here"):
+        merge.with_preset({**sat, "preset": "sat-pgd10-l1x2"})
+    with pytest.raises(ValueError, match="not those of preset 'sat-pgd10'"):
+        merge.with_preset({**sat, "options": {"steps": 5}})  # the row meant something else there
+    with pytest.raises(ValueError, match="no row 'sat-pgd20' here"):
+        merge.with_preset({**sat, "method": "sat-pgd20"})
 
 
 def test_runs_copy_finished_models_only_where_none_is_here_or_held(merge: ModuleType, tmp_path: Path) -> None:

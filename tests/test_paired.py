@@ -125,6 +125,36 @@ def test_state_files_come_from_the_run_folder_or_its_evidence_and_lost_pairs_are
         paired.main(["--study", "s"])
 
 
+def test_the_reference_may_be_named_by_its_preset_and_each_pair_names_both_presets(
+    load_benchmark: Loader, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    paired = load_benchmark("paired")
+    study, results = sys.modules["study"], studies_in(tmp_path, monkeypatch)
+    name = study.eval_state_path(Path(), "apgd", 4, 0).name
+    base = {"seed": 0, "n": 4, "test_start": 0, "suite": "apgd", "clean": 1.0}
+    records = [
+        {**base, "method": "old-label", "preset": "p-ref", "robust": {"union": 0.5}},
+        {**base, "method": "p-new", "preset": "p-new", "robust": {"union": 0.75}},
+        {**base, "method": "twin", "preset": "p-twin", "robust": {"union": 0.5}},
+        {**base, "method": "twin-again", "preset": "p-twin", "robust": {"union": 0.5}},
+    ]
+    (results / "s.json").write_text(json.dumps({"records": records}), encoding="utf-8")
+    for method, flags in (("old-label", "1100"), ("p-new", "1110"), ("twin", "1100"), ("twin-again", "1100")):
+        _write_state(study.run_path("s", method, 0) / name, "1111", flags)
+    assert paired.main(["--study", "s", "--reference", "p-ref"]) == 0  # the preset of row old-label
+    out = json.loads((results / "s_paired_vs_old-label.json").read_text(encoding="utf-8"))
+    row = next(r for r in out["rows"] if r["method"] == "p-new")
+    assert (row["reference"], row["preset"], row["reference_preset"], row["only_method"]) == (
+        "old-label",
+        "p-new",
+        "p-ref",
+        1,
+    )
+    capsys.readouterr()
+    assert paired.main(["--study", "s", "--reference", "p-twin"]) == 2  # two rows train it: name one
+    assert "'p-twin' (a row, or the preset of one row)" in capsys.readouterr().err
+
+
 def test_a_retrained_models_rerun_serves_its_headline_but_not_the_records_pairs(
     load_benchmark: Loader, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

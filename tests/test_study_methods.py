@@ -1,5 +1,5 @@
-"""benchmarks/study.py: every study row names a real defense with valid options, and `make bench` runs
-each current row exactly once (a typo would otherwise surface hours into the study)."""
+"""benchmarks/study.py: every study row trains a preset that builds its defense, and `make bench` trains
+each of its presets exactly once (a typo would otherwise surface hours into the study)."""
 
 from __future__ import annotations
 
@@ -17,6 +17,8 @@ import metaat.defenses as defenses
 from metaat.threats import parse_threats
 
 Loader = Callable[[str], ModuleType]  # the load_benchmark fixture (conftest.py)
+LOOKAHEAD = "metaat-learned-refine3-pgd5-every4-distill-lookahead-adaptive-l1x2-js"  # rows named after their presets
+NO_DISTILL = "metaat-learned-refine3-pgd5-every4-adaptive-l1x2-js"
 
 
 @pytest.fixture
@@ -38,14 +40,44 @@ def test_every_row_builds_its_defense(load_benchmark: Loader) -> None:
         assert defense is not None, method
 
 
-def test_full_study_runs_each_current_row_once_in_priority_order(load_benchmark: Loader) -> None:
+def test_full_study_trains_each_of_its_presets_once_in_priority_order(load_benchmark: Loader) -> None:
     study = load_benchmark("study")
     full = study.FULL_METHODS
-    assert len(full) == len(set(full))
-    history = {m for m in study.METHODS if m.startswith(("metaat-v1", "metaat-v2", "metaat-v3"))}
-    assert set(full) == set(study.METHODS) - history | {"metaat-v3", "metaat-v2", "metaat-v2-refine9"}
-    assert full[: len(study.PRIORITY)] == study.PRIORITY
-    assert full[0] == "metaat" and {"sat", "avg", "max", "msd"} <= set(study.PRIORITY)
+    assert set(full) <= set(study.ROWS) and full[: len(study.PRIORITY)] == study.PRIORITY
+    presets = [study.ROWS[m] for m in full]
+    assert len(presets) == len(set(presets))  # no recipe trained twice under two row names
+    # metaat's default first, then the target baselines; the quick study trains the default too
+    assert study.ROWS[full[0]] == study.default_preset() == "metaat-learned-refine3-adaptive-l1x2-js"
+    assert {"sat", "avg", "max", "msd"} <= set(study.PRIORITY)
+    assert study.default_preset() in {study.ROWS[m] for m in study.QUICK_METHODS}
+    # every defense is in the full study, and every ablation of the default (one option off)
+    assert {study.METHODS[m][0] for m in study.METHODS} == {study.METHODS[m][0] for m in full}
+    ablations = {"metaat-no-l1-prior", "metaat-no-adaptive", "metaat-no-consistency", "metaat-no-learned"}
+    assert ablations <= set(full) and not set(full) & {m for m in study.ROWS if m.startswith("metaat-v1")}
+
+
+def test_a_study_row_runs_its_preset_with_what_the_study_sets_for_every_row(load_benchmark: Loader) -> None:
+    study = load_benchmark("study")
+    args = Namespace(epochs=3, train_subset=1000, threads=1, device="cpu")
+    cfg = study.row_config("sat-l1x2", 2, args)
+    preset = study.load_preset("sat-pgd10-l1x2")
+    changes = {"epochs": 3, "train_subset": 1000, "eval_n": 200, "checkpoint_every": 100, "seed": 2, "threads": 1}
+    assert cfg == preset.replace(**changes, device="cpu")
+    assert cfg.options["weights"] == [1.0, 1.0, 2.0] and cfg.options["steps"] == 10  # every option spelled out
+    assert study.METHODS["sat-l1x2"] == (cfg.defense, cfg.threats, cfg.options)
+
+
+def test_methods_name_rows_or_the_preset_one_row_trains(
+    load_benchmark: Loader, capsys: pytest.CaptureFixture[str]
+) -> None:
+    study = load_benchmark("study")
+    assert study.rows_named(["sat-pgd10", "metaat", "msd10"]) == (["sat", "metaat", "msd"], [])
+    rows, unknown = study.rows_named(["metaat-learned-refine3-adaptive-js", "nope"])
+    assert rows == [] and unknown[1] == "nope"
+    assert "the preset of rows metaat-no-l1-prior, metaat-v1-no-pgd: name one" in unknown[0]
+    with pytest.raises(SystemExit):
+        study.main(["--plan", "--methods", "metaat-learned-refine3-adaptive-js"])
+    assert "name one" in capsys.readouterr().err
 
 
 def test_unknown_method_lists_the_valid_ones(load_benchmark: Loader, capsys: pytest.CaptureFixture[str]) -> None:
@@ -91,20 +123,20 @@ def test_plan_reports_done_part_trained_and_the_training_left(
     results.joinpath("s.json").write_text(json.dumps({"records": records}))
     speed = {"results": [{"seconds_per_60k_epoch": 300.0, "passes_per_example": 10.0}]}
     results.joinpath("train_speed.json").write_text(json.dumps(speed))
-    methods = ["--methods", "sat,max,msd,metaat-v3+lookahead", "--seeds", "0,1"]
+    methods = ["--methods", f"sat,max,msd,{LOOKAHEAD}", "--seeds", "0,1"]
     assert study.main(["--plan", "--study", "s", *methods]) == 0
     out = capsys.readouterr().out
     assert "| sat | 0 | done | 11.00 | 0 |" in out
     assert "| max | 0 | 2.00 of 5 epochs | 33.00 | 99 |" in out  # 3 epochs left at 33 passes
     assert "| max | 1 | 2.50 of 5 epochs | 33.00 | 82 |" in out  # 2.5 epochs left
     # no record prices these two: the training loop's meter over a few random batches does
-    assert "| metaat-v3+lookahead | 0 | not started | 7.12 (dry run) | 36 |" in out
+    assert f"| {LOOKAHEAD} | 0 | not started | 7.12 (dry run) | 36 |" in out
     assert "| msd | 0 | trained, evaluation left (linf 100 %, l1 33 %) | 26.00 (dry run) | 0 |" in out
     # no run folder here: a worker would resume from the repository's parked copy
     assert "| msd | 1 | 1.25 of 5 epochs (parked copy) | 26.00 (dry run) | 98 |" in out
     # 55 (sat seed 1) + 99 + 82.5 + 97.5 + 2 x 35.6 pass-epochs, at 30 s each
     assert "training left: 405 pass-epochs, about 3.4 h at 2 threads" in out
-    assert "passes of metaat-v3+lookahead, msd from a dry run" in out and "passes unknown" not in out
+    assert f"passes of {LOOKAHEAD}, msd from a dry run" in out
     # 7 of the 8 pieces still to score, at the one CPU record's 1,800 s
     assert "evaluations left: 7 piece(s), about 3.5 h of one core" in out
     assert "took 1,800 s, over 1 record(s)" in out
@@ -290,8 +322,8 @@ def test_a_row_not_run_yet_takes_the_passes_of_its_twin(study_tmp: ModuleType) -
     assert passes["metaat"] == 6.0 and passes["sat"] == 11.0  # learned start: the same passes
     assert passes["metaat-no-learned"] == 6.0  # the same row as metaat-v2-no-pgd, spelled otherwise
     assert passes["mng-noise"] == 15.5  # MNG-AC's generator input: no target pass either
-    assert passes["metaat-v3"] == 6.25 and passes["metaat-v3-no-distill"] == 6.25  # nor the distillation
-    assert "metaat-v3+lookahead" not in passes and "metaat-no-consistency" not in passes  # other options: no twin
+    assert passes["metaat-v3"] == 6.25 and passes[NO_DISTILL] == 6.25  # nor the distillation
+    assert LOOKAHEAD not in passes and "metaat-no-consistency" not in passes  # other options: no twin
 
 
 def test_a_row_no_record_prices_is_priced_by_a_dry_run_of_the_meter(load_benchmark: Loader) -> None:
@@ -299,7 +331,7 @@ def test_a_row_no_record_prices_is_priced_by_a_dry_run_of_the_meter(load_benchma
     assert study.dry_run_passes("metaat") == pytest.approx(6.0)  # the documented count
     assert study.dry_run_passes("sat") == pytest.approx(11.0)
     # the look-ahead's second-order step adds 3.5 passes on each PGD batch (one in four)
-    assert study.dry_run_passes("metaat-v3+lookahead") == pytest.approx(6.25 + 3.5 / 4)
+    assert study.dry_run_passes(LOOKAHEAD) == pytest.approx(6.25 + 3.5 / 4)
 
 
 def test_a_resumed_evaluation_counts_every_process_time(load_benchmark: Loader) -> None:
@@ -324,8 +356,7 @@ def test_a_parked_piece_resumes_on_a_fresh_machine_bit_exact(
     from safetensors.torch import load_file
     from test_train_resume import kill_after_a_mid_epoch_checkpoint
 
-    from metaat.train import TrainConfig, train
-    from metaat.train.loop import resume_run
+    from metaat.train import TrainConfig, resume_run, train
 
     run_dir = study_tmp.run_path("s", "m", 0)
     stopped = kill_after_a_mid_epoch_checkpoint(run_dir, signal.SIGTERM)
