@@ -91,8 +91,8 @@ ROWS: dict[str, str] = {
     "max": "max-pgd10",
     "msd": "msd10",
     "eat": "eat-pgd10-linf-l1",  # the paper trains on the two extreme norms only
-    "mng": "mng-pgd10-input-generator",  # the paper's generator: it sees x and noise
-    "mng-noise": "mng-pgd10-noise-generator",  # the released code's generator: noise only
+    "mng": "mng-beta12-pgd10-input-generator",  # the paper's generator: it sees x and noise
+    "mng-noise": "mng-beta12-pgd10-noise-generator",  # the released code's generator: noise only
     "l2l": "l2l-1step",
     "mat": "mat-bank16-2steps",
     # a fairness control: SAT with metaat's L1 prior (L1 drawn twice as often)
