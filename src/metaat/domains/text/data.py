@@ -160,7 +160,10 @@ class TextDataset(Dataset):
     def arrays(self, split: str, data_dir: Path | None) -> tuple[np.ndarray, np.ndarray]:
         if split not in TEXT_SPLITS:
             raise ValueError(f"unknown split {split!r}; valid splits: {', '.join(TEXT_SPLITS)}")
+        from metaat.domains.text.space import activate, space_for
+
         corpus = load_corpus(self.key, data_dir)
+        activate(space_for(self.key, data_dir))  # the syn/typo threats test membership in this vocabulary
         idx = corpus.splits[split]
         x = corpus.vocab.encode_all([corpus.tokens[i] for i in idx], corpus.length)
         return x, corpus.labels[idx].copy()

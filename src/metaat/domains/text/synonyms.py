@@ -9,8 +9,8 @@
   Constraints") moves unit-length word vectors to minimise, with ``d = 1 - cos`` and ``τ(x) = max(0, x)``,
   ``Σ_antonyms τ(δ_ant - d(u, w)) + Σ_synonyms τ(d(u, w) - δ_syn) + Σ_i Σ_(j ∈ N(i)) τ(d'(i, j) - d(i, j))``:
   antonyms are repelled to distance ``δ_ant = 1``, synonyms attracted, and each constrained word keeps
-  its original neighbourhood ``N(i)`` (original distance below ``ρ = 0.2``) no closer-to-farther
-  than it was (vector space preservation). Mini-batch SGD over the constraints for a few epochs.
+  its original neighbourhood ``N(i)`` (original distance below ``ρ = 0.2``, the constrained pairs
+  left out) no farther than it was (vector space preservation). Mini-batch SGD over the constraints for a few epochs.
 * **The filter**: ``w -> s`` is an allowed substitution when ``s`` is a WordNet synonym of ``w`` and
   the counter-fitted cosine distance ``d(w, s) <= δ`` (:data:`DEFAULT_DELTA` = 0.5, TextFooler's
   similarity threshold). Without a tagger the part of speech is that of the synset the two words
@@ -36,6 +36,8 @@ from metaat.domains.text import files
 
 POS_FILES: dict[str, str] = {"n": "data.noun", "v": "data.verb", "a": "data.adj", "r": "data.adv"}
 DEFAULT_DELTA = 0.5
+COUNTERFIT_VERSION = "2"
+"""Part of the counter-fitted cache's key: bump it when :func:`counter_fit` changes."""
 _LEMMA = re.compile(r"[a-z]+")
 _MARKER = re.compile(r"\([a-z]+\)$")  # adjective position markers: (a), (p), (ip)
 
@@ -176,6 +178,11 @@ def counter_fit(
     constrained = torch.unique(torch.cat([syn.flatten(), ant.flatten()]))
     with torch.no_grad():
         near = _neighbours(original, constrained, config.neighbour_radius, config.max_neighbours)
+        # A constrained pair is not also held in place (an antonym is often a distributional neighbour).
+        n = original.shape[0]
+        fixed = torch.cat([syn, ant, syn.flip(1), ant.flip(1)])
+        keep = ~torch.isin(near[:, 0] * n + near[:, 1], fixed[:, 0] * n + fixed[:, 1])
+        near = near[keep]
         near_dist = 1.0 - (original[near[:, 0]] * original[near[:, 1]]).sum(-1)
     current = original.clone()
     gen = torch.Generator().manual_seed(config.seed)
@@ -270,7 +277,14 @@ def counterfitted_vectors(
     words, vectors = load_vectors(data_dir)
     folder = files.locate(files.VECTORS_FILE, data_dir).parent
     manifest = files.read_manifest(folder.parent / files.VECTORS_MANIFEST)
-    key = _cache_key([manifest[files.VECTORS_FILE], *sorted(files.WORDNET_SHA256.values()), json.dumps(asdict(config))])
+    key = _cache_key(
+        [
+            COUNTERFIT_VERSION,
+            manifest[files.VECTORS_FILE],
+            *sorted(files.WORDNET_SHA256.values()),
+            json.dumps(asdict(config)),
+        ]
+    )
     for cache_dir in (folder, files.default_dir() / files.VECTORS_DIR):
         cached = cache_dir / f"counterfit-{key}.npy"
         digest = cached.with_suffix(".sha256")
