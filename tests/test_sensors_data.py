@@ -212,3 +212,36 @@ def test_a_users_own_ts_files_register_as_a_dataset(tmp_path: Path) -> None:
     assert x.shape == (16, 2, 10) and xv.shape == (4, 2, 10) and xt.shape == (6, 2, 10)
     assert sorted(yv.tolist()) == [0, 0, 1, 1]
     np.testing.assert_allclose(x.mean(dim=(0, 2)).numpy(), 0.0, atol=1e-5)
+
+
+def test_fetch_is_idempotent_and_checks_every_member(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    content = b"@classLabel true 1 2\n@data\n1,2,3:1\n4,5,6:2\n"
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    member = "toypkg/data/Toy_TRAIN.ts"
+    with zipfile.ZipFile(wheels / "toypkg-0.1-py3-none-any.whl", "w") as zf:
+        zf.writestr(member, content)
+    source = sf.Source("Toy_TRAIN.ts", "toypkg", "0.1", member, sf.sha256_bytes(content))
+    monkeypatch.setattr(sf, "TS_SOURCES", (source,))
+    monkeypatch.setattr(sf, "PINNED", {source.name: source.sha256})
+    out = tmp_path / "out"
+    entries = sf.fetch(out, wheels=wheels, only=[source.name])
+    assert (out / source.name).read_bytes() == content
+    assert entries[source.name]["sha256"] == source.sha256
+    manifest = (out / sf.MANIFEST).read_text()
+    assert source.sha256 in manifest and "pypi:toypkg==0.1" in manifest
+    (wheels / "toypkg-0.1-py3-none-any.whl").unlink()
+    sf.fetch(out, wheels=wheels, only=[source.name])  # present and intact: no wheel needed
+    (out / source.name).write_bytes(b"tampered")
+    with zipfile.ZipFile(wheels / "toypkg-0.1-py3-none-any.whl", "w") as zf:
+        zf.writestr(member, content)
+    sf.fetch(out, wheels=wheels, only=[source.name])  # a changed file is fetched again
+    assert (out / source.name).read_bytes() == content
+    with zipfile.ZipFile(wheels / "toypkg-0.1-py3-none-any.whl", "w") as zf:
+        zf.writestr(member, content + b"x")
+    (out / source.name).unlink()
+    with pytest.raises(ValueError, match="is not the pinned"):
+        sf.fetch(out, wheels=wheels, only=[source.name])
+    assert not (out / source.name).exists()
+    with pytest.raises(ValueError, match="unknown data files"):
+        sf.fetch(out, wheels=wheels, only=["nope.ts"])
