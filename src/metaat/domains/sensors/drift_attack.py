@@ -42,7 +42,7 @@ class DriftSearchConfig(AttackConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.threat.norm != "drift":
+        if self.threat is None or self.threat.norm != "drift":
             raise ValueError(f"drift-search attacks drift:b threats only, got {self.threat}")
         if self.restarts < 0 or self.steps < 0 or not 0 <= self.pgd_starts <= self.restarts:
             raise ValueError(
@@ -63,7 +63,7 @@ class DriftSearch(Attack):
 
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         cfg = self.config
-        threat = cfg.threat
+        threat = self.threat
         step = cfg.step_size if cfg.step_size is not None else default_step_size(threat, max(1, cfg.steps))
         out = torch.empty_like(x)
         for sl in chunks(x.shape[0], self.chunk_size(x)):

@@ -129,7 +129,10 @@ def _latin1_encode(text: object, encoding: object = "utf-8") -> bytes:
 
 
 def _allowed_globals() -> dict[tuple[str, str], Callable[..., object] | type]:
-    from numpy._core.multiarray import _reconstruct
+    try:
+        from numpy._core.multiarray import _reconstruct
+    except ImportError:  # numpy < 2
+        from numpy.core.multiarray import _reconstruct  # type: ignore[no-redef]
 
     return {
         ("numpy.core.multiarray", "_reconstruct"): _reconstruct,

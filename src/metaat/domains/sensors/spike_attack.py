@@ -48,7 +48,7 @@ class SpikeSearchConfig(AttackConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.threat.norm != "spike":
+        if self.threat is None or self.threat.norm != "spike":
             raise ValueError(f"spike-search attacks spike:k,a threats only, got {self.threat}")
         if self.steps < 0 or self.restarts < 1 or self.queries < 0:
             raise ValueError(
@@ -148,7 +148,8 @@ class SpikeSearch(Attack):
 
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         cfg = self.config
-        step = cfg.step_size if cfg.step_size is not None else default_step_size(cfg.threat, max(1, cfg.steps))
+        threat = self.threat
+        step = cfg.step_size if cfg.step_size is not None else default_step_size(threat, max(1, cfg.steps))
         out = torch.empty_like(x)
         for sl in chunks(x.shape[0], self.chunk_size(x)):
             xs, ys = x[sl], y[sl]
@@ -156,8 +157,8 @@ class SpikeSearch(Attack):
             with torch.no_grad():
                 best_score = margin(model(xs), ys)
             for r in range(cfg.restarts):
-                start = torch.zeros_like(xs) if r == 0 else random_init(xs, cfg.threat, generator)
-                best, best_score = pgd_keep_best(model, xs, ys, start, cfg.threat, cfg.steps, step, best, best_score)
-            best, best_score = random_search(model, xs, ys, cfg.threat, cfg.queries, best, best_score, generator)
-            out[sl] = (xs + best).clamp(*cfg.threat.box)
+                start = torch.zeros_like(xs) if r == 0 else random_init(xs, threat, generator)
+                best, best_score = pgd_keep_best(model, xs, ys, start, threat, cfg.steps, step, best, best_score)
+            best, best_score = random_search(model, xs, ys, threat, cfg.queries, best, best_score, generator)
+            out[sl] = (xs + best).clamp(*threat.box)
         return out

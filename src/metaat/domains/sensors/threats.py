@@ -197,7 +197,8 @@ def project_drift(delta: torch.Tensor, x: torch.Tensor, b: float, box: tuple[flo
         a_rows = torch.cat([square_a, basis[up], -basis[down]], dim=0)
         c_rows = torch.cat([square_c, hi[row][up], -lo[row][down]], dim=0)
         cand, cost = _qp_candidates(w0[row], q, a_rows, c_rows)
-        w[row] = cand[int(cost.argmin())]
+        # δ = 0 is always feasible; it is the fallback should round-off reject every candidate.
+        w[row] = cand[int(cost.argmin())] if bool(torch.isfinite(cost).any()) else torch.zeros_like(w0[row])
     out = (w @ basis.T).reshape(bsz, ch, t)
     # The exact optimum sits on the constraint; float round-off may cross the box by ~1e-16: clamp.
     lo_b, hi_b = box_bounds(x, box)
