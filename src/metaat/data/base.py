@@ -34,7 +34,8 @@ class DatasetInfo:
     ``image_size`` is the spatial size: the side of a square image, the length ``T`` of a signal or
     the number ``L`` of tokens. ``box`` is the valid range of input values (pixels ``[0, 1]``; a
     sensor's saturation range in units of each channel's standard deviation), which every threat
-    of this dataset is intersected with. ``splits`` names the splits the dataset offers.
+    of this dataset is intersected with. ``splits`` names the splits the dataset offers;
+    ``threats`` the threats ``metaat eval`` uses when none are given.
     """
 
     name: str
@@ -45,6 +46,8 @@ class DatasetInfo:
     box: tuple[float, float] = (0.0, 1.0)
     domain: str = "images"
     splits: tuple[str, ...] = ("train", "test")
+    threats: tuple[str, ...] = ()
+    """The domain's standard evaluation threats, radii in its own units (empty: the pixel defaults)."""
 
     def __post_init__(self) -> None:
         if self.domain not in DOMAIN_RANKS:

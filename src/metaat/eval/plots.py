@@ -91,7 +91,8 @@ def accuracy_vs_eps(report: dict[str, Any]) -> str | None:
     evaluated: dict[str, list[tuple[float, float]]] = {}
     for threat, acc in report["robust"].items():
         norm, eps = threat.split(":")
-        evaluated.setdefault(norm, []).append((float(eps), acc))
+        if norm in ("linf", "l2", "l1"):  # a domain threat (spike:5,2) has no single radius to plot
+            evaluated.setdefault(norm, []).append((float(eps), acc))
     norms = [n for n in ("linf", "l2", "l1") if n in curves or n in evaluated]
     if not norms:
         return None
