@@ -37,6 +37,8 @@ from metaat.domains.sensors.tsformat import TsFormatError, read_ts, resample
 
 BOX: tuple[float, float] = (-8.0, 8.0)
 """Saturation range in σ units: standardised signals are clipped to it, and it is every threat's box."""
+THREATS: tuple[str, ...] = ("linf:0.25", "l2:3", "spike:5,2", "drift:0.5")
+"""The sensor benchmark's threats (σ units), evaluated by default (``metaat eval`` without ``--threat``)."""
 
 WINDOW = 100
 TRAIN_STRIDE = 50
@@ -137,6 +139,7 @@ class Watch(Dataset):
         image_size=WINDOW,
         class_names=WATCH_CLASSES,
         box=BOX,
+        threats=THREATS,
         domain="sensors",
         splits=SPLITS,
     )
@@ -232,7 +235,9 @@ def register_ts_dataset(spec: UeaSet, in_channels: int, class_names: tuple[str, 
     data folders (``--data-dir``, ``$METAAT_DATA``, ``~/.cache/metaat/sensors``): how a user with the
     full UEA archive (or UCI HAR converted to ``.ts``) adds a set. ``class_names`` must be the file's
     ``@classLabel`` list, in order. Files not fetched by ``make data`` carry no pinned sha256."""
-    info = DatasetInfo(spec.name, len(class_names), in_channels, spec.length, class_names, BOX, "sensors", SPLITS)
+    info = DatasetInfo(
+        spec.name, len(class_names), in_channels, spec.length, class_names, BOX, "sensors", SPLITS, THREATS
+    )
     cls = type(f"Ts{spec.problem}", (UeaDataset,), {"spec": spec, "info": info, "__doc__": spec.help})
     DATASETS.register(spec.name, help=spec.help)(cls)
     return cls

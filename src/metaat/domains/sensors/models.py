@@ -156,5 +156,12 @@ def inception_time(num_classes: int, in_channels: int, image_size: int, **kwargs
     return InceptionTime(num_classes, in_channels, **kwargs)  # type: ignore[arg-type]
 
 
-for _factory in (fcn, resnet1d, inception_time):
+@MODELS.register("fcn-small", help="FCN (Wang et al. 2017) at widths 32-64-32: ~1/16 of fcn's compute")
+def fcn_small(num_classes: int, in_channels: int, image_size: int, **kwargs: object) -> nn.Module:
+    """The sensor benchmark's model: FCN's architecture with 32, 64, 32 filters."""
+    _check_length(image_size, "fcn-small")
+    return FCN(num_classes, in_channels, **{"widths": (32, 64, 32), **kwargs})  # type: ignore[arg-type]
+
+
+for _factory in (fcn, fcn_small, resnet1d, inception_time):
     _factory.input_rank = 1  # type: ignore[attr-defined]

@@ -77,6 +77,7 @@ class SpikeKind(ThreatKind):
 
     name = "spike"
     syntax = "spike:k,a (k >= 1 time steps, amplitude a > 0 in σ)"
+    evaluation_attacks = (("spike-search", ()),)
 
     def parse_args(self, args: str) -> tuple[float, tuple[float, ...]]:
         parts = [p.strip() for p in args.split(",")]
@@ -235,6 +236,7 @@ class DriftKind(ThreatKind):
 
     name = "drift"
     syntax = "drift:b (peak bias b > 0 in σ)"
+    evaluation_attacks = (("drift-search", ()),)
 
     def parse_args(self, args: str) -> tuple[float, tuple[float, ...]]:
         try:
