@@ -24,7 +24,7 @@ def command_lines(page: Path = README) -> list[list[str]]:
     comments dropped."""
     blocks = re.findall(r"```bash\n(.*?)```", page.read_text(encoding="utf-8"), flags=re.S)
     out = []
-    for line in (ln for block in blocks for ln in block.splitlines()):
+    for line in (ln for block in blocks for ln in logical_lines(block)):
         words = shlex.split(line, comments=True)
         while words and re.fullmatch(r"[A-Z_]+=\S*", words[0]):
             words = words[1:]
@@ -33,6 +33,11 @@ def command_lines(page: Path = README) -> list[list[str]]:
         elif "metaat.cli" in words:
             out.append(words[words.index("metaat.cli") + 1 :])
     return out
+
+
+def logical_lines(block: str) -> list[str]:
+    """A shell block's lines with backslash continuations joined."""
+    return re.sub(r"\\\n\s*", " ", block).splitlines()
 
 
 def readme_command_lines() -> list[list[str]]:
@@ -84,7 +89,7 @@ def benchmark_command_lines() -> list[tuple[str, list[str]]]:
         prose = re.sub(r"```.*?```", "", text, flags=re.S)
         inline = [" ".join(span.split()) for span in re.findall(r"`([^`]+)`", prose)]  # may wrap lines
         spans = blocks + inline
-        for line in (ln for span in spans for ln in span.splitlines()):
+        for line in (ln for span in spans for ln in logical_lines(span)):
             for part in re.split(r"\s&\s|&&|;", line):
                 if not part.strip().startswith("python benchmarks/"):
                     continue
