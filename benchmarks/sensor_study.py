@@ -50,6 +50,7 @@ METHODS: tuple[str, ...] = (
     "eat",
     "l2l",
     "mat",
+    "sensor-augment",
 )
 THREATS: tuple[str, ...] = ("linf:0.25", "l2:3", "spike:5,2", "drift:0.5")
 DATA, MODEL = "watch", "fcn-small"
@@ -99,7 +100,8 @@ def train_row(method: str, seed: int, budget: Budget, runs: Path, threads: int) 
         batch_size=budget.batch_size,
         lr=1e-3,
         seed=seed,
-        eval_n=200,
+        eval_n=64,
+        eval_steps=10,
         threads=threads,
     )
     if (run_dir / "final").exists():
@@ -183,8 +185,8 @@ def main(argv: list[str] | None = None) -> int:
         "budget": dataclasses.asdict(budget),
         "selection": "validation subject (monitor, every choice); test subjects read once per row",
     }
-    for method in args.methods:
-        for seed in args.seeds:
+    for seed in args.seeds:  # one full seed of every method first
+        for method in args.methods:
             key = row_key(method, seed)
             if key in records["rows"]:
                 continue

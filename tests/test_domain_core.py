@@ -196,3 +196,25 @@ def test_every_kind_of_defense_trains_on_signals(defense: str, tmp_path: object)
     assert 0.0 <= result.metrics["eval"]["clean"] <= 1.0
     assert result.cost["passes_per_example"] >= 1.0
     assert M.load_model(result.final_model).metaat_spec["box"] == list(BOX)  # type: ignore[arg-type]
+
+
+def test_sensor_augmentation_baseline() -> None:
+    from metaat.defenses import TrainContext, create
+    from metaat.domains.sensors.augment import AugmentConfig, augment
+
+    x = torch.randn(6, 3, 40)
+    same = augment(x, AugmentConfig(p=0.0), torch.Generator().manual_seed(0))
+    assert torch.equal(same, x)
+    a = augment(x, AugmentConfig(p=1.0), torch.Generator().manual_seed(1))
+    b = augment(x, AugmentConfig(p=1.0), torch.Generator().manual_seed(1))
+    assert torch.equal(a, b) and not torch.equal(a, x) and a.shape == x.shape
+    blanked = augment(x, AugmentConfig(p=1.0, drift=0.0, max_warp=0.0, dropout_span=10), torch.Generator())
+    assert int((blanked == 0).sum()) >= 6 * 10  # one channel span per window reads 0
+    defense = create("sensor-augment", ["linf:0.1"])
+    ctx = TrainContext(threats=(ThreatModel("linf", 0.1).with_box(*BOX),), generator=torch.Generator())
+    loss, metrics = defense(_signal_model(), x, torch.zeros(6, dtype=torch.long), ctx)
+    assert loss.dim() == 0 and set(metrics) == {"loss", "acc"}
+    with pytest.raises(ValueError, match="signals"):
+        defense(_signal_model(), x.unsqueeze(2), torch.zeros(6, dtype=torch.long), ctx)
+    with pytest.raises(ValueError, match="p must"):
+        AugmentConfig(p=2.0)

@@ -7,6 +7,6 @@ suite. Data files are read lazily (``make data`` fetches them), so the import wo
 See ``docs/domains/sensors.md``.
 """
 
-from metaat.domains.sensors import data, drift_attack, evaluation, models, spike_attack, threats, unseen
+from metaat.domains.sensors import augment, data, drift_attack, evaluation, models, spike_attack, threats, unseen
 
-__all__ = ["data", "drift_attack", "evaluation", "models", "spike_attack", "threats", "unseen"]
+__all__ = ["augment", "data", "drift_attack", "evaluation", "models", "spike_attack", "threats", "unseen"]
