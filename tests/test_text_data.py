@@ -149,3 +149,17 @@ def test_real_mr_arrays() -> None:
     x2, _ = ds.arrays("test", None)
     assert np.array_equal(x, x2)
     assert (x[:, 0] != PAD).all()  # no empty snippet
+
+
+def test_parse_wink_keeps_the_needed_words_in_file_order() -> None:
+    from metaat.domains.text.fetch import parse_wink
+
+    doc = (
+        b'{"precision":8,"l2NormIndex":2,"wordIndex":3,"size":3,"dimensions":2,"words":["the","film","x"],'
+        b'"vectors":{"the":[0.5,-1,1.1,0],"film":[2,3e-1,3.6,1],"x":[1,1,1.4,2]},"unkVector":[0,0,0,-1]}'
+    )
+    words, vectors = parse_wink(doc, {"film", "the", "absent"})
+    assert words == ["the", "film"]
+    assert vectors.dtype == np.float32 and vectors.tolist() == [[0.5, -1.0], [2.0, pytest.approx(0.3)]]
+    with pytest.raises(DataError, match="entry 'x'"):
+        parse_wink(doc.replace(b'"x":[1,1,1.4,2]', b'"x":[1]'), {"x"})

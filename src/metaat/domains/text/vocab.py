@@ -32,7 +32,11 @@ _LETTERS = re.compile(r"[a-z]+")
 
 
 def tokenize(text: str) -> list[str]:
-    """Split ``text`` into lower-case tokens (see the module docstring for the exact rule)."""
+    """Split ``text`` into lower-case tokens (see the module docstring for the exact rule).
+
+    >>> tokenize("Isn't it GREAT?! Café")
+    ['isn', 't', 'it', 'great', '?', '!', 'cafe']
+    """
     folded = unicodedata.normalize("NFKD", text)
     folded = "".join(c for c in folded if not unicodedata.combining(c)).lower()
     return _TOKEN.findall(folded)
@@ -44,7 +48,11 @@ def spellable(word: str) -> bool:
 
 
 def spell(word: str) -> int:
-    """The (negative) id of a spellable word."""
+    """The (negative) id of a spellable word.
+
+    >>> spell("ab"), unspell(spell("terible"))
+    (-29, 'terible')
+    """
     if not spellable(word):
         raise ValueError(f"{word!r} cannot be spelled as an id (a-z only, at most {MAX_SPELLED} letters)")
     code = 0

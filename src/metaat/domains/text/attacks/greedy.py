@@ -12,7 +12,7 @@ Threats: ``syn:k`` (each position substituted at most once), ``typo:k`` (one edi
 word). Query budget: one pass over the words, so at most ``1 + L + Σ_t |candidates_t|`` per example
 (deletion ranking; ``2 + Σ_t |candidates_t|`` with gradient ranking).
 
->>> # attack = GreedyAttack("syn:2", ranking="deletion"); adv = attack(model, ids, y)
+Usage: ``GreedyAttack("syn:2", ranking="deletion")(model, ids, y)`` with ``ids`` int64 ``(B, L)``.
 """
 
 from __future__ import annotations
