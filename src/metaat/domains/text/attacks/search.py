@@ -74,12 +74,19 @@ class EditSpace:
         return [t for t, tok in enumerate(original.tolist()) if tok != 0 and self.candidates(tok, tok)]
 
 
+def model_device(model: nn.Module) -> torch.device:
+    """Where the model's parameters live (CPU for a model without any)."""
+    param = next(model.parameters(), None)
+    return param.device if param is not None else torch.device("cpu")
+
+
 def true_class_prob(model: nn.Module, ids: torch.Tensor, y: torch.Tensor, batch_size: int) -> torch.Tensor:
     """``p(y | ids)`` for each row ``(N,)`` (no gradients), in chunks of ``batch_size``."""
     out = []
+    dev = model_device(model)
     with torch.no_grad():
         for start in range(0, ids.shape[0], batch_size):
-            logits = model(ids[start : start + batch_size])
+            logits = model(ids[start : start + batch_size].to(dev)).cpu()
             out.append(logits.softmax(dim=1).gather(1, y[start : start + batch_size, None]).squeeze(1))
     return torch.cat(out) if out else torch.zeros(0)
 
@@ -87,9 +94,10 @@ def true_class_prob(model: nn.Module, ids: torch.Tensor, y: torch.Tensor, batch_
 def score_rows(model: nn.Module, rows: torch.Tensor, label: int, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``(p(label) (N,), prediction != label (N,))`` for rows ``(N, L)`` of one example's variants."""
     probs, wrong = [], []
+    dev = model_device(model)
     with torch.no_grad():
         for start in range(0, rows.shape[0], batch_size):
-            logits = model(rows[start : start + batch_size])
+            logits = model(rows[start : start + batch_size].to(dev)).cpu()
             probs.append(logits.softmax(dim=1)[:, label])
             wrong.append(logits.argmax(dim=1) != label)
     return torch.cat(probs), torch.cat(wrong)
@@ -98,9 +106,10 @@ def score_rows(model: nn.Module, rows: torch.Tensor, label: int, batch_size: int
 def predicts(model: nn.Module, ids: torch.Tensor, batch_size: int) -> torch.Tensor:
     """Predicted classes ``(N,)``."""
     out = []
+    dev = model_device(model)
     with torch.no_grad():
         for start in range(0, ids.shape[0], batch_size):
-            out.append(model(ids[start : start + batch_size]).argmax(dim=1))
+            out.append(model(ids[start : start + batch_size].to(dev)).argmax(dim=1).cpu())
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
 
 
@@ -120,11 +129,14 @@ def deletion_importance(
 
 def gradient_importance(model: nn.Module, row: torch.Tensor, label: int, positions: list[int]) -> torch.Tensor:
     """L2 norm of the loss gradient with respect to each position's embedding, ``(len(positions),)``."""
+    dev = model_device(model)
+    ids = row[None].to(dev)
     with torch.enable_grad():
-        emb = model.embed(row[None]).detach().requires_grad_(True)  # type: ignore[operator]
-        loss = nn.functional.cross_entropy(model.forward_embedded(emb, row[None]), torch.tensor([label]))  # type: ignore[operator]
+        emb = model.embed(ids).detach().requires_grad_(True)  # type: ignore[operator]
+        logits = model.forward_embedded(emb, ids)  # type: ignore[operator]
+        loss = nn.functional.cross_entropy(logits, torch.tensor([label], device=dev))
         (grad,) = torch.autograd.grad(loss, emb)
-    return grad[0].norm(dim=-1)[positions]
+    return grad[0].norm(dim=-1).cpu()[positions]
 
 
 @dataclass(frozen=True)
