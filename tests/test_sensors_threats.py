@@ -169,3 +169,14 @@ def test_bad_syntax_is_one_line_naming_the_syntax(text: str, syntax: str) -> Non
 def test_wrong_rank_is_refused() -> None:
     with pytest.raises(ValueError, match=r"\(B, C, T\)"):
         project(torch.zeros(2, 3, 4, 4), torch.zeros(2, 3, 4, 4), _spike(1, 1.0))
+
+
+def test_one_spike_step_is_the_exact_linear_maximiser() -> None:
+    gen = torch.Generator().manual_seed(6)
+    g = torch.randn(3, 4, 25, generator=gen)
+    x = torch.zeros(3, 4, 25)
+    threat = _spike(4, 0.5, box=(-8.0, 8.0))
+    step = threat.kind.step_size(threat, 10) if threat.kind else 0.0
+    delta = project(step * threat_ascent(g, threat), x, threat)
+    best = 0.5 * g.abs().sum(dim=1).topk(4, dim=1).values.sum(dim=1)  # top-k columns at ±a
+    assert torch.allclose((g * delta).flatten(1).sum(dim=1), best, rtol=1e-6)

@@ -4,9 +4,9 @@ Threat: at most ``k`` time steps of a ``(B, C, T)`` signal changed, each coordin
 (σ units), inside the saturation box (:mod:`metaat.domains.sensors.threats`).
 
 1. **Sparse PGD** — ``steps`` projected gradient steps on the cross-entropy, moving along the
-   spike kind's ascent (``sign(g)`` scaled by each time step's gradient norm, so the most sensitive
-   steps grow first) and projecting exactly onto the set (the k columns whose kept values save the
-   most). ``restarts`` runs: the first from ``δ = 0``, the others from random spikes.
+   spike kind's ascent (``sign(g)`` on the k time steps of largest gradient, step ``a``) and
+   projecting exactly onto the set (the k columns whose kept values save the most). ``restarts``
+   runs: the first from ``δ = 0``, the others from random spikes.
 2. **Random search** (Croce, Andriushchenko, Singh, Flammarion, Hein, "Sparse-RS: a versatile
    framework for query-efficient sparse black-box adversarial attacks", AAAI 2022) — from the best
    point so far, ``queries`` iterations each move ``p`` of the k spikes to random other time steps with
