@@ -19,11 +19,14 @@ misclassified clean stays misclassified and robust accuracy never exceeds clean 
 ``restarts · steps`` forward+backward and ``queries`` forward passes per example. Random draws are
 made per chunk (``batch_size``): the same seed and chunk size give the same output.
 
->>> import torch, metaat.attacks as A, metaat.domains.sensors
+>>> import torch, metaat.attacks as A
+>>> from metaat.threats import ThreatModel, in_threat
 >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(2 * 20, 3))
 >>> x, y = torch.randn(4, 2, 20).clamp(-8, 8), torch.tensor([0, 1, 2, 0])
->>> attack = A.create("spike-search", threat="spike:3,1.5", steps=5, queries=20)
->>> x_adv = attack(model, x, y)  # doctest: +SKIP
+>>> threat = ThreatModel.parse("spike:3,1.5").with_box(-8, 8)
+>>> x_adv = A.create("spike-search", threat=threat, steps=5, queries=20)(model, x, y)
+>>> bool(in_threat(x_adv, x, threat).all()), int(((x_adv - x).abs().amax(dim=1) > 0).sum(dim=1).max()) <= 3
+(True, True)
 """
 
 from __future__ import annotations

@@ -73,7 +73,12 @@ def project_spike(delta: torch.Tensor, x: torch.Tensor, k: int, a: float, box: t
 
 
 class SpikeKind(ThreatKind):
-    """``spike:k,a`` — at most k time steps changed, each coordinate by at most a (σ units)."""
+    """``spike:k,a`` — at most k time steps changed, each coordinate by at most a (σ units).
+
+    >>> t = ThreatModel.parse("spike:5,2")
+    >>> (t.norm, t.eps, t.params, str(t))
+    ('spike', 2.0, (5.0,), 'spike:5,2')
+    """
 
     name = "spike"
     syntax = "spike:k,a (k >= 1 time steps, amplitude a > 0 in σ)"
@@ -239,7 +244,14 @@ def _project_square(w0: torch.Tensor, q: torch.Tensor, b: float) -> torch.Tensor
 
 
 class DriftKind(ThreatKind):
-    """``drift:b`` — a per-channel linear bias (constant + ramp) of peak at most b (σ units)."""
+    """``drift:b`` — a per-channel linear bias (constant + ramp) of peak at most b (σ units).
+
+    >>> from metaat.threats import project
+    >>> x = torch.zeros(1, 1, 5)
+    >>> delta = project(torch.tensor([[[0.0, 1.0, 0.0, 1.0, 2.0]]]), x, ThreatModel.parse("drift:1").with_box(-8, 8))
+    >>> [round(v, 3) for v in delta[0, 0].tolist()]  # least squares: 0 -> 1.6; nearest with peak <= 1:
+    [0.2, 0.4, 0.6, 0.8, 1.0]
+    """
 
     name = "drift"
     syntax = "drift:b (peak bias b > 0 in σ)"
