@@ -83,3 +83,10 @@ def test_suite_runs_on_a_signal_model() -> None:
     assert set(results) == set(unseen.SUITE)
     for r in results.values():
         assert r.correct.shape == (8,) and not bool(r.correct[:3].any())
+
+
+def test_suite_skips_what_does_not_apply() -> None:
+    x, y, model = _data(4, 1, 40)
+    assert set(unseen.evaluate_suite(model, x, y)) == {"dropout:25", "stuck:25", "warp:0.2"}
+    x, y, model = _data(4, 2, 20)
+    assert set(unseen.evaluate_suite(model, x, y)) == {"misalign:5", "warp:0.2"}

@@ -221,6 +221,17 @@ SUITE: dict[str, Callable[[nn.Module, torch.Tensor, torch.Tensor], UnseenResult]
 """The default unseen suite (spans of 0.5 s and shifts of 0.1 s at 50 Hz); each entry ``(model, x, y)``."""
 
 
+def applicable(name: str, shape: tuple[int, ...]) -> bool:
+    """Whether suite entry ``name`` applies to signals of ``shape`` ``(B, C, T)``: misalignment needs
+    two channel groups (C >= 2), the spans need T >= 25."""
+    _, c, t = shape
+    if name.startswith("misalign"):
+        return c >= 2
+    if name.startswith(("dropout", "stuck")):
+        return t >= 25
+    return t >= 2
+
+
 def evaluate_suite(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, UnseenResult]:
-    """Every entry of :data:`SUITE` on ``(x, y)``."""
-    return {name: fn(model, x, y) for name, fn in SUITE.items()}
+    """Every entry of :data:`SUITE` that applies to ``x``'s shape, on ``(x, y)``."""
+    return {name: fn(model, x, y) for name, fn in SUITE.items() if applicable(name, tuple(x.shape))}
