@@ -218,3 +218,71 @@ def test_sensor_augmentation_baseline() -> None:
         defense(_signal_model(), x.unsqueeze(2), torch.zeros(6, dtype=torch.long), ctx)
     with pytest.raises(ValueError, match="p must"):
         AugmentConfig(p=2.0)
+
+
+class _Flip(ThreatKind):
+    """A discrete test kind: ``fliptest:k`` — at most k token ids set to 1 (the unknown word)."""
+
+    name = "fliptest"
+    syntax = "fliptest:k"
+    continuous = False
+    evaluation_attacks = (("fliptest-search", ()),)
+
+    def parse_args(self, args: str) -> tuple[float, tuple[float, ...]]:
+        return float(int(args)), ()
+
+    def contains(self, x_adv: torch.Tensor, x: torch.Tensor, threat: ThreatModel, tol: float) -> torch.Tensor:
+        changed = x_adv != x
+        return (changed.sum(dim=1) <= threat.eps) & ((x_adv == 1) | ~changed).all(dim=1)
+
+
+class _FlipSearch(A.Attack):
+    """Exhaustive search over one flipped position (the test kind's evaluation attack)."""
+
+    name = "fliptest-search"
+
+    def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        out = x.clone()
+        for i in range(x.shape[0]):
+            for pos in range(x.shape[1]):
+                cand = x[i : i + 1].clone()
+                cand[0, pos] = 1
+                if int(model(cand).argmax(1)) != int(y[i]):
+                    out[i] = cand[0]
+                    break
+        return out
+
+
+if "fliptest" not in threat_kinds():
+    register_threat_kind(_Flip())
+    A.ATTACKS.register("fliptest-search")(_FlipSearch)
+
+
+class _BagModel(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.emb = nn.EmbeddingBag(20, 4)
+        self.out = nn.Linear(4, 3)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.out(self.emb(ids))
+
+
+def test_token_ids_and_discrete_threats_through_the_evaluation() -> None:
+    from metaat.eval.plots import EXAMPLE_VIEWS
+
+    model = _BagModel()
+    x = torch.randint(2, 20, (12, 6), generator=torch.Generator().manual_seed(0))
+    y = model(x).argmax(1)
+    EXAMPLE_VIEWS.setdefault(0, lambda a, b: {"tokens_clean": a.tolist(), "tokens_adversarial": b.tolist()})
+    for suite in ("quick", "apgd"):
+        result = metaat.evaluate(model, x, y, ["fliptest:1"], suite=suite, checks=True, unseen=True, examples=2)
+        assert result.clean == 1.0 and 0.0 <= result.union == result.robust["fliptest:1"] < 1.0
+        assert result.protocol["attacks"]["fliptest:1"] == ["metaat fliptest-search"]
+        assert all(c.status != "flagged" for c in result.checks)
+        assert result.examples and "tokens_adversarial" in result.examples[0]
+        broken = [e for e in result.examples if e["adversarial_prediction"] != e["label"]]
+        assert all(e["perturbation_norm"] == 1.0 for e in broken)
+    with pytest.raises(ValueError, match="token ids must be >= 0"):
+        metaat.evaluate(model, x - 5, y, ["fliptest:1"], checks=False)

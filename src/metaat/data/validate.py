@@ -19,11 +19,17 @@ def validate_batch(
 
     ``x`` must be a floating-point tensor — 4-D NCHW images or 3-D ``(N, C, T)`` signals (exactly
     ``ndim`` dimensions when given) — finite, with values in ``box`` (pixels: [0, 1]; tolerance
-    1e-6) and ``in_channels`` channels when given. ``y``, when given, must be a 1-D int64
-    tensor with one non-negative label per image, each below ``num_classes`` when that is given.
+    1e-6) and ``in_channels`` channels when given; or 2-D int64 token ids ``(N, L)``, all >= 0.
+    ``y``, when given, must be a 1-D int64 tensor with one non-negative label per input, each below
+    ``num_classes`` when that is given.
     """
     if not isinstance(x, torch.Tensor):
         raise ValueError(f"x must be a torch.Tensor; got {type(x).__name__}")
+    if x.dtype == torch.int64 and x.dim() == 2 and ndim in (None, 2):  # token ids (N, L)
+        if x.numel() and int(x.min()) < 0:
+            raise ValueError(f"token ids must be >= 0; got min {int(x.min())}")
+        _check_labels(x, y, num_classes)
+        return
     if not x.is_floating_point():
         raise ValueError(f"x must be a floating-point tensor; got dtype {x.dtype}")
     if ndim is not None and x.dim() != ndim:
@@ -45,6 +51,10 @@ def validate_batch(
         if lo < low - TOLERANCE or hi > high + TOLERANCE:
             what = "pixels" if (low, high) == (0.0, 1.0) else "values"
             raise ValueError(f"{what} must lie in [{low:g}, {high:g}]; got min {lo:.6g} max {hi:.6g}")
+    _check_labels(x, y, num_classes)
+
+
+def _check_labels(x: torch.Tensor, y: torch.Tensor | None, num_classes: int | None) -> None:
     if y is None:
         return
     if not isinstance(y, torch.Tensor):

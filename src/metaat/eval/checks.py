@@ -191,6 +191,8 @@ def check_eval_mode(model: nn.Module, x: torch.Tensor, given_training: bool) -> 
 
 
 def check_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> CheckResult:
+    if not x.is_floating_point():
+        return CheckResult("gradients", "skipped", "discrete inputs (token ids) have no input gradient")
     xg = x.detach().clone().requires_grad_(True)
     logits = model(xg)
     (g_margin,) = torch.autograd.grad(margin(logits, y).sum(), xg, retain_graph=True)
@@ -460,6 +462,13 @@ def run_checks(
             check_gradients(model, x, y),
         ]
         for threat in chosen:
+            if not threat.continuous:
+                results.append(
+                    CheckResult(
+                        "attack-checks", "skipped", "gradient attacks do not apply to discrete edits", str(threat)
+                    )
+                )
+                continue
             own = (reported or {}).get(str(threat))
             results.extend(threat_checks(model, x, y, threat, cfg, seed, None if own is None else own[: x.shape[0]]))
     results.append(reference_warnings_check(reference_warnings))

@@ -167,7 +167,8 @@ def _examples(
             x_adv = suite.attack(model, xs, ys, ids, threat, seed).detach()
             pred_clean, pred_adv = predict(model, xs, k), predict(model, x_adv, k)
         delta = x_adv - xs
-        norms = lp_norm(delta, threat.lp_like)
+        # Discrete inputs: the perturbation's size is the number of changed positions.
+        norms = lp_norm(delta, threat.lp_like) if xs.is_floating_point() else (delta != 0).flatten(1).sum(1).float()
         for i in range(ids.numel()):
             scale = float(delta[i].abs().max()) or 1.0
             out.append(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import io
+from collections.abc import Callable
 from typing import Any
 
 import matplotlib
@@ -54,9 +55,18 @@ def signal_png_base64(clean: torch.Tensor, other: torch.Tensor | None = None, ti
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def example_pngs(x: torch.Tensor, x_adv: torch.Tensor, scale: float) -> dict[str, str]:
-    """The report's three pictures of one example: clean, adversarial, perturbation. Images are
-    drawn as images; signals ``(C, T)`` as one trace per channel (adversarial in red over clean)."""
+EXAMPLE_VIEWS: dict[int, Callable[[torch.Tensor, torch.Tensor], dict[str, Any]]] = {}
+"""How a domain shows one example, by the example's rank (0: token ids ``(L,)``): a function
+``(x, x_adv) -> {"tokens_clean": [str, ...], "tokens_adversarial": [str, ...]}`` registered by the
+domain; reports show the two texts with the changed tokens marked."""
+
+
+def example_pngs(x: torch.Tensor, x_adv: torch.Tensor, scale: float) -> dict[str, Any]:
+    """The report's view of one example: clean, adversarial and perturbation pictures. Images are
+    drawn as images; signals ``(C, T)`` as one trace per channel (adversarial in red over clean); a
+    rank with a registered :data:`EXAMPLE_VIEWS` entry (text) by that view."""
+    if x.dim() - 1 in EXAMPLE_VIEWS:
+        return EXAMPLE_VIEWS[x.dim() - 1](x, x_adv)
     delta = x_adv - x
     if x.dim() == 2:
         return {

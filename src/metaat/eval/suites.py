@@ -102,6 +102,8 @@ class QuickSuite(Suite):
             get_loss(loss)
 
     def describe(self, threat: ThreatModel) -> list[str]:
+        if not threat.continuous:
+            return describe_domain(threat)
         start = "random start" if self.random_start else "zero start"
         return [
             f"metaat pgd-{loss} ({self.steps} steps, step {default_step_size(threat, self.steps):.4g}, "
@@ -112,6 +114,8 @@ class QuickSuite(Suite):
     def attack(
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ids: torch.Tensor, threat: ThreatModel, seed: int
     ) -> torch.Tensor:
+        if not threat.continuous:  # discrete edits: only the domain's own search attacks apply
+            return domain_worst_case(model, x, y, ids, threat, seed)
         x_adv = x.clone()
         robust = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
         step = default_step_size(threat, self.steps)
@@ -216,7 +220,7 @@ def describe_domain(threat: ThreatModel) -> list[str]:
     """The attacks :func:`domain_worst_case` runs for ``threat``."""
     kind = threat.kind
     extra = kind.evaluation_attacks if kind is not None else ()
-    return DOMAIN_PGD.describe(threat) + [
+    return (DOMAIN_PGD.describe(threat) if threat.continuous else []) + [
         f"metaat {name}" + (f" ({', '.join(f'{k}={v}' for k, v in options)})" if options else "")
         for name, options in extra
     ]
@@ -225,11 +229,12 @@ def describe_domain(threat: ThreatModel) -> list[str]:
 def domain_worst_case(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, ids: torch.Tensor, threat: ThreatModel, seed: int
 ) -> torch.Tensor:
-    """Per-point worst case for a domain threat: metaat's PGD (CE, margin; 2 restarts of 100 steps),
-    then each of the kind's ``evaluation_attacks`` on the points still robust."""
+    """Per-point worst case for a domain threat: metaat's PGD (CE, margin; 2 restarts of 100 steps)
+    where the set is continuous, then each of the kind's ``evaluation_attacks`` on the points still
+    robust."""
     from metaat.attacks import create
 
-    x_adv = DOMAIN_PGD.attack(model, x, y, ids, threat, seed)
+    x_adv = DOMAIN_PGD.attack(model, x, y, ids, threat, seed) if threat.continuous else x.clone()
     kind = threat.kind
     for name, options in kind.evaluation_attacks if kind is not None else ():
         with torch.no_grad():
