@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from metaat.data.base import DATASETS, DataError, Dataset, DatasetInfo, env_dirs
-from metaat.domains.sensors.fetch import DEFAULT_OUT, DOMAIN, PINNED, WATCH_NPZ, sha256_file
+from metaat.domains.sensors.sources import DEFAULT_OUT, DOMAIN, PINNED, WATCH_NPZ, sha256_file
 from metaat.domains.sensors.tsformat import TsFormatError, read_ts, resample
 
 BOX: tuple[float, float] = (-8.0, 8.0)
