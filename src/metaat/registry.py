@@ -15,21 +15,26 @@ T = TypeVar("T")
 
 DOMAINS_PACKAGE = "metaat.domains"
 """Package whose import registers the built-in domains (sensors, text) into every registry."""
+LATE_PACKAGES: tuple[str, ...] = ("metaat.meta", DOMAINS_PACKAGE)
+"""Packages above the registries' owners that register names into them (the ``learned`` attack lives
+in ``metaat.meta``, the domains' names in ``metaat.domains``): imported on the first miss."""
 _domains_state = {"loaded": False}
 
 
 def load_domains() -> None:
-    """Import the built-in domains once, so that their datasets, models, threats and attacks are
-    registered; a registry calls this before it reports a name as unknown. Imported by name, because
-    the domains sit above every core layer and register themselves into it."""
+    """Import :data:`LATE_PACKAGES` once, so that the names they register (the built-in domains'
+    datasets, models, threats and attacks; the learned attack) are known; a registry calls this
+    before it reports a name as unknown. Imported by name, because those packages sit above the
+    registries' owners and register themselves into them."""
     if _domains_state["loaded"]:
         return
     _domains_state["loaded"] = True
-    try:
-        importlib.import_module(DOMAINS_PACKAGE)
-    except ModuleNotFoundError as exc:
-        if exc.name != DOMAINS_PACKAGE:
-            raise
+    for package in LATE_PACKAGES:
+        try:
+            importlib.import_module(package)
+        except ModuleNotFoundError as exc:
+            if exc.name != package:
+                raise
 
 
 class UnknownNameError(KeyError, ValueError):

@@ -17,22 +17,9 @@ import torch
 from torch import nn
 
 from metaat.attacks.base import attack_mode
+from metaat.attacks.patch import apply_universal, project_universal
 from metaat.losses import LossFn, ce
-from metaat.threats import ThreatModel, project, random_init, threat_ascent
-
-
-def project_universal(u: torch.Tensor, threat: ThreatModel) -> torch.Tensor:
-    """Exact projection onto ``threat``'s set ∩ [-w, w]^d, ``w`` the width of its input box (for pixels
-    [-1, 1]^d: the box [-.5, .5] around the box's centre 0.5, scaled by 2)."""
-    low, high = threat.box
-    half = dataclasses.replace(threat, eps=threat.eps / 2)
-    centre = 0.5 if threat.box == (0.0, 1.0) else low + (high - low) / 2
-    return 2 * project(u / 2, torch.full_like(u, centre), half)
-
-
-def apply_universal(x: torch.Tensor, u: torch.Tensor, box: tuple[float, float] = (0.0, 1.0)) -> torch.Tensor:
-    """``clip(x + u, box)`` — in the threat set around each ``x`` when ``u`` is in the universal set."""
-    return (x + u).clamp(*box)
+from metaat.threats import ThreatModel, random_init, threat_ascent
 
 
 def refine_universal(

@@ -130,8 +130,7 @@ class LearnedAttacker(nn.Module):
             nn.init.zeros_(film_out.bias)
         # Per-norm learnable scalars (softplus-positive): gradient skip, step multiplier; L1 focus.
         # The L1 step starts 4x over budget: the exact projection then fills the budget greedily
-        # (coordinates clipped by the box would otherwise waste it) — measured on Fashion-MNIST,
-        # 4x makes the untrained one-step L1 attack stronger than sparse FGSM.
+        # (coordinates clipped by the box would otherwise waste it).
         self.skip_raw = nn.Parameter(torch.tensor([_inv_softplus(2.0), _inv_softplus(1.0), _inv_softplus(2.0)]))
         self.step_raw = nn.Parameter(torch.tensor([_inv_softplus(1.0), _inv_softplus(1.0), _inv_softplus(4.0)]))
         self.focus_raw = nn.Parameter(torch.tensor(_inv_softplus(10.0)))
@@ -260,7 +259,3 @@ def build_generator(kind: str, spec: dict[str, Any]) -> nn.Module:
     if unknown:
         raise ValueError(f"{kind} generator spec has unknown field(s) {', '.join(unknown)}")
     return factory(spec_class(**spec))
-
-
-def count_parameters(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())

@@ -39,7 +39,7 @@ import math
 
 import torch
 
-from metaat.threats import ThreatKind, ThreatModel, _fmt, box_bounds, register_threat_kind
+from metaat.threats import ThreatKind, ThreatModel, box_bounds, format_number, register_threat_kind
 
 _FEAS_TOL = 1e-9
 
@@ -97,7 +97,7 @@ class SpikeKind(ThreatKind):
         return a, (k,)
 
     def format_args(self, threat: ThreatModel) -> str:
-        return f"{int(threat.params[0])},{_fmt(threat.eps)}"
+        return f"{int(threat.params[0])},{format_number(threat.eps)}"
 
     @staticmethod
     def k(threat: ThreatModel) -> int:
