@@ -12,7 +12,7 @@ THREADS ?= 2
 # make bench: study workers sharing the list (each claims one (method, seed) at a time), 1 thread each
 WORKERS ?= 2
 
-.PHONY: setup data test-deps test lint docs demo bench-deps bench-quick bench park bench-speed bench-pgd bench-eval-cost bench-transfer tables clean
+.PHONY: setup data test-deps test check lint docs demo bench-deps bench-quick bench park bench-speed bench-pgd bench-eval-cost bench-transfer tables clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,7 @@ data:
 		echo "Fashion-MNIST: present"; \
 	else $(APT_INSTALL) dataset-fashion-mnist; fi
 	$(PY) -m metaat.domains.sensors.fetch --out "$${METAAT_DATA:-$$HOME/.cache/metaat}/sensors"
+	$(PY) -m metaat.domains.text.fetch --out "$${METAAT_DATA:-$$HOME/.cache/metaat}/text"
 
 test-deps:
 	@need=""; \
@@ -47,9 +48,15 @@ lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/ruff format --check src tests benchmarks
 	$(VENV)/bin/mypy src benchmarks tests
+	$(VENV)/bin/lint-imports
 
+# The full suite, with every `>>>` example in src/ run as a test.
 test: setup test-deps lint
-	$(PY) -m pytest -q --durations=10
+	$(PY) -m pytest -q --durations=10 --doctest-modules src tests
+
+# The fast inner loop: the unit tier (no slow, browser or subprocess-heavy tests), under 2 minutes on 2 cores.
+check: setup
+	$(PY) -m pytest -q -m "not slow and not browser and not integration" --doctest-modules src tests
 
 demo: setup data
 	$(VENV)/bin/metaat demo --threads $(THREADS)

@@ -40,9 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     from metaat.eval.union import predict
     from metaat.models import resolve_model
     from metaat.runtime import environment, set_threads
+    from metaat.train import resume_run, train
     from metaat.train.checkpoint import has_checkpoint
     from metaat.train.config import TrainConfig
-    from metaat.train.loop import resume_run, train
 
     set_threads(args.threads)
     out = Path(args.out)

@@ -1,8 +1,9 @@
 """The attack contract, checked for every registered attack and every norm it supports.
 
-Every module of :mod:`metaat.attacks` is imported, so the loop covers the whole registry; each attack
-needs an entry in ``SPECS`` (fast options and which properties it promises), or
-``test_every_registered_attack_has_a_test_configuration`` fails.
+Every module of :mod:`metaat.attacks` is imported (and :mod:`metaat.meta`, which registers the
+``learned`` attack), so the loops cover the whole registry; whether an attack takes a threat comes
+from the registry (``Attack.bounded``); each attack needs an entry in ``SPECS`` (fast options and
+which properties it promises), or ``test_every_registered_attack_has_a_test_configuration`` fails.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from torch import nn
 
 import metaat.attacks as attacks
 import metaat.data as data
+import metaat.meta  # noqa: F401  (registers the "learned" attack)
 from metaat.registry import UnknownNameError
 from metaat.runtime import make_generator
 from metaat.threats import NORMS, ThreatModel, in_threat, lp_norm
@@ -33,7 +35,6 @@ for _module in pkgutil.iter_modules(attacks.__path__):
 # clearly but not completely breakable.
 NOISE = 0.7
 THREATS = {"linf": ThreatModel("linf", 0.05), "l2": ThreatModel("l2", 0.5), "l1": ThreatModel("l1", 5.0)}
-IGNORED = ThreatModel("linf", 0.05)  # passed to attacks whose threat is not an Lp ball
 
 
 def _learned_attacker() -> nn.Module:
@@ -52,7 +53,7 @@ class Spec:
     """Small, fast options (with randomness where the attack has any); a function so that module
     arguments are fresh for each test."""
     norms: tuple[str, ...] = NORMS
-    """Lp norms whose ball ∩ [0, 1] the output must lie in; () when the ``threat`` is ignored."""
+    """Lp norms whose ball ∩ [0, 1] the output must lie in (for an attack bounded by a threat)."""
     deterministic: dict[str, Any] | str = dataclasses.field(default_factory=dict)
     """Extra options making the attack deterministic and per-example, or why it cannot be."""
     chunk_invariant: bool | str = True
@@ -94,14 +95,12 @@ SPECS: dict[str, Spec] = {
     ),
     "patch": Spec(
         lambda: {"steps": 5, "patch_size": 4},
-        norms=(),
         deterministic="one patch is learned on the whole batch, so each point's result depends on the others",
         hurts="a small universal patch is not required to hurt",
     ),
-    "spatial": Spec(lambda: {"rotation_steps": 3, "translation_steps": 3}, norms=()),
+    "spatial": Spec(lambda: {"rotation_steps": 3, "translation_steps": 3}),
     "corruption": Spec(
         lambda: {"corruption": "worst", "severity": 5},
-        norms=(),
         deterministic={"corruption": "contrast"},
         hurts="common corruptions are not adversarial",
     ),
@@ -115,16 +114,21 @@ SPECS: dict[str, Spec] = {
     ),
 }
 
-ALL = attacks.available()
-CASES = [(name, norm) for name in ALL if name in SPECS for norm in (SPECS[name].norms or (None,))]
+# The core's attacks (a domain registers its own, on its own inputs and threat kinds, and tests them
+# with its own data).
+ALL = [n for n in attacks.available() if not attacks.ATTACKS.get(n).__module__.startswith("metaat.domains.")]
+BOUNDED = [name for name in ALL if attacks.ATTACKS.get(name).bounded]  # type: ignore[attr-defined]
+UNBOUNDED = [name for name in ALL if name not in BOUNDED]
+CASES = [(name, norm) for name in ALL if name in SPECS for norm in (SPECS[name].norms if name in BOUNDED else (None,))]
 LP_CASES = [(name, norm) for name, norm in CASES if norm is not None]
 
 
-def threat_for(name: str, norm: str | None) -> ThreatModel:
-    return THREATS[norm] if norm is not None else IGNORED
+def threat_for(name: str, norm: str | None) -> ThreatModel | None:
+    """The test threat of ``norm`` for an attack bounded by one; None for an attack that takes none."""
+    return THREATS[norm] if norm is not None and name in BOUNDED else None
 
 
-def make(name: str, threat: ThreatModel | str, **extra: Any) -> attacks.Attack:
+def make(name: str, threat: ThreatModel | str | None, **extra: Any) -> attacks.Attack:
     options = SPECS[name].options() if name in SPECS else {}
     return attacks.create(name, threat=threat, **{**options, **extra})
 
@@ -244,7 +248,7 @@ def test_model_mode_and_requires_grad_restored(name: str, raise_on_call: int | N
     before = _state(model)
     assert before[0].count(False) == 1 and before[1].count(False) == 1
     x, y = synthetic[2][:8], synthetic[3][:8]
-    attack = make(name, THREATS["linf"], batch_size=2)  # several model calls even for one-step attacks
+    attack = make(name, threat_for(name, "linf"), batch_size=2)  # several model calls even for one-step attacks
     if raise_on_call is None:
         attack(model, x, y)
     else:
@@ -281,7 +285,11 @@ def test_same_seed_same_output_even_under_no_grad(name: str, norm: str | None, t
     assert torch.equal(first, again)
     with torch.no_grad():  # a caller's no_grad (an evaluation loop) neither breaks nor changes the attack
         assert torch.equal(make(name, threat, seed=3)(trained, x, y), first)
-    # The same explicit generator seed gives the same result.
+    # The same explicit generator seed gives the same result (an attack that seeds itself refuses one).
+    if not make(name, threat).takes_generator:
+        with pytest.raises(ValueError, match="takes no generator"):
+            make(name, threat)(trained, x, y, generator=make_generator(5))
+        return
     a = make(name, threat)(trained, x, y, generator=make_generator(5))
     b = make(name, threat)(trained, x, y, generator=make_generator(5))
     assert torch.equal(a, b)
@@ -290,7 +298,7 @@ def test_same_seed_same_output_even_under_no_grad(name: str, norm: str | None, t
 @pytest.mark.parametrize("name", [n for n in ("fgsm", "pgd", "patch", "corruption") if n in ALL])
 def test_different_seeds_differ_for_random_attacks(name: str, trained: nn.Module, synthetic) -> None:
     x, y = synthetic[2][:16], synthetic[3][:16]
-    threat = threat_for(name, "l2" if SPECS[name].norms else None)
+    threat = threat_for(name, "l2")
     a = make(name, threat)(trained, x, y, generator=make_generator(1))
     b = make(name, threat)(trained, x, y, generator=make_generator(2))
     assert not torch.equal(a, b)
@@ -494,7 +502,7 @@ def test_bad_momentum_is_rejected(momentum: float) -> None:
 @pytest.mark.parametrize("name", ALL)
 def test_bad_inputs_are_rejected(name: str, trained: nn.Module, synthetic) -> None:
     x, y = synthetic[2][:4].clone(), synthetic[3][:4]
-    attack = make(name, THREATS["linf"])
+    attack = make(name, threat_for(name, "linf"))
     bad = x.clone()
     bad[0, 0, 0, 0] = float("nan")
     with pytest.raises(ValueError, match="NaN"):
@@ -512,17 +520,39 @@ def test_bad_inputs_are_rejected(name: str, trained: nn.Module, synthetic) -> No
 
 
 def test_unknown_attack_lists_the_valid_ones() -> None:
-    with pytest.raises(UnknownNameError, match="unknown attack 'pgdd'; valid attacks: " + ", ".join(ALL)):
+    valid = ", ".join(attacks.available())
+    with pytest.raises(UnknownNameError, match="unknown attack 'pgdd'; valid attacks: " + valid):
         attacks.create("pgdd", threat="linf:0.1")
 
 
 @pytest.mark.parametrize("name", ALL)
 def test_unknown_option_lists_the_valid_ones(name: str) -> None:
     with pytest.raises(TypeError, match=r"unknown option\(s\) stepz; valid options: .*seed"):
-        make(name, "linf:0.1", stepz=3)
+        make(name, threat_for(name, "linf"), stepz=3)
 
 
-@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("name", BOUNDED)
+def test_an_attack_bounded_by_a_threat_has_no_default_threat(name: str) -> None:
+    with pytest.raises(TypeError, match=f"{name}: give the threat its examples must stay in"):
+        attacks.create(name, **SPECS[name].options())
+
+
+@pytest.mark.parametrize("name", UNBOUNDED)
+def test_an_attack_not_bounded_by_a_threat_refuses_one(name: str) -> None:
+    with pytest.raises(ValueError, match=f"{name} is not bounded by a threat model.*takes no threat, got linf:0.1"):
+        attacks.create(name, threat="linf:0.1", **SPECS[name].options())
+    assert attacks.create(name, **SPECS[name].options()).config.threat is None
+
+
+def test_autoattack_refuses_what_it_cannot_honour(trained: nn.Module, synthetic) -> None:
+    with pytest.raises(ValueError, match="'plus' is defined for linf and l2 only"):
+        attacks.create("autoattack", threat="l1:5", version="plus")
+    aa = attacks.create("autoattack", threat="linf:0.05", version="custom", attacks=("apgd-ce",))
+    with pytest.raises(ValueError, match=r"autoattack draws its randomness from seed=0; it takes no generator"):
+        aa(trained, synthetic[2][:4], synthetic[3][:4], generator=make_generator(0))
+
+
+@pytest.mark.parametrize("name", BOUNDED)
 @pytest.mark.parametrize("threat", ["linf:0", "l2:-1", "l1:nan"])
 def test_nonpositive_eps_is_rejected(name: str, threat: str) -> None:
     with pytest.raises(ValueError, match="eps must be a finite number > 0"):

@@ -30,8 +30,9 @@ from conftest import tiny_mlp
 
 import metaat.data as datasets
 from metaat.eval import CheckConfig, UnseenConfig, evaluate
-from metaat.eval.compare import leaderboard, write_leaderboard
-from metaat.eval.report import build_report, write_reports
+from metaat.eval.compare import leaderboard
+from metaat.eval.output import write_leaderboard, write_reports
+from metaat.eval.report import build_report
 
 CHROMIUM = next((shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None)
 pytestmark = [

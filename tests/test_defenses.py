@@ -32,6 +32,11 @@ def cheap_options(name: str) -> dict[str, object]:
     return {"steps": 2} if "steps" in fields else {}
 
 
+# The core's defenses (a domain that registers its own tests them on its own inputs).
+CORE = [n for n in defenses.available() if not defenses.DEFENSES.get(n).__module__.startswith("metaat.domains.")]
+MULTI_THREAT = [n for n in CORE if defenses.DEFENSES.get(n).multi_threat]  # type: ignore[attr-defined]
+
+
 def make_ctx(threats: tuple[str, ...], seed: int = 0) -> TrainContext:
     return TrainContext(threats=parse_threats(list(threats)), generator=torch.Generator().manual_seed(seed))
 
@@ -69,7 +74,7 @@ def test_every_defense_lowers_its_loss(name: str, batch: tuple[torch.Tensor, tor
     assert after < 0.8 * before, f"{name}: loss {before:.3f} -> {after:.3f}"
 
 
-@pytest.mark.parametrize("name", ["standard", "fast", "pgd", "trades", "sat", "avg", "max", "msd", "eat"])
+@pytest.mark.parametrize("name", CORE)
 def test_contract_input_untouched_mode_restored_gradients_reach_every_parameter(
     name: str, batch: tuple[torch.Tensor, torch.Tensor]
 ) -> None:
@@ -85,10 +90,25 @@ def test_contract_input_untouched_mode_restored_gradients_reach_every_parameter(
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
 
 
-@pytest.mark.parametrize("name", ["fast", "pgd", "trades"])
+@pytest.mark.parametrize("name", [n for n in CORE if n not in MULTI_THREAT])
 def test_single_threat_defenses_refuse_several_threats(name: str) -> None:
     with pytest.raises(ValueError, match=f"defense {name} trains against one threat.*Multi-threat defenses: .*msd"):
         defenses.create(name, ["linf:0.1", "l2:1.5"])
+
+
+@pytest.mark.parametrize("name", CORE)
+def test_setup_runs_once_before_the_first_step(name: str, batch: tuple[torch.Tensor, torch.Tensor]) -> None:
+    """Called directly (no training loop), a defense sets itself up on its first step, once: what it
+    trains besides the model exists after that step and a later ``setup`` rebuilds nothing."""
+    x, y = batch
+    model = models.create("mlp", 10, 1, 12).train()
+    defense = defenses.create(name, list(threats_for(name)), **cheap_options(name))
+    assert not defense._set_up
+    defense(model, x, y, make_ctx(threats_for(name)))
+    assert defense._set_up
+    built = dict(defense.modules())
+    defense.setup(model, torch.device("cpu"), 10, tuple(x.shape[1:]))
+    assert all(defense.modules()[k] is m for k, m in built.items()) and defense.modules().keys() == built.keys()
 
 
 def test_unknown_option_and_bad_values_are_one_line_errors() -> None:

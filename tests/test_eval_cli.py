@@ -15,8 +15,8 @@ import typer
 from conftest import save_small_run
 from typer.testing import CliRunner
 
+import metaat.cli.eval as commands
 import metaat.data as datasets
-import metaat.eval.commands as commands
 import metaat.models as models
 
 FAST = ["--data", "synthetic", "--n", "16", "--suite", "quick", "--no-unseen", "--no-checks", "--threads", "1"]

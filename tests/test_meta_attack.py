@@ -10,9 +10,9 @@ from torch import nn
 
 import metaat.attacks as attacks
 import metaat.data as data
-from metaat.attacks.learned import LearnedAttack
 from metaat.losses import ce
 from metaat.meta import LearnedAttacker, NoiseGenerator, attacker_rollout, save_generator
+from metaat.meta.attack import LearnedAttack
 from metaat.threats import ThreatModel, in_threat, random_init
 
 THREATS = [ThreatModel("linf", 0.15), ThreatModel("l2", 0.8), ThreatModel("l1", 4.0)]

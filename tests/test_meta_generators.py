@@ -7,18 +7,17 @@ import json
 import pytest
 import torch
 
+from metaat.attacks.patch import apply_universal, project_universal
 from metaat.meta import (
     AttackerSpec,
     LearnedAttacker,
     NoiseGenerator,
     NoiseSpec,
     PerturbationBank,
-    apply_universal,
-    count_parameters,
     load_generator,
-    project_universal,
     save_generator,
 )
+from metaat.models import count_parameters
 from metaat.threats import ThreatModel, in_threat, lp_norm
 
 THREATS = [ThreatModel("linf", 0.1), ThreatModel("l2", 1.0), ThreatModel("l1", 4.0), ThreatModel("l1", 40.0)]

@@ -11,9 +11,8 @@ import typer
 from typer.testing import CliRunner
 
 import metaat.attacks as attacks
-import metaat.attacks.learned  # noqa: F401  (registers "learned" until attacks/__init__ imports it)
+from metaat.cli.meta import register
 from metaat.meta import LearnedAttacker, load_generator
-from metaat.meta.commands import register
 from metaat.meta.pretrain import PretrainConfig, pretrain
 
 TINY = dict(

@@ -158,8 +158,7 @@ def test_evaluate_refuses_negative_labels() -> None:
 
 def test_an_output_folder_that_is_a_file_is_refused_before_any_work(tmp_path: Path) -> None:
     from metaat.defenses.standard import Standard
-    from metaat.train import TrainConfig
-    from metaat.train.loop import fit
+    from metaat.train import TrainConfig, fit
 
     taken = tmp_path / "o.txt"
     taken.write_text("not a folder")

@@ -16,8 +16,9 @@ from torch import nn
 import metaat.data as datasets
 import metaat.models as models
 from metaat.eval import CheckConfig, UnseenConfig, evaluate
-from metaat.eval.compare import leaderboard, load_report, render_leaderboard_markdown, write_leaderboard
-from metaat.eval.report import build_report, fmt_pct, headline_rows, read_cost, unseen_rows, write_reports
+from metaat.eval.compare import leaderboard, load_report, render_leaderboard_markdown
+from metaat.eval.output import write_leaderboard, write_reports
+from metaat.eval.report import build_report, fmt_pct, headline_rows, read_cost, unseen_rows
 
 THREATS = ["linf:0.08", "l2:0.8", "l1:6"]
 SMALL_UNSEEN = UnseenConfig(n=24, sweep_factors=(0.5, 2.0), sweep_steps=3, universal_steps=2, severities=(1, 5))

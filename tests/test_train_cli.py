@@ -10,8 +10,8 @@ import torch
 from typer.testing import CliRunner
 
 from metaat.cli import app
+from metaat.cli.train import register
 from metaat.train import TrainConfig
-from metaat.train.commands import register
 
 torch.set_num_threads(1)
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -100,3 +100,21 @@ def test_resume_rules_and_corrupt_checkpoint(tmp_path: Path) -> None:
     assert code == 2 and f"{weights}: checksum mismatch" in output.replace("\n", "")
     code, output = metaat("train", "--resume", str(tmp_path / "nothing"))
     assert code == 2 and "no checkpoint in" in output
+
+
+def test_a_preset_by_name_trains_its_recipe(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    code, output = metaat("train", "--preset", "sat-pgd10", *TINY, "--epochs", "1", "-o", "steps=1", "--out", str(out))
+    assert code == 0, output
+    cfg = TrainConfig.from_yaml(out / "config.yaml")
+    assert (cfg.defense, cfg.options["steps"], cfg.options["weights"]) == ("sat", 1, None)
+    code, output = metaat("train", "--preset", "nope", *TINY)
+    assert code == 2 and "no preset 'nope'" in output and "sat-pgd10" in output
+    code, output = metaat("train", "--preset", "default", "--config", str(CONFIGS / "msd.yaml"), *TINY)
+    assert code == 2 and "give one" in output
+
+
+def test_list_presets_names_each_and_the_default_link() -> None:
+    code, output = metaat("list", "presets")
+    assert code == 0 and "sat-pgd10 " in output and "default" in output
+    assert "-> metaat-learned-refine3-adaptive-l1x2-js" in output

@@ -81,7 +81,7 @@ def test_rotate_translate_moves_pixels_exactly() -> None:
 def test_spatial_grid_is_worst_case(model: nn.Module, data: Data) -> None:
     x, y = data
     x0 = x.clone()
-    attack = Spatial("linf:0.1", rotation_steps=3, translation_steps=3)
+    attack = Spatial(rotation_steps=3, translation_steps=3)
     grid = transformation_grid(attack.config)
     assert grid[0] == (0.0, 0.0, 0.0) and len(grid) == 27
     x_adv = attack(model, x, y)
@@ -91,15 +91,15 @@ def test_spatial_grid_is_worst_case(model: nn.Module, data: Data) -> None:
     assert worst <= accuracy(model, x, y)
     for degrees, dx, dy in grid:
         assert worst <= accuracy(model, rotate_translate(x, degrees, dx, dy), y) + 1e-9
-    same = Spatial("linf:0.1", rotation_steps=3, translation_steps=3, batch_size=7)(model, x, y)
+    same = Spatial(rotation_steps=3, translation_steps=3, batch_size=7)(model, x, y)
     assert torch.equal(same, x_adv), "deterministic and independent of chunking"
 
 
 def test_spatial_rejects_bad_options() -> None:
     with pytest.raises(ValueError, match="rotation_steps and translation_steps must be >= 1"):
-        Spatial("linf:0.1", rotation_steps=0)
+        Spatial(rotation_steps=0)
     with pytest.raises(TypeError, match="valid options: .*max_rotation"):
-        Spatial("linf:0.1", angle=3)
+        Spatial(angle=3)
 
 
 # --- corruptions --------------------------------------------------------------------------------
@@ -120,18 +120,18 @@ def test_corruptions_grow_with_severity_and_are_seeded(data: Data) -> None:
 def test_worst_corruption_is_no_better_than_each(model: nn.Module, data: Data) -> None:
     x, y = data
     gen = torch.Generator().manual_seed(0)
-    worst = accuracy(model, Corruption("linf:0.1", corruption="worst", severity=5)(model, x, y, generator=gen), y)
+    worst = accuracy(model, Corruption(corruption="worst", severity=5)(model, x, y, generator=gen), y)
     for name in CORRUPTIONS:
         gen = torch.Generator().manual_seed(0)
-        single = Corruption("linf:0.1", corruption=name, severity=5)(model, x, y, generator=gen)
+        single = Corruption(corruption=name, severity=5)(model, x, y, generator=gen)
         assert worst <= accuracy(model, single, y) + 1e-9
 
 
 def test_corruption_rejects_bad_options() -> None:
     with pytest.raises(ValueError, match="valid corruptions: gaussian-noise, gaussian-blur, contrast, worst"):
-        Corruption("linf:0.1", corruption="fog")
+        Corruption(corruption="fog")
     with pytest.raises(ValueError, match="severity must be one of 1, 2, 3, 4, 5"):
-        Corruption("linf:0.1", severity=6)
+        Corruption(severity=6)
 
 
 # --- universal perturbation and patch -----------------------------------------------------------
@@ -164,10 +164,10 @@ def test_project_universal_is_exact_for_linf() -> None:
 def test_patch_changes_only_its_square(model: nn.Module, data: Data) -> None:
     x, y = data
     gen = torch.Generator().manual_seed(0)
-    x_adv = Patch("linf:0.1", patch_size=4, steps=3)(model, x, y, generator=gen)
+    x_adv = Patch(patch_size=4, steps=3)(model, x, y, generator=gen)
     changed = (x_adv != x).flatten(1).sum(dim=1)
     assert int(changed.max()) <= 16 and float(x_adv.min()) >= 0 and float(x_adv.max()) <= 1
-    again = Patch("linf:0.1", patch_size=4, steps=3)(model, x, y, generator=torch.Generator().manual_seed(0))
+    again = Patch(patch_size=4, steps=3)(model, x, y, generator=torch.Generator().manual_seed(0))
     assert torch.equal(again, x_adv)
     where = patch_locations(5, (12, 12), 4, torch.Generator().manual_seed(3))
     assert int(where.min()) >= 0 and int(where.max()) <= 8

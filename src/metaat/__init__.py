@@ -13,9 +13,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from metaat._version import __version__
 from metaat.threats import ThreatModel
-
-__version__ = "0.1.0"
 
 _LAZY = {
     "evaluate": ("metaat.eval", "evaluate"),

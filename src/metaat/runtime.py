@@ -1,15 +1,21 @@
-"""Seeding, devices, threads, determinism and environment capture.
+"""Seeding, devices, threads, determinism, atomic file writes, digests and environment capture.
 
 One ``seed_everything`` call at each entry point; everything random below it takes an explicit
-``torch.Generator`` so that the same seed gives the same numbers.
+``torch.Generator`` so that the same seed gives the same numbers. Every file metaat writes (models,
+checkpoints, evaluation states, reports) goes through :func:`atomic_write`: a reader never sees a
+half-written file.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import platform
 import random
 import sys
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +53,31 @@ def make_generator(seed: int, device: torch.device | str = "cpu") -> torch.Gener
     g = torch.Generator(device=device)
     g.manual_seed(int(seed))
     return g
+
+
+def derive_seed(*parts: object, scheme: str = "blake2b") -> int:
+    """A 63-bit seed for the random stream named by ``parts``, e.g. ``(seed, threat, "pgd", point)``.
+
+    Streams named apart never share random numbers, and a stream does not depend on what else was
+    drawn before it (a point's attack is the same in any chunk, a resumed run redraws nothing).
+    ``scheme="blake2b"``: BLAKE2b-64 of the parts joined by ``|``, shifted to 63 bits — evaluation
+    and everything else. ``scheme="sha256"``: the first 8 bytes (little-endian) of SHA-256 of the
+    parts joined by ``/``, masked to 63 bits — the training loop's streams (data order, attack
+    generator, per-epoch evaluation). Both stay as they are: saved checkpoints and evaluation
+    states resume on them.
+
+    >>> derive_seed(0, "linf:0.1", "pgd", 7) == derive_seed(0, "linf:0.1", "pgd", 7)
+    True
+    >>> derive_seed("data", 0, 1, scheme="sha256") < 2**63
+    True
+    """
+    if scheme == "blake2b":
+        text = "|".join(map(str, parts))
+        return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little") >> 1
+    if scheme == "sha256":
+        digest = hashlib.sha256("/".join(map(str, parts)).encode()).digest()
+        return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+    raise ValueError(f"unknown seed scheme {scheme!r}; valid schemes: blake2b, sha256")
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -106,7 +137,7 @@ def cpu_model() -> str:
 
 def environment() -> dict[str, Any]:
     """Versions and hardware recorded with every run and report."""
-    from metaat import __version__
+    from metaat._version import __version__
 
     env: dict[str, Any] = {
         "metaat": __version__,
@@ -127,3 +158,58 @@ def environment() -> dict[str, Any]:
     except ImportError:  # pragma: no cover - it is a core dependency
         env["pyautoattack"] = None
     return env
+
+
+# -- files: atomic writes and digests --------------------------------------------------------------
+
+
+def atomic_write(path: Path, write: Callable[[str], None]) -> None:
+    """Call ``write(tmp_name)`` on a temporary file next to ``path``, then rename it onto ``path``."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; models, states and reports are ordinary files
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically, creating its folder if needed."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(tmp: str) -> None:
+        Path(tmp).write_text(text, encoding="utf-8")
+
+    atomic_write(path, write)
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 hex digest of a file's bytes, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def json_digest(data: dict[str, Any], without: str) -> str:
+    """SHA-256 of a JSON document's content, leaving out its own digest entry ``without``.
+
+    Taken through JSON and back first (int keys become strings, tuples lists), so the digest is the
+    same before a save and after the load, whatever the in-memory types were; keys are sorted.
+
+    >>> json_digest({"a": (1, 2), "sha256": "x"}, "sha256") == json_digest({"a": [1, 2]}, "sha256")
+    True
+    """
+    plain = json.loads(json.dumps({k: v for k, v in data.items() if k != without}))
+    return hashlib.sha256(json.dumps(plain, sort_keys=True).encode("utf-8")).hexdigest()
+
+
+def is_sha256(value: Any) -> bool:
+    """True for a SHA-256 hex digest (64 lowercase hex characters), as every save writes."""
+    return isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)

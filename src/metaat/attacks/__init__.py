@@ -10,7 +10,7 @@ import pkgutil
 from metaat.attacks.base import ATTACKS, Attack, AttackConfig, attack_mode, available, create
 
 for _module in sorted(m.name for m in pkgutil.iter_modules(__path__)):
-    if _module not in ("base", "commands"):  # commands: the CLI's, imported by metaat.cli
+    if _module != "base":
         importlib.import_module(f"{__name__}.{_module}")
 
 __all__ = ["ATTACKS", "Attack", "AttackConfig", "attack_mode", "available", "create"]

@@ -8,6 +8,9 @@ Arguments: ``version`` — ``standard`` (APGD-CE, APGD-T, FAB-T, Square), ``plus
 ``custom`` with ``attacks`` (e.g. ``("apgd-ce", "apgd-t")``, the protocol Croce & Hein use for
 union evaluations); ``seed``; ``batch_size`` (250); ``state_path`` for a resumable run.
 For ``custom``, the sub-attacks get the same settings the ``standard`` version would give them.
+Refused rather than run half-honoured: a threat that is not an Lp ball, ``plus`` at L1 (the package
+defines it for linf and l2 and only logs a warning otherwise), and a ``generator`` at call time (the
+package draws its randomness from ``seed``).
 The package re-seeds torch's global RNG; metaat runs it inside ``torch.random.fork_rng`` so the
 caller's random state is left as it was.
 
@@ -180,6 +183,11 @@ class AutoAttackConfig(AttackConfig):
             raise ValueError("version='custom' needs attacks, e.g. ('apgd-ce', 'apgd-t')")
         if self.version != "custom" and self.attacks:
             raise ValueError("attacks can only be chosen with version='custom'")
+        # Refused here rather than left to the package, which would run them without honouring them.
+        if self.threat is not None and not self.threat.is_lp:
+            raise ValueError(f"the reference AutoAttack covers Lp balls only, not {self.threat}")
+        if self.threat is not None and self.threat.norm == "l1" and self.version == "plus":
+            raise ValueError("AutoAttack version 'plus' is defined for linf and l2 only (the package flags l1)")
 
 
 def build_reference(model: nn.Module, cfg: AutoAttackConfig, device: torch.device) -> object:
@@ -187,6 +195,8 @@ def build_reference(model: nn.Module, cfg: AutoAttackConfig, device: torch.devic
     from pyautoattack import AutoAttack as ReferenceAutoAttack
 
     threat = cfg.threat
+    if threat is None:
+        raise ValueError("the reference AutoAttack needs a threat, e.g. linf:0.1")
     if cfg.version == "custom":
         aa = ReferenceAutoAttack(
             model,
@@ -230,6 +240,7 @@ class AutoAttack(Attack):
     name = "autoattack"
     config_class = AutoAttackConfig
     config: AutoAttackConfig
+    takes_generator = False  # the package seeds itself from ``seed``
 
     @property
     def version(self) -> str:
@@ -239,14 +250,14 @@ class AutoAttack(Attack):
         return self.config.batch_size or 250
 
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        view, u, ref_threat = to_reference(model, x, self.config.threat)
+        view, u, ref_threat = to_reference(model, x, self.threat)
         aa = build_reference(view, dataclasses.replace(self.config, threat=ref_threat), x.device)
         state = Path(self.config.state_path) if self.config.state_path else None
         devices = [x.device.index or 0] if x.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices), reference_logging(self.config.threat):
+        with torch.random.fork_rng(devices=devices), reference_logging(self.threat):
             # The reference uses .view() on tensors shaped like x: a non-contiguous x (a transposed or
             # channels-last batch) would crash it.
             u_adv, _ = aa.run_standard_evaluation(  # type: ignore[attr-defined]
                 u.contiguous(), y.contiguous(), batch_size=self.chunk_size(x), state_path=state
             )
-        return from_reference(u_adv, x, self.config.threat)
+        return from_reference(u_adv, x, self.threat)

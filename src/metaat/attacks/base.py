@@ -2,6 +2,10 @@
 
 An attack is a callable ``attack(model, x, y) -> x_adv`` configured by a frozen dataclass:
 
+* an attack whose output lies in a threat set (``bounded``: fgsm, pgd, autoattack, universal,
+  learned) needs that ``threat`` — there is no default; an attack whose budget is its own options
+  (``spatial`` rotations, ``corruption`` severities, a ``patch``'s size) refuses one;
+
 * the model is passed at call time, never stored;
 * the input tensor is never modified;
 * while attacking, the model is in eval mode and its parameters do not require gradients (they
@@ -27,7 +31,7 @@ from torch import nn
 from metaat.options import check_options
 from metaat.registry import Registry
 from metaat.runtime import make_generator
-from metaat.threats import ThreatModel
+from metaat.threats import UNIT_BOX, ThreatModel
 
 ATTACKS: Registry[Attack] = Registry("attack")
 
@@ -68,7 +72,7 @@ def check_model_inputs(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> No
     from metaat.models.checkpoint import unwrap
 
     param = next(model.parameters(), None)
-    if param is not None and param.is_floating_point() and x.dtype != param.dtype:
+    if param is not None and param.is_floating_point() and x.is_floating_point() and x.dtype != param.dtype:
         raise ValueError(
             f"x has dtype {x.dtype} but the model's parameters are {param.dtype}; convert x (x.to({param.dtype}))"
         )
@@ -110,7 +114,7 @@ def chunks(n: int, size: int) -> Iterator[slice]:
 class AttackConfig:
     """Options every attack has. Subclasses add their own fields."""
 
-    threat: ThreatModel
+    threat: ThreatModel | None = None
     batch_size: int | None = None
     seed: int = 0
 
@@ -120,7 +124,7 @@ class AttackConfig:
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
-        out["threat"] = str(self.threat)
+        out["threat"] = str(self.threat) if self.threat is not None else None
         return out
 
 
@@ -129,19 +133,33 @@ class Attack(ABC):
 
     name: ClassVar[str] = "attack"
     config_class: ClassVar[type[AttackConfig]] = AttackConfig
+    bounded: ClassVar[bool] = True
+    """Whether the output lies in a threat set: the attack needs a ``threat`` (False: it refuses one)."""
+    takes_generator: ClassVar[bool] = True
+    """Whether its randomness comes from the ``generator`` of a call (False: it refuses one)."""
 
-    def __init__(self, threat: str | ThreatModel, **options: Any) -> None:
+    def __init__(self, threat: str | ThreatModel | None = None, **options: Any) -> None:
         fields = {f.name for f in dataclasses.fields(self.config_class)} - {"threat"}
         unknown = sorted(set(options) - fields)
         if unknown:
             raise TypeError(
                 f"{self.name}: unknown option(s) {', '.join(unknown)}; valid options: {', '.join(sorted(fields))}"
             )
+        if self.bounded and threat is None:
+            raise TypeError(f"{self.name}: give the threat its examples must stay in, e.g. threat='linf:0.1'")
+        if not self.bounded and threat is not None:
+            raise ValueError(
+                f"{self.name} is not bounded by a threat model (its budget is its own options); "
+                f"it takes no threat, got {threat}"
+            )
         check_options(self.name, self.config_class, options)
-        self.config = self.config_class(threat=ThreatModel.parse(threat), **options)
+        self.config = self.config_class(threat=None if threat is None else ThreatModel.parse(threat), **options)
 
     @property
     def threat(self) -> ThreatModel:
+        """The threat set the examples stay in (bounded attacks only)."""
+        if self.config.threat is None:
+            raise AttributeError(f"{self.name} is not bounded by a threat model")
         return self.config.threat
 
     def __repr__(self) -> str:
@@ -156,7 +174,9 @@ class Attack(ABC):
         *,
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
-        check_inputs(x, y, self.threat.box)
+        if generator is not None and not self.takes_generator:
+            raise ValueError(f"{self.name} draws its randomness from seed={self.config.seed}; it takes no generator")
+        check_inputs(x, y, self.config.threat.box if self.config.threat is not None else UNIT_BOX)
         check_model_inputs(model, x, y)
         gen = generator if generator is not None else make_generator(self.config.seed)
         with attack_mode(model), torch.enable_grad():  # gradient attacks work inside a caller's no_grad too
@@ -176,8 +196,9 @@ class Attack(ABC):
         """Return ``x_adv`` (same shape as ``x``); the model is already in attack mode."""
 
 
-def create(name: str, threat: str | ThreatModel = "linf:0.1", **options: Any) -> Attack:
-    """Build a registered attack: ``create("pgd", threat="linf:0.1", steps=20)``."""
+def create(name: str, threat: str | ThreatModel | None = None, **options: Any) -> Attack:
+    """Build a registered attack: ``create("pgd", threat="linf:0.1", steps=20)``; an attack that is not
+    bounded by a threat model takes none: ``create("spatial", max_rotation=15)``."""
     return ATTACKS.create(name, threat, **options)
 
 

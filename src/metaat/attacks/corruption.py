@@ -2,8 +2,8 @@
 Dietterich 2019, "Benchmarking Neural Network Robustness to Common Corruptions and Perturbations";
 severities follow their CIFAR-10-C parameters, which suit 28–32 px images).
 
-Threat: a corruption family and severity, not an Lp ball — the ``threat`` argument of the attack
-contract is **not used** (corrupted images are generally far outside small Lp balls). Not
+Threat: a corruption family and severity, not an Lp ball — the attack takes no ``threat`` and
+refuses one (corrupted images are generally far outside small Lp balls). Not
 adversarial: the corruption does not look at the model, except for ``corruption="worst"``, which
 returns per point the first of the three corruptions (at the given severity) that fools the model,
 else the one with the highest loss. Noise comes from the explicit generator, drawn for the whole
@@ -97,10 +97,11 @@ def corrupt(x: torch.Tensor, corruption: str, severity: int, generator: torch.Ge
 
 @ATTACKS.register("corruption")
 class Corruption(Attack):
-    """Gaussian noise / blur / contrast at severity 1–5 (or the worst of them); the Lp threat is ignored."""
+    """Gaussian noise / blur / contrast at severity 1–5 (or the worst of them); takes no threat."""
 
     name = "corruption"
     config_class = CorruptionConfig
+    bounded = False
     config: CorruptionConfig
 
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

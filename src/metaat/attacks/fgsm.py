@@ -53,7 +53,7 @@ class FGSM(Attack):
     config: FGSMConfig
 
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        cfg, threat = self.config, self.config.threat
+        cfg, threat = self.config, self.threat
         loss_fn = get_loss(cfg.loss)
         step = cfg.step_size if cfg.step_size is not None else threat.eps
         delta0 = random_init(x, threat, generator) if cfg.random_start else torch.zeros_like(x)

@@ -6,7 +6,7 @@
   stays inside it (clipping only shrinks each coordinate of δ).
 * ``patch`` — a universal adversarial patch (Brown, Mané, Roy, Abadi, Gilmer 2017, "Adversarial
   Patch"): a ``patch_size × patch_size`` square of free pixel values pasted at a location drawn per
-  image from the generator. Threat: the patch area; the ``threat`` argument is **not used**.
+  image from the generator. Threat: the patch area — ``patch`` takes no ``threat`` and refuses one.
 
 Both are learned with ``steps`` signed-gradient steps (a few suffice). Called as an attack,
 ``attack(model, x, y)`` learns on ``(x, y)`` itself and applies the result to the same points (a
@@ -60,18 +60,23 @@ class UniversalConfig(AttackConfig):
 
 
 def project_universal(delta: torch.Tensor, threat: ThreatModel) -> torch.Tensor:
-    """Project δ onto the threat's ball ∩ [-1, 1] (no image to define a box, so the widest one).
+    """Project δ onto the threat's set ∩ [-w, w]^d, ``w`` the width of its input box (no input to
+    define a box around, so the widest one: [-1, 1]^d for pixels).
 
-    ``threats.project`` projects onto ball ∩ [-x, 1 - x]; with x = 0.5 that box is [-0.5, 0.5], and
-    because every Lp ball and this box scale together, halving δ and eps then doubling is exact.
+    ``threats.project`` projects onto set ∩ [low - c, high - c] around a point ``c``; at the box's
+    centre that is [-w/2, w/2], and because every Lp ball and this box scale together, halving δ and
+    eps then doubling is exact.
     """
-    half = ThreatModel(threat.norm, threat.eps / 2)
-    return 2 * project(delta / 2, torch.full_like(delta, 0.5), half)
+    low, high = threat.box
+    half = dataclasses.replace(threat, eps=threat.eps / 2)
+    centre = 0.5 if threat.box == (0.0, 1.0) else low + (high - low) / 2
+    return 2 * project(delta / 2, torch.full_like(delta, centre), half)
 
 
-def apply_universal(x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
-    """``clip(x + δ, 0, 1)`` with one δ (1, C, H, W) broadcast over the batch."""
-    return (x + delta.to(device=x.device, dtype=x.dtype)).clamp(0, 1)
+def apply_universal(x: torch.Tensor, delta: torch.Tensor, box: tuple[float, float] = (0.0, 1.0)) -> torch.Tensor:
+    """``clip(x + δ, box)`` with one δ (1, C, H, W) broadcast over the batch: inside the threat set
+    around each ``x`` when δ is inside the universal set of :func:`project_universal`."""
+    return (x + delta.to(device=x.device, dtype=x.dtype)).clamp(*box)
 
 
 Apply = Callable[[torch.Tensor, torch.Tensor, slice], torch.Tensor]
@@ -173,17 +178,18 @@ class Universal(Attack):
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         cfg = self.config
         delta = learn_universal(
-            model, x, y, cfg.threat, steps=cfg.steps, step_size=cfg.step_size, loss=cfg.loss, chunk=self.chunk_size(x)
+            model, x, y, self.threat, steps=cfg.steps, step_size=cfg.step_size, loss=cfg.loss, chunk=self.chunk_size(x)
         )
         return apply_universal(x, delta)
 
 
 @ATTACKS.register("patch")
 class Patch(Attack):
-    """A universal adversarial patch at random locations, learned on the batch; the Lp threat is ignored."""
+    """A universal adversarial patch at random locations, learned on the batch; takes no threat."""
 
     name = "patch"
     config_class = UniversalConfig
+    bounded = False
     config: UniversalConfig
 
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

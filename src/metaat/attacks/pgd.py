@@ -122,7 +122,7 @@ class PGD(Attack):
 
     def _one_restart(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, delta0: torch.Tensor) -> torch.Tensor:
         cfg = self.config
-        step = cfg.step_size if cfg.step_size is not None else default_step_size(cfg.threat, cfg.steps)
+        step = cfg.step_size if cfg.step_size is not None else default_step_size(self.threat, cfg.steps)
         out = torch.empty_like(x)
         for sl in chunks(x.shape[0], self.chunk_size(x)):
             out[sl] = pgd_steps(
@@ -130,7 +130,7 @@ class PGD(Attack):
                 x[sl],
                 y[sl],
                 delta0[sl],
-                threat=cfg.threat,
+                threat=self.threat,
                 steps=cfg.steps,
                 step_size=step,
                 loss_fn=get_loss(cfg.loss),
@@ -146,7 +146,7 @@ class PGD(Attack):
         # Draw every restart's start up front: the result is then independent of chunking and of
         # which points earlier restarts already broke.
         starts = [
-            random_init(x, cfg.threat, generator) if cfg.random_start else torch.zeros_like(x)
+            random_init(x, self.threat, generator) if cfg.random_start else torch.zeros_like(x)
             for _ in range(cfg.restarts)
         ]
         x_adv = self._one_restart(model, x, y, starts[0])

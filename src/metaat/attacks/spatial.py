@@ -2,9 +2,8 @@
 2019, "Exploring the Landscape of Spatial Robustness").
 
 Threat: a transformation budget, not an Lp ball — every rotation in ``±max_rotation`` degrees and
-every translation in ``±max_translation`` pixels (each axis) on a regular grid. The ``threat``
-argument of the attack contract is **not used** (the result is generally *not* inside any small Lp
-ball); it is accepted so that this attack plugs in wherever an attack does. The search is
+every translation in ``±max_translation`` pixels (each axis) on a regular grid. The attack takes no
+``threat`` (the result is generally *not* inside any small Lp ball) and refuses one. The search is
 gradient-free (exhaustive over the grid), which makes it immune to gradient masking: each point
 gets the first grid transformation (in a fixed order, identity first) that changes the prediction,
 else the one with the highest loss.
@@ -91,10 +90,11 @@ def rotate_translate(x: torch.Tensor, degrees: float, dx: float, dy: float) -> t
 
 @ATTACKS.register("spatial")
 class Spatial(Attack):
-    """Worst of a grid of rotations (±30°) and translations (±3 px); the Lp threat is ignored."""
+    """Worst of a grid of rotations (±30°) and translations (±3 px); takes no threat."""
 
     name = "spatial"
     config_class = SpatialConfig
+    bounded = False
     config: SpatialConfig
 
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

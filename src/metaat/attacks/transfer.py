@@ -42,7 +42,8 @@ from torch import nn
 
 from metaat.attacks.base import chunks
 from metaat.data.validate import validate_batch
-from metaat.models.checkpoint import atomic_write, is_sha256
+from metaat.models import model_device
+from metaat.runtime import atomic_write, is_sha256
 from metaat.threats import ThreatModel, in_threat, lp_norm
 
 FORMAT = "metaat.adversarial"
@@ -267,8 +268,6 @@ def transfer_flags(
     """``(clean, robust)`` per point for ``model``: right on the clean point; right on both.
     ``clean``: those flags when the caller already has them (several sets on the same points), so
     that only the adversarial examples go through the model."""
-    from metaat.eval.union import model_device  # metaat.eval imports metaat.attacks: not at module level
-
     known = clean is not None
     if clean is None:
         clean = torch.zeros(len(adv), dtype=torch.bool)

@@ -16,11 +16,10 @@ from metaat.defenses.base import (
     available,
     create,
     pgd_attack,
-    unwrap_model,
 )
 
 for _module in sorted(m.name for m in pkgutil.iter_modules(__path__)):
     if _module != "base":
         importlib.import_module(f"{__name__}.{_module}")
 
-__all__ = ["DEFENSES", "Defense", "DefenseConfig", "TrainContext", "available", "create", "pgd_attack", "unwrap_model"]
+__all__ = ["DEFENSES", "Defense", "DefenseConfig", "TrainContext", "available", "create", "pgd_attack"]

@@ -28,9 +28,10 @@ gradients off while they run.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any, ClassVar
 
@@ -41,6 +42,7 @@ from torch import nn
 from metaat.attacks.base import attack_mode
 from metaat.attacks.pgd import pgd_steps
 from metaat.losses import LossFn, ce
+from metaat.models import unwrap
 from metaat.options import check_options
 from metaat.registry import Registry
 from metaat.threats import ThreatModel, default_step_size, parse_threats, random_init
@@ -110,13 +112,52 @@ class DefenseConfig:
         return dataclasses.asdict(self)
 
 
+def _runs_once(setup: Callable[..., None]) -> Callable[..., None]:
+    """``setup`` that runs on the first call only (later calls, from the loop or a caller, do nothing)."""
+
+    @functools.wraps(setup)
+    def once(self: Defense, *args: Any, **kwargs: Any) -> None:
+        if not self._set_up:
+            setup(self, *args, **kwargs)
+            self._set_up = True
+
+    return once
+
+
+def _set_up_first(call: Callable[..., tuple[torch.Tensor, dict[str, float]]]) -> Callable[..., Any]:
+    """``__call__`` that runs ``setup`` (for the model, device and input shape it sees) before the first step."""
+
+    @functools.wraps(call)
+    def step(
+        self: Defense, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: TrainContext
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        self.setup(unwrap(model), x.device, ctx.num_classes, tuple(x.shape[1:]))
+        return call(self, model, x, y, ctx)
+
+    return step
+
+
 class Defense(ABC):
-    """Base class for training objectives."""
+    """Base class for training objectives.
+
+    A subclass implements ``__call__`` and, when it owns trainable state, ``setup``; the base class
+    guarantees that ``setup`` runs exactly once before the first step, whoever makes that step (the
+    training loop calls it with the model it trains; a direct call to the defense calls it with the
+    model, device and input shape it is given).
+    """
 
     name: ClassVar[str] = "defense"
     config_class: ClassVar[type[DefenseConfig]] = DefenseConfig
     multi_threat: ClassVar[bool] = False  # accepts several --threat
     single_step: ClassVar[bool] = False  # prone to catastrophic overfitting: the loop's guard defaults on
+    _set_up: bool = False  # set by the first setup()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "setup" in cls.__dict__:
+            cls.setup = _runs_once(cls.__dict__["setup"])  # type: ignore[method-assign]
+        if "__call__" in cls.__dict__ and not getattr(cls.__dict__["__call__"], "__isabstractmethod__", False):
+            cls.__call__ = _set_up_first(cls.__dict__["__call__"])  # type: ignore[method-assign]
 
     def __init__(self, threats: ThreatsArg, **options: Any) -> None:
         fields = {f.name for f in dataclasses.fields(self.config_class)}
@@ -148,10 +189,13 @@ class Defense(ABC):
         """Return the scalar training loss for this batch and metrics."""
 
     # -- extra trainable state (generators, banks), checkpointed by the loop ----------------------
-    def setup(  # noqa: B027  (an optional hook)
-        self, model: nn.Module, device: torch.device, num_classes: int, input_shape: tuple[int, ...]
-    ) -> None:
-        """Called once by the loop before training (build generators, banks, their optimizers)."""
+    @_runs_once  # noqa: B027  (an optional hook)
+    def setup(self, model: nn.Module, device: torch.device, num_classes: int, input_shape: tuple[int, ...]) -> None:
+        """Build what the defense trains besides the model (generators, banks, their optimizers).
+
+        Runs once, before the first step: the loop calls it with the model it trains; otherwise the
+        first call of the defense does. A subclass overrides it; the base class keeps it once-only.
+        """
 
     def modules(self) -> dict[str, nn.Module]:
         return {}
@@ -208,15 +252,6 @@ def pgd_attack(
     return x_adv.detach()
 
 
-def unwrap_model(model: nn.Module) -> nn.Module:
-    """The module inside a ``DistributedDataParallel`` wrapper (``model`` itself otherwise).
-
-    Call the wrapper for anything whose gradient must be synchronised; use the inner module for
-    ``torch.func.functional_call`` look-aheads (its parameter names carry no ``module.`` prefix).
-    """
-    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
-
-
 def accuracy(logits: torch.Tensor, y: torch.Tensor) -> float:
     """Share of ``logits`` whose argmax is ``y``."""
     return float((logits.detach().argmax(dim=1) == y).float().mean())
@@ -228,11 +263,6 @@ def check_steps(name: str, steps: int, step_size: float | None = None) -> None:
         raise ValueError(f"defense {name}: steps must be an integer >= 1, got {steps!r}")
     if step_size is not None and not step_size > 0:
         raise ValueError(f"defense {name}: step_size must be > 0, got {step_size!r}")
-
-
-def sample_index(weights: torch.Tensor, generator: torch.Generator) -> int:
-    """Draw one index with probability proportional to ``weights`` (CPU, from ``generator``)."""
-    return int(torch.multinomial(weights.double().cpu(), 1, generator=generator))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -12,9 +12,9 @@ preset does the same; any number of threats is accepted.
 One deliberate difference: the authors' inner attack is their APGD (10 iterations, adaptive step
 and, at L1, adaptive sparsity); here it is the same PGD-K (random start, step 2.5·eps/K, top-1 %
 L1 direction) every baseline of the benchmark uses, so that rows differ by their training rule
-only. On a SAT model APGD-CE-L1 at 10 iterations was 1.7 points stronger than this PGD-10
-(``benchmarks/results/l1_probe.json``), so E-AT's L1 examples here are slightly weaker than in
-the paper at equal cost.
+only. At L1 the reference APGD is stronger than this PGD at the same number of iterations
+(``benchmarks/l1_probe.py`` measures the gap), so E-AT's L1 examples here are slightly weaker than
+in the paper at equal cost.
 
 Threats: one or more of linf / l2 / l1. Options: ``steps`` (10), ``step_sizes`` (one per threat,
 default 2.5·eps/steps), ``random_start`` (True), ``l1_sparsity`` (0.99).
@@ -38,9 +38,9 @@ from metaat.defenses.base import (
     TrainContext,
     accuracy,
     pgd_attack,
-    sample_index,
     step_sizes_for,
 )
+from metaat.meta.sampling import sample_index
 
 
 @dataclasses.dataclass(frozen=True)

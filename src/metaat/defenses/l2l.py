@@ -109,8 +109,6 @@ class L2L(Defense):
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: TrainContext
     ) -> tuple[torch.Tensor, dict[str, float]]:
         cfg = self.config
-        if self.attacker is None:
-            self.setup(model, x.device, ctx.num_classes, tuple(x.shape[1:]))
         attacker, opt = self.attacker, self.optimizer
         assert attacker is not None and opt is not None
         t = sample_index(uniform(len(self.threats)), ctx.generator)
@@ -132,6 +130,5 @@ class L2L(Defense):
             "loss": float(loss.detach()),
             "acc": accuracy(adv, y),
             "threat": float(t),
-            "passes_est": cfg.steps + 1.0 + (1.0 if cfg.clean_weight > 0 else 0.0),
         }
         return loss, metrics

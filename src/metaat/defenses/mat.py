@@ -81,8 +81,6 @@ class MAT(Defense):
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: TrainContext
     ) -> tuple[torch.Tensor, dict[str, float]]:
         cfg = self.config
-        if self.bank is None:
-            self.setup(model, x.device, ctx.num_classes, tuple(x.shape[1:]))
         bank = self.bank
         assert bank is not None
         t = sample_index(uniform(len(self.threats)), ctx.generator)
@@ -124,5 +122,4 @@ class MAT(Defense):
             "loss": float(loss.detach()),
             "acc": accuracy(logits, y),
             "threat": float(t),
-            "passes_est": cfg.steps + 1.0,
         }

@@ -1,64 +1,33 @@
 """metaat: the library's own multi-threat recipe — a threat-conditioned learned attacker takes the
 first step and a few PGD steps refine it, on one sampled threat per batch; adaptive threat sampling
-with an L1 prior, and a consistency loss (an occasional full PGD batch is an option, off by default).
+with an L1 prior, and a consistency loss.
 
-Threat: several Lp threats (linf / l2 / l1), one per batch. Parts, each switchable for ablations:
+Threat: several Lp threats (linf / l2 / l1), one per batch. Parts, each switchable:
 
-* **inner maximisation**: from a random start (Wong et al. 2020), ``attacker_steps`` +
-  ``refine_steps`` PGD steps of ``refine_step_size · eps`` (final iterate); ``refine_by_norm``
-  (e.g. ``{linf: 1, l1: 6}``) sets the refinement per norm, to spend steps where the few-step
-  attack is weakest;
-* **learned warm start** (``learned_start``, on by default; L2L, Jiang et al. 2021,
-  threat-conditioned as in :mod:`metaat.meta`): one attacker for every threat takes the first
-  ``attacker_steps`` steps instead, optionally from a meta-pretrained attacker (``attacker_path``);
-  the PGD refinement continues from its output and the attacker is taught to land where the
-  refinement ended (``||δ_φ − δ_refined||² / ||δ_refined||²``, no extra pass). With
-  ``refine_steps=0`` the attacker's output is trained on directly and the attacker learns by
-  gradient ascent on the classifier's own loss at no extra pass (the pure L2L inner max);
-* **PGD every m-th batch** (``pgd_every``; 0 = never): a ``pgd_steps``-step PGD batch (step
-  2.5·eps/K) trains the classifier and measures the per-threat robust accuracy that drives the
-  sampler; with a learned attacker and ``distill`` > 0 the attacker, fed PGD's own first gradient
-  (no extra pass), is also taught to land where PGD-K landed;
-* **adaptive threat sampling** (E-AT-style, Croce & Hein 2022; ``adaptive``): threats where the
-  running robust accuracy (from PGD batches when there are any) is lowest are drawn more often;
-  ``l1_weight`` multiplies L1's share on top of either sampler (2 by default: every few-step L1
-  attack is far weaker than the reference one, so L1's training-time accuracy looks highest and an
-  unweighted sampler draws L1 least, about 31 % of batches — ``benchmarks/l1_probe.py``);
-* **consistency** (MNG-AC, Madaan et al. 2021; ``consistency`` = β): ``β·JS(p_clean, p_adv)``;
-  costs one more forward+backward on the clean batch;
-* **look-ahead** (MNG-AC; ``lookahead``, needs ``learned_start``): on PGD batches the attacker is
-  also meta-updated so that one classifier step on its output lowers the loss on the PGD points
-  (second order, ``torch.func.functional_call``).
+* **inner maximisation**: from a random start (Wong et al. 2020, "Fast is better than free"),
+  ``attacker_steps`` + ``refine_steps`` PGD steps (Madry et al. 2018) of ``refine_step_size · eps``
+  (final iterate); ``refine_by_norm`` (e.g. ``{linf: 1, l1: 6}``) sets the refinement per norm;
+* **learned warm start** (``learned_start``; the learned attacker of L2L, Jiang et al. 2021,
+  "Learning to Defend by Learning to Attack", threat-conditioned as in :mod:`metaat.meta`): one
+  attacker for every threat takes the first ``attacker_steps`` steps instead, optionally from a
+  meta-pretrained attacker (``attacker_path``); the PGD refinement continues from its output and the
+  attacker is taught to land where the refinement ended (``||δ_φ − δ_refined||² / ||δ_refined||²``,
+  no extra pass). With ``refine_steps=0`` the attacker's output is trained on directly and the
+  attacker learns by gradient ascent on the classifier's own loss at no extra pass (L2L's inner max);
+* **adaptive threat sampling** (Croce & Hein 2022, "Adversarial Robustness against Multiple and
+  Single lp-Threat Models via Quick Fine-Tuning of Robust Classifiers"; ``adaptive``): threats whose
+  running robust accuracy on their own training batches is lowest are drawn more often;
+  ``l1_weight`` multiplies L1's share on top of either sampler (few-step L1 attacks are weak, so
+  L1's training-time accuracy overstates its robustness and an unweighted sampler draws it least);
+* **consistency** (MNG-AC, Madaan, Shin, Hwang 2021, "Learning to Generate Noise for Multi-Attack
+  Robustness"; ``consistency`` = β): ``β·JS(p_clean, p_adv)``, one more forward+backward on the
+  clean batch.
 
-Defaults — the learned attacker's step + 3 PGD steps of 0.5·eps, consistency (β = 1), adaptive
-sampling (from the refined batches' running accuracy) with ``l1_weight`` 2, no PGD batches — cost
-1 + 3 + 2 = 6 target passes per example (``refine_steps=0``: 3; ``consistency=0``: one less;
-``pgd_every=4`` with PGD-5: 3/4 · 6 + 1/4 · (5 + 2) = 6.25; ``distill`` and ``lookahead`` act on PGD
-batches only, ``lookahead`` at 3.5 more passes on each); reported as ``passes_est`` and counted by
-the training loop's meter. Plain PGD steps instead of the attacker (``learned_start=false``) cost the
-same passes.
-
-Measured on the full protocol (``benchmarks/results/fmnist_study.json``: Fashion-MNIST, all 60,000
-training images, 5 epochs, cnn-small, reference APGD-CE + APGD-T on held-out test points
-9,000–9,999, union of L∞ 0.1 / L2 1.5 / L1 10, seeds 0 and 1; the README's benchmark section has
-the table): these defaults reach 56.4 ± 0.4 % union at 6 passes; ``max`` (33 passes) 55.0 ± 0.4 %;
-SAT with the same L1 prior (``sat-l1x2``, 11 passes) 57.1 ± 0.4 %. How the defaults were chosen:
-
-* the learned start (default since 2026-11-27): with PGD batches every 4th batch, 54.6 ± 0.4 %
-  against 52.3 ± 1.3 % for plain PGD steps (``metaat-v2``); the reduced study (10,000 images,
-  3 epochs, 300 test points, ``fmnist_small.json``) had had it 1.0 point behind; a 2-core CPU
-  retrain of seed 0 scored 54.5 % against the GPU model's 54.8 %
-  (``benchmarks/results/fmnist_cpu_check.json``);
-* no PGD batches (default since 2026-11-28; ``pgd_every=4``, the attacker distilled towards PGD-5,
-  is the study row ``metaat-v3``): 56.1 / 56.7 % on seeds 0 / 1 against 54.8 / 54.3 % — +1.3 and
-  +2.4 points on the same 1,000 points (McNemar p = 0.01 and < 0.001) at 6 passes instead of 6.25.
-  That choice was made on the held-out points themselves (the reduced study had been split: +0.7
-  with plain PGD steps, −0.3 for the learned start without the L1 prior).
-
-Ablations of these defaults on the same protocol (union, seed 0 / seed 1, points against the
-default): plain PGD steps instead of the learned attacker (``learned_start=false``) −5.8 / −4.5;
-no L1 prior (``l1_weight=1``, the sampler still adaptive) −4.2 / −3.7; no consistency term
-(``consistency=0``, 5 passes) −0.4 / −1.2; fixed threat odds (``adaptive=false``) +0.7 / 0.0.
+Passes through the target per example: 1 (update) + ``attacker_steps`` + ``refine_steps`` + 1 with
+consistency — 6 at the defaults; the training loop's cost meter counts them. The options
+``pgd_every``, ``pgd_steps``, ``distill``, ``lookahead`` and ``lookahead_lr`` add an occasional
+full PGD batch; they are kept for the presets that use them and live in
+:mod:`metaat.defenses.metaat_pgd`.
 """
 
 from __future__ import annotations
@@ -74,13 +43,13 @@ from metaat.attacks.base import attack_mode
 from metaat.attacks.pgd import pgd_steps
 from metaat.defenses.base import DEFENSES, Defense, DefenseConfig, TrainContext, accuracy
 from metaat.defenses.l2l import build_attacker
+from metaat.defenses.metaat_pgd import pgd_batch, pgd_batch_due
 from metaat.losses import ce, consistency_js
 from metaat.meta.generators import LearnedAttacker
 from metaat.meta.io import generator_record
-from metaat.meta.lookahead import lookahead_loss
-from metaat.meta.rollout import attacker_rollout, input_gradient, route_ascent
+from metaat.meta.rollout import attacker_rollout, route_ascent
 from metaat.meta.sampling import adaptive_probabilities, ema, reweight, sample_index, uniform
-from metaat.threats import NORMS, ThreatModel, default_step_size, project, random_init, threat_ascent
+from metaat.threats import NORMS, ThreatModel, random_init
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,7 +112,7 @@ class MetaATConfig(DefenseConfig):
     help="metaat's recipe: learned attacker + 3 PGD steps on an adaptively sampled threat, JS consistency (6 passes)",
 )
 class MetaAT(Defense):
-    """metaat's recipe: a learned attacker + few-step PGD on a sampled threat, occasional PGD-5, adaptive sampling."""
+    """metaat's recipe: a learned attacker's step refined by a few PGD steps on an adaptively sampled threat."""
 
     name = "metaat"
     config_class = MetaATConfig
@@ -217,35 +186,28 @@ class MetaAT(Defense):
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: TrainContext
     ) -> tuple[torch.Tensor, dict[str, float]]:
         cfg = self.config
-        if self.attacker is None and cfg.learned_start:
-            self.setup(model, x.device, ctx.num_classes, tuple(x.shape[1:]))
         attacker, opt = self.attacker, self.optimizer
         probs = self.threat_probabilities()
         t = sample_index(probs, ctx.generator)
         threat = self.threats[t]
-        use_pgd = cfg.pgd_every > 0 and self.batches % cfg.pgd_every == cfg.pgd_every - 1
+        use_pgd = pgd_batch_due(cfg, self.batches)
         self.batches += 1
         metrics: dict[str, float] = {"threat": float(t), "pgd_batch": float(use_pgd)}
-        passes = 1.0  # the training forward+backward
         with ctx.timed("attack"):
             delta0 = random_init(x, threat, ctx.generator) if cfg.random_start or use_pgd else torch.zeros_like(x)
             if attacker is not None:
                 attacker.train()
             if use_pgd:
-                x_adv, extra = self._pgd_batch(model, x, y, delta0, threat, ctx, metrics)
-                passes += extra
+                x_adv = pgd_batch(self, model, x, y, delta0, threat, ctx, metrics)
             elif attacker is None or opt is None:
                 # The default: plain PGD steps where the learned ones would go, at the same cost.
                 steps = cfg.attacker_steps + self.refine_steps_for(threat)
                 x_adv = self._pgd_from(model, x, y, delta0, threat, steps)
-                passes += steps
             else:
                 delta = attacker_rollout(attacker, model, x, y, threat, delta0=delta0, steps=cfg.attacker_steps)
-                passes += cfg.attacker_steps
                 refine = self.refine_steps_for(threat)
                 if refine > 0:
                     x_adv = self._refine(model, x, y, delta, threat, refine, ctx, metrics)
-                    passes += refine
                 else:
                     # The classifier's backward also trains the attacker (gradient ascent, no extra pass).
                     x_adv = x + route_ascent(delta, opt, sync=ctx.sync_gradients)
@@ -257,7 +219,6 @@ class MetaAT(Defense):
             js = consistency_js(clean, adv).mean()
             loss = ce(adv, y).mean() + cfg.consistency * js
             metrics["js"] = float(js.detach())
-            passes += 1.0
         else:
             adv = model(x_adv)
             loss = ce(adv, y).mean()
@@ -265,7 +226,7 @@ class MetaAT(Defense):
         acc = accuracy(adv, y)
         store = self.acc_pgd if use_pgd else self.acc_learned
         store[t] = ema(store[t], acc, cfg.ema_decay)
-        metrics.update(loss=float(loss.detach()), acc=acc, passes_est=passes)
+        metrics.update(loss=float(loss.detach()), acc=acc)
         metrics.update({f"p/{threat_i}": p for threat_i, p in zip(self.threats, probs, strict=True)})
         return loss, metrics
 
@@ -283,7 +244,7 @@ class MetaAT(Defense):
         """``steps`` PGD steps of ``refine_step_size · eps`` from the attacker's output (a learned
         warm start); the attacker is then taught to land where the refinement ended (no extra pass)."""
         x_adv = self._pgd_from(model, x, y, delta.detach(), threat, steps)
-        metrics["refine_distill"] = self._imitate(delta, x, x_adv, 1.0, ctx)
+        metrics["refine_distill"] = self.imitate(delta, x, x_adv, 1.0, ctx)
         return x_adv
 
     def _pgd_from(
@@ -305,7 +266,7 @@ class MetaAT(Defense):
                 l1_sparsity=cfg.l1_sparsity,
             ).detach()
 
-    def _imitate(
+    def imitate(
         self, delta: torch.Tensor, x: torch.Tensor, x_adv: torch.Tensor, weight: float, ctx: TrainContext
     ) -> float:
         """One attacker step on ``weight · ||δ_φ − δ_target||² / ||δ_target||²``; returns the loss."""
@@ -320,93 +281,3 @@ class MetaAT(Defense):
         opt.step()
         opt.zero_grad(set_to_none=True)
         return float(loss.detach())
-
-    def _pgd_batch(
-        self,
-        model: nn.Module,
-        x: torch.Tensor,
-        y: torch.Tensor,
-        delta0: torch.Tensor,
-        threat: ThreatModel,
-        ctx: TrainContext,
-        metrics: dict[str, float],
-    ) -> tuple[torch.Tensor, float]:
-        """PGD-K from ``delta0`` (final iterate); its first gradient is shared with the attacker's
-        distillation step. Returns ``x_adv`` and the target passes spent beyond the update."""
-        cfg = self.config
-        step = default_step_size(threat, cfg.pgd_steps)
-        grad0 = input_gradient(model, x, y, delta0)
-        direction = threat_ascent(grad0, threat, x_adv=x + delta0, l1_sparsity=cfg.l1_sparsity)
-        delta1 = project(delta0 + step * direction, x, threat)
-        x_adv = (x + delta1).clamp(*threat.box)
-        if cfg.pgd_steps > 1:
-            with attack_mode(model):
-                x_adv = pgd_steps(
-                    model,
-                    x,
-                    y,
-                    delta1,
-                    threat=threat,
-                    steps=cfg.pgd_steps - 1,
-                    step_size=step,
-                    loss_fn=ce,
-                    return_best=False,
-                    l1_sparsity=cfg.l1_sparsity,
-                )
-        x_adv = x_adv.detach()
-        passes = float(cfg.pgd_steps)
-        if cfg.distill > 0 and self.attacker is not None:
-            metrics["distill"] = self._distill_step(model, x, y, x_adv, delta0, grad0, threat, ctx)
-            passes += cfg.attacker_steps - 1
-        if cfg.lookahead and self.attacker is not None:
-            metrics["meta_loss"] = self._lookahead_step(model, x, y, x_adv, delta0, threat, ctx)
-            passes += cfg.attacker_steps + 2.5
-        return x_adv, passes
-
-    def _distill_step(
-        self,
-        model: nn.Module,
-        x: torch.Tensor,
-        y: torch.Tensor,
-        x_adv: torch.Tensor,
-        delta0: torch.Tensor,
-        grad0: torch.Tensor,
-        threat: ThreatModel,
-        ctx: TrainContext,
-    ) -> float:
-        """Teach the attacker where PGD went: φ descends ``distill · ||δ_φ − δ_pgd||² / ||δ_pgd||²``.
-
-        The first learned step reuses PGD's first gradient, so a one-step attacker costs no pass.
-        """
-        cfg, attacker, opt = self.config, self.attacker, self.optimizer
-        assert attacker is not None and opt is not None
-        delta = attacker(x, delta0, grad0, threat)
-        if cfg.attacker_steps > 1:
-            delta = attacker_rollout(attacker, model, x, y, threat, delta0=delta, steps=cfg.attacker_steps - 1)
-        return self._imitate(delta, x, x_adv, cfg.distill, ctx)
-
-    def _lookahead_step(
-        self,
-        model: nn.Module,
-        x: torch.Tensor,
-        y: torch.Tensor,
-        x_adv: torch.Tensor,
-        delta0: torch.Tensor,
-        threat: ThreatModel,
-        ctx: TrainContext,
-    ) -> float:
-        """MNG-style meta-update: φ ← φ − lr ∇_φ CE(f_θ'(x_adv)), θ' = θ − η ∇_θ CE(f_θ(x + δ_φ))."""
-        cfg, attacker, opt = self.config, self.attacker, self.optimizer
-        assert attacker is not None and opt is not None
-        start = delta0 if cfg.random_start else torch.zeros_like(x)
-        delta = attacker_rollout(attacker, model, x, y, threat, delta0=start, steps=cfg.attacker_steps)
-        meta = lookahead_loss(model, x + delta, x_adv, y, cfg.lookahead_lr)
-        params = list(attacker.parameters())
-        grads = torch.autograd.grad(meta, params, allow_unused=True)
-        opt.zero_grad(set_to_none=True)
-        for p, g in zip(params, grads, strict=True):
-            p.grad = g
-        ctx.sync_gradients(params)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        return float(meta.detach())

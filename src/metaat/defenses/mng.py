@@ -29,7 +29,7 @@ benchmark row does.
 Cost per example and batch: ``steps`` (PGD) + 2.5 (look-ahead: inner forward+backward, outer
 forward+backward and the second-order backward through the inner gradient, as the training
 loop's meter counts them; divided by ``meta_every``) + 3 (clean, adversarial and augmented
-forward+backward) target passes — 15.5 at the defaults; reported as ``passes_est``.
+forward+backward) target passes — 15.5 at the defaults.
 """
 
 from __future__ import annotations
@@ -123,8 +123,6 @@ class MNG(Defense):
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: TrainContext
     ) -> tuple[torch.Tensor, dict[str, float]]:
         cfg = self.config
-        if self.generator is None:
-            self.setup(model, x.device, ctx.num_classes, tuple(x.shape[1:]))
         gen, opt = self.generator, self.optimizer
         assert gen is not None and opt is not None
         t = sample_index(uniform(len(self.threats)), ctx.generator)
@@ -181,6 +179,5 @@ class MNG(Defense):
             acc=accuracy(adv, y),
             adv_ce=float(adv_ce.detach()),
             js=float(js.detach()),
-            passes_est=cfg.steps + (2.5 if meta_step else 0.0) + 3.0,
         )
         return loss, metrics

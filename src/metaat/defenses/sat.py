@@ -28,9 +28,9 @@ from metaat.defenses.base import (
     TrainContext,
     accuracy,
     pgd_attack,
-    sample_index,
     step_sizes_for,
 )
+from metaat.meta.sampling import sample_index
 
 
 @dataclasses.dataclass(frozen=True)

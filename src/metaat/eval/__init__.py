@@ -7,12 +7,12 @@ unseen attacks, gradient-masking checks, and reports (JSON / Markdown / HTML) fr
 """
 
 from metaat.eval.checks import CheckConfig, CheckResult, check_transfer, run_checks
-from metaat.eval.evaluate import DEFAULT_THREATS, EvalResult, evaluate
+from metaat.eval.evaluate import EVAL_THREATS, EvalResult, evaluate
 from metaat.eval.suites import SUITES, QuickSuite, ReferenceSuite, Suite, make_suite
 from metaat.eval.unseen import UnseenConfig, run_unseen
 
 __all__ = [
-    "DEFAULT_THREATS",
+    "EVAL_THREATS",
     "SUITES",
     "CheckConfig",
     "CheckResult",

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from metaat.eval.report import FORMAT, fmt_pct, md_table
+from metaat.eval.report import FORMAT, fmt_pct, leaderboard_columns, md_table
 
 
 def find_report(path: str | os.PathLike[str]) -> Path:
@@ -121,16 +121,6 @@ def leaderboard(paths: Sequence[str | os.PathLike[str]]) -> dict[str, Any]:
     return {"threats": threats, "rows": rows, "warnings": warnings, "skipped": skipped}
 
 
-def leaderboard_columns(threats: list[str], percent: str = "") -> list[str]:
-    """Column titles of the leaderboard (markdown and HTML); ``percent`` is appended to accuracy columns."""
-    accuracy = ["clean", *threats, "union"]
-    return ["#", "run", "model", "defense", "data", "n", "suite", *[a + percent for a in accuracy]] + [
-        "flags",
-        "passes/example",
-        "s/epoch",
-    ]
-
-
 def render_leaderboard_markdown(board: dict[str, Any]) -> str:
     threats = board["threats"]
     header = leaderboard_columns(threats, " (%)")
@@ -163,15 +153,3 @@ def render_leaderboard_markdown(board: dict[str, Any]) -> str:
 
 def _fmt(value: float | None) -> str:
     return "—" if value is None else f"{value:.4g}"
-
-
-def write_leaderboard(board: dict[str, Any], out_dir: str | os.PathLike[str]) -> dict[str, Path]:
-    """Write ``leaderboard.md`` and ``leaderboard.html`` into ``out_dir``."""
-    from metaat.eval.html import render_leaderboard_html
-    from metaat.eval.state import atomic_write_text
-
-    out = Path(out_dir)
-    paths = {"md": out / "leaderboard.md", "html": out / "leaderboard.html"}
-    atomic_write_text(paths["md"], render_leaderboard_markdown(board))
-    atomic_write_text(paths["html"], render_leaderboard_html(board))
-    return paths

@@ -11,11 +11,11 @@ from html import escape
 from typing import Any
 
 from metaat.eval import plots
-from metaat.eval.compare import leaderboard_columns
 from metaat.eval.report import (
     checks_summary,
     fmt_pct,
     headline_rows,
+    leaderboard_columns,
     points_text,
     protocol_text,
     training_text,
@@ -40,6 +40,8 @@ svg.figure { max-width: 100%; height: auto; background: white; display: block; }
 .figure-box { background: white; border: 1px solid #ddd; padding: 8px; margin: 8px 0; }
 .examples { display: flex; flex-wrap: wrap; gap: 14px; }
 .example { background: white; border: 1px solid #ddd; padding: 6px; font-size: 0.8rem; }
+.example .text { max-width: 420px; margin: 4px 0; }
+.example mark { background: #f7d794; }
 .example img { width: 84px; height: 84px; image-rendering: pixelated; border: 1px solid #ccc; margin: 2px; }
 """
 
@@ -73,16 +75,32 @@ def _examples(report: dict[str, Any]) -> list[str]:
     ]
     for e in report["examples"]:
         verdict = "fooled" if e["adversarial_prediction"] != e["label"] else "robust"
+        if "tokens_adversarial" in e:
+            view = _marked_text(e["tokens_clean"], e["tokens_adversarial"])
+            size = f"{int(e['perturbation_norm'])} token(s) changed"
+        else:
+            view = (
+                f'<img alt="clean" src="data:image/png;base64,{escape(e["clean_png"])}">'
+                f'<img alt="adversarial" src="data:image/png;base64,{escape(e["adversarial_png"])}">'
+                f'<img alt="perturbation" src="data:image/png;base64,{escape(e["perturbation_png"])}">'
+            )
+            size = f"norm {e['perturbation_norm']:.3g}"
         out.append(
             f'<div class="example"><div>{escape(e["threat"])} · point {e["index"]} · label {e["label"]}</div>'
-            f'<img alt="clean" src="data:image/png;base64,{e["clean_png"]}">'
-            f'<img alt="adversarial" src="data:image/png;base64,{e["adversarial_png"]}">'
-            f'<img alt="perturbation" src="data:image/png;base64,{e["perturbation_png"]}">'
-            f"<div>prediction {e['clean_prediction']} → {e['adversarial_prediction']} ({verdict}), "
-            f"norm {e['perturbation_norm']:.3g}</div></div>"
+            f"{view}<div>prediction {e['clean_prediction']} → {e['adversarial_prediction']} ({verdict}), "
+            f"{size}</div></div>"
         )
     out.append("</div>")
     return out
+
+
+def _marked_text(clean: list[str], adversarial: list[str]) -> str:
+    """The clean and the adversarial text, escaped, with the changed tokens in ``<mark>``."""
+    marked = [
+        f"<mark>{escape(str(tok))}</mark>" if i >= len(clean) or tok != clean[i] else escape(str(tok))
+        for i, tok in enumerate(adversarial)
+    ]
+    return f'<p class="text">{" ".join(escape(str(t)) for t in clean)}</p><p class="text">{" ".join(marked)}</p>'
 
 
 def render_html(report: dict[str, Any]) -> str:

@@ -217,6 +217,11 @@ def unseen_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
                 "value": unseen["corruptions"]["mean"],
             }
         )
+    for key, part in (unseen.get("domain") or {}).items():
+        queries = f" ({part['queries']} queries per point)" if part.get("queries") is not None else ""
+        rows.append(
+            {"section": "domain", "key": f"domain/{key}", "label": part["label"] + queries, "value": part["accuracy"]}
+        )
     if "universal" in unseen:
         u = unseen["universal"]
         for threat, value in u["perturbation"].items():
@@ -237,6 +242,16 @@ def unseen_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
             }
         )
     return rows
+
+
+def leaderboard_columns(threats: list[str], percent: str = "") -> list[str]:
+    """Column titles of the leaderboard (markdown and HTML); ``percent`` is appended to accuracy columns."""
+    accuracy = ["clean", *threats, "union"]
+    return ["#", "run", "model", "defense", "data", "n", "suite", *[a + percent for a in accuracy]] + [
+        "flags",
+        "passes/example",
+        "s/epoch",
+    ]
 
 
 def md_table(header: list[str], rows: list[list[str]], align: str) -> list[str]:
@@ -363,17 +378,3 @@ def _flat_timings(timings: dict[str, Any]) -> dict[str, Any]:
         else:
             out[k] = v
     return out
-
-
-def write_reports(report: dict[str, Any], out_dir: str | os.PathLike[str]) -> dict[str, Path]:
-    """Write ``report.json``, ``report.md`` and ``report.html`` into ``out_dir``; return their paths."""
-    from metaat.eval.html import render_html
-    from metaat.eval.state import atomic_write_text
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = {"json": out / "report.json", "md": out / "report.md", "html": out / "report.html"}
-    atomic_write_text(paths["json"], json.dumps(report, indent=2, ensure_ascii=False) + "\n")
-    atomic_write_text(paths["md"], render_markdown(report))
-    atomic_write_text(paths["html"], render_html(report))
-    return paths

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from metaat.models.checkpoint import atomic_write, json_digest
+from metaat.runtime import atomic_write_text, json_digest
 
 FORMAT = "metaat.eval-state"
 VERSION = 1
@@ -43,16 +43,6 @@ def model_digest(model: nn.Module) -> str:
         digest.update(name.encode())
         digest.update(tensor_digest(value).encode())
     return digest.hexdigest()
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary file next to ``path``, then rename it onto ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-
-    def write(tmp: str) -> None:
-        Path(tmp).write_text(text, encoding="utf-8")
-
-    atomic_write(path, write)
 
 
 def flags_to_text(flags: torch.Tensor) -> str:

@@ -28,6 +28,7 @@ from torch import nn
 from metaat.attacks.base import attack_mode
 from metaat.eval.state import EvalState
 from metaat.eval.suites import Suite
+from metaat.models import model_device
 from metaat.threats import ThreatModel, in_threat
 
 Progress = Callable[[str, int, int], None]
@@ -70,13 +71,6 @@ class ThreatOutcome:
 def fraction(flags: torch.Tensor) -> float:
     """Share of True entries as an exact Python float (count / n, no float32 rounding)."""
     return int(flags.sum()) / flags.numel() if flags.numel() else 0.0
-
-
-def model_device(model: nn.Module) -> torch.device:
-    """Where the model's parameters (else buffers) live; CPU for a model with neither."""
-    for t in (*model.parameters(), *model.buffers()):
-        return t.device
-    return torch.device("cpu")
 
 
 def predict(model: nn.Module, x: torch.Tensor, chunk: int) -> torch.Tensor:

@@ -17,6 +17,7 @@ Robust accuracies (sweep, spatial, universal) count a point only when it is also
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,10 +28,11 @@ from metaat.attacks.base import attack_mode
 from metaat.attacks.corruption import CORRUPTIONS, SEVERITIES, corrupt
 from metaat.attacks.patch import apply_patch, apply_universal, learn_patch, learn_universal, patch_locations
 from metaat.attacks.spatial import Spatial
-from metaat.eval.suites import QuickSuite, Suite, make_suite, point_seed
-from metaat.eval.union import fraction, model_device, predict
+from metaat.eval.suites import QuickSuite, Suite, make_suite
+from metaat.eval.union import fraction, predict
 from metaat.losses import get_loss
-from metaat.runtime import make_generator
+from metaat.models import model_device
+from metaat.runtime import derive_seed, make_generator
 from metaat.threats import NORMS, ThreatModel
 
 DEFAULT_EPS: dict[str, float] = {"linf": 0.1, "l2": 1.5, "l1": 10.0}
@@ -74,12 +76,15 @@ class UnseenConfig:
 
 
 def sweep_threats(threats: tuple[ThreatModel, ...], cfg: UnseenConfig) -> list[ThreatModel]:
-    """Every (norm, eps) of the sweep, evaluated norms around their eps, others around the defaults."""
+    """Every (norm, eps) of the sweep, evaluated norms around their eps, others around the defaults
+    (pixel radii: outside the pixel box only the evaluated norms are swept), in the threats' box."""
     base = {t.norm: t.eps for t in threats}
+    box = threats[0].box if threats else (0.0, 1.0)
+    norms = cfg.sweep_norms if box == (0.0, 1.0) else tuple(n for n in cfg.sweep_norms if n in base)
     out: list[ThreatModel] = []
-    for norm in cfg.sweep_norms:
+    for norm in norms:
         eps0 = base.get(norm, DEFAULT_EPS[norm])
-        out.extend(ThreatModel(norm, round(eps0 * f, 10)) for f in sorted(cfg.sweep_factors))
+        out.extend(ThreatModel(norm, round(eps0 * f, 10), box=box) for f in sorted(cfg.sweep_factors))
     return out
 
 
@@ -107,13 +112,13 @@ def eps_sweep(
         idx = clean.nonzero().squeeze(1)
         for s in range(0, idx.numel(), chunk):
             ids = idx[s : s + chunk]
-            x_adv = suite.attack(model, x[ids], y[ids], ids_all[ids], threat, point_seed(seed, "sweep"))
+            x_adv = suite.attack(model, x[ids], y[ids], ids_all[ids], threat, derive_seed(seed, "sweep"))
             flags[ids] = (predict(model, x_adv, chunk) == y[ids]).cpu()
         curves.setdefault(threat.norm, []).append(
             {"eps": threat.eps, "accuracy": _accuracy(flags), "evaluated": str(threat) in evaluated}
         )
-    first = sweep_threats(threats, cfg)[0]
-    return {"suite": cfg.sweep_suite, "attacks": suite.describe(first), "curves": curves}
+    swept = sweep_threats(threats, cfg)
+    return {"suite": cfg.sweep_suite, "attacks": suite.describe(swept[0]) if swept else [], "curves": curves}
 
 
 def _sweep_suite(model: nn.Module, x: torch.Tensor, cfg: UnseenConfig) -> Suite:
@@ -130,7 +135,7 @@ def _classes(model: nn.Module, x: torch.Tensor) -> int:
 def spatial(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, clean: torch.Tensor, cfg: UnseenConfig, chunk: int
 ) -> dict[str, Any]:
-    attack = Spatial("linf:0.1", max_rotation=cfg.max_rotation, max_translation=cfg.max_translation, batch_size=chunk)
+    attack = Spatial(max_rotation=cfg.max_rotation, max_translation=cfg.max_translation, batch_size=chunk)
     x_adv = attack(model, x, y)
     flags = (predict(model, x_adv, chunk) == y) & clean
     return {
@@ -150,7 +155,7 @@ def corruptions(
     for name in cfg.corruptions:
         row = {}
         for severity in cfg.severities:
-            gen = make_generator(point_seed(seed, "corruption", name, severity))
+            gen = make_generator(derive_seed(seed, "corruption", name, severity))
             xc = corrupt(x, name, severity, gen)
             acc = _accuracy(predict(model, xc, chunk) == y)
             row[str(severity)] = acc
@@ -189,7 +194,7 @@ def universal(
             delta = learn_universal(model, xf, yf, threat, steps=cfg.universal_steps, chunk=chunk)
             flags[score] = (predict(model, apply_universal(x[score], delta), chunk) == y[score]).cpu()
         perturbation[str(threat)] = _accuracy(flags & clean)
-    gen = make_generator(point_seed(seed, "patch"))
+    gen = make_generator(derive_seed(seed, "patch"))
     size = min(cfg.patch_size, x.shape[2], x.shape[3])
     for fit, score in folds:
         xf, yf = holdout if holdout is not None else (x[fit], y[fit])
@@ -204,6 +209,37 @@ def universal(
         "perturbation": perturbation,
         "patch": {"size": size, "accuracy": _accuracy(patch_flags & clean)},
     }
+
+
+DomainUnseen = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor, int, int], dict[str, dict[str, Any]]]
+"""``fn(model, x, y, clean, seed, chunk) -> {key: {"label": str, "accuracy": float, "queries": int}}``:
+one family of a domain's unseen perturbations, each accuracy the exact worst case over its (small,
+searched exhaustively or by grid) set, counted only on clean-correct points."""
+
+UNSEEN_BY_RANK: dict[int, list[tuple[str, DomainUnseen]]] = {}
+"""A domain's unseen-perturbation families by input rank (1: signals), registered by the domain."""
+
+
+def register_unseen(rank: int, name: str, fn: DomainUnseen) -> DomainUnseen:
+    """Run ``fn`` in the unseen section of every evaluation of rank-``rank`` inputs."""
+    family = UNSEEN_BY_RANK.setdefault(rank, [])
+    if any(existing == name for existing, _ in family):
+        raise ValueError(f"unseen family {name!r} is already registered for rank {rank}")
+    family.append((name, fn))
+    return fn
+
+
+def domain_unseen(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, clean: torch.Tensor, seed: int, chunk: int
+) -> dict[str, dict[str, Any]] | None:
+    """Every registered family for ``x``'s rank, merged (None when the rank has none)."""
+    families = UNSEEN_BY_RANK.get(x.dim() - 2, [])
+    if not families:
+        return None
+    out: dict[str, dict[str, Any]] = {}
+    for _name, fn in families:
+        out.update(fn(model, x, y, clean, seed, chunk))
+    return out
 
 
 def run_unseen(
@@ -228,15 +264,24 @@ def run_unseen(
         if holdout is not None:
             holdout = (holdout[0].to(device), holdout[1].to(device))
         clean = (predict(model, x, chunk) == y).cpu()
-        parts: list[tuple[str, Any]] = [
-            ("eps_sweep", lambda: eps_sweep(model, x, y, clean, threats, cfg, seed, chunk)),
-            ("spatial", lambda: spatial(model, x, y, clean.to(device), cfg, chunk) if cfg.spatial else None),
-            ("corruptions", lambda: corruptions(model, x, y, cfg, seed, chunk) if cfg.corruptions else None),
-            (
-                "universal",
-                lambda: universal(model, x, y, clean, threats, cfg, seed, chunk, holdout) if cfg.universal else None,
-            ),
-        ]
+        sweep = ("eps_sweep", lambda: eps_sweep(model, x, y, clean, threats, cfg, seed, chunk))
+        parts: list[tuple[str, Any]]
+        if not x.is_floating_point():  # token ids: the domain's own unseen families only
+            parts = [("domain", lambda: domain_unseen(model, x, y, clean, seed, chunk))]
+        elif x.dim() != 4:  # signals: the eps sweep, then the domain's own unseen families
+            parts = [sweep, ("domain", lambda: domain_unseen(model, x, y, clean, seed, chunk))]
+        else:
+            parts = [
+                sweep,
+                ("spatial", lambda: spatial(model, x, y, clean.to(device), cfg, chunk) if cfg.spatial else None),
+                ("corruptions", lambda: corruptions(model, x, y, cfg, seed, chunk) if cfg.corruptions else None),
+                (
+                    "universal",
+                    lambda: (
+                        universal(model, x, y, clean, threats, cfg, seed, chunk, holdout) if cfg.universal else None
+                    ),
+                ),
+            ]
         for name, fn in parts:
             t0 = time.perf_counter()
             value = fn()

@@ -1,12 +1,14 @@
 """The meta-learners: generator networks, the learned attacker, the universal-perturbation bank,
 the functional look-ahead and meta-pretraining over tasks.
 
->>> from metaat.meta import LearnedAttacker, count_parameters
+>>> from metaat.meta import LearnedAttacker
+>>> from metaat.models import count_parameters
 >>> count_parameters(LearnedAttacker(in_channels=1)) < 100_000
 True
 """
 
-from metaat.meta.bank import PerturbationBank, apply_universal, project_universal, refine_universal
+from metaat.meta.attack import LearnedAttack, LearnedConfig
+from metaat.meta.bank import PerturbationBank, refine_universal
 from metaat.meta.generators import (
     GENERATORS,
     AttackerSpec,
@@ -14,7 +16,6 @@ from metaat.meta.generators import (
     NoiseGenerator,
     NoiseSpec,
     build_generator,
-    count_parameters,
     threat_features,
 )
 from metaat.meta.io import generator_record, load_generator, save_generator
@@ -25,15 +26,15 @@ from metaat.meta.rollout import attacker_rollout, input_gradient, route_ascent
 __all__ = [
     "GENERATORS",
     "AttackerSpec",
+    "LearnedAttack",
     "LearnedAttacker",
+    "LearnedConfig",
     "NoiseGenerator",
     "NoiseSpec",
     "PerturbationBank",
     "PretrainConfig",
-    "apply_universal",
     "attacker_rollout",
     "build_generator",
-    "count_parameters",
     "functional_logits",
     "generator_record",
     "input_gradient",
@@ -41,7 +42,6 @@ __all__ = [
     "lookahead_loss",
     "lookahead_parameters",
     "pretrain",
-    "project_universal",
     "refine_universal",
     "route_ascent",
     "save_generator",

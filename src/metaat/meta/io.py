@@ -9,7 +9,6 @@ spec in their JSON state. No pickle anywhere.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -20,20 +19,12 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from metaat.meta.generators import build_generator
-from metaat.models.checkpoint import is_sha256
+from metaat.runtime import file_sha256, is_sha256
 
 WEIGHTS_NAME = "generator.safetensors"
 SPEC_NAME = "generator.json"
 FORMAT = "metaat.generator"
 FORMAT_VERSION = 1
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def generator_record(gen: nn.Module) -> dict[str, Any]:
@@ -67,7 +58,7 @@ def save_generator(gen: nn.Module, out_dir: str | os.PathLike[str], metadata: di
         "version": FORMAT_VERSION,
         **record,
         "weights": WEIGHTS_NAME,
-        "sha256": _sha256(weights),
+        "sha256": file_sha256(weights),
         "num_parameters": sum(p.numel() for p in gen.parameters()),
         "metadata": metadata or {},
     }
@@ -121,7 +112,7 @@ def load_generator(path: str | os.PathLike[str], device: str | torch.device = "c
             raise ValueError(
                 f"{sidecar}: no valid sha256 of the weights (got {meta.get('sha256')!r}); re-save the generator"
             )
-        if _sha256(weights) != meta["sha256"]:
+        if file_sha256(weights) != meta["sha256"]:
             raise ValueError(f"{weights}: checksum mismatch with {SPEC_NAME} (corrupt or from another save)")
         try:
             state = load_file(str(weights), device="cpu")

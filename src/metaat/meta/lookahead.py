@@ -21,21 +21,17 @@ from torch import nn
 from torch.func import functional_call
 
 from metaat.losses import LossFn, ce
-
-
-def _plain(model: nn.Module) -> nn.Module:
-    """The module inside a DistributedDataParallel wrapper (the model itself otherwise)."""
-    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+from metaat.models.modules import unwrap
 
 
 def trainable_parameters(model: nn.Module) -> dict[str, torch.Tensor]:
     """The parameters the look-ahead differentiates through (those with ``requires_grad``)."""
-    return {name: p for name, p in _plain(model).named_parameters() if p.requires_grad}
+    return {name: p for name, p in unwrap(model).named_parameters() if p.requires_grad}
 
 
 def functional_logits(model: nn.Module, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
     """``model(x)`` evaluated with ``params`` substituted (buffers cloned, the module is untouched)."""
-    inner = _plain(model)
+    inner = unwrap(model)
     buffers = {name: b.clone() for name, b in inner.named_buffers()}
     return functional_call(inner, {**buffers, **params}, (x,), strict=False)
 

@@ -10,13 +10,20 @@ threat in play.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 
-def sample_index(probs: list[float], generator: torch.Generator) -> int:
-    """One index drawn from ``probs`` with the explicit ``generator``."""
-    weights = torch.tensor(probs, dtype=torch.float64, device=generator.device)
-    return int(torch.multinomial(weights, 1, generator=generator).item())
+def sample_index(weights: Sequence[float] | torch.Tensor, generator: torch.Generator) -> int:
+    """One index drawn with probability proportional to ``weights`` (a list or a tensor), from the
+    explicit ``generator`` (in float64 on the generator's device).
+
+    >>> sample_index([0.0, 1.0, 0.0], torch.Generator().manual_seed(0))
+    1
+    """
+    probs = torch.as_tensor(weights, dtype=torch.float64).to(generator.device)
+    return int(torch.multinomial(probs, 1, generator=generator).item())
 
 
 def uniform(n: int) -> list[float]:

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +11,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from metaat.models.modules import unwrap
 from metaat.registry import UnknownNameError
+from metaat.runtime import atomic_write, file_sha256, is_sha256
 
 WEIGHTS_NAME = "model.safetensors"
 SPEC_NAME = "model.json"
@@ -40,57 +39,6 @@ def checkpoint_paths(path: str | os.PathLike[str]) -> tuple[Path, Path]:
             f"or the {WEIGHTS_NAME} file"
         )
     return p / WEIGHTS_NAME, p / SPEC_NAME
-
-
-def atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    """Call ``write(tmp_name)`` on a temporary file next to ``path``, then rename it onto ``path``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; models, states and reports are ordinary files
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def json_digest(data: dict[str, Any], without: str) -> str:
-    """SHA-256 of a JSON document's content, leaving out its own digest entry ``without``.
-
-    Taken through JSON and back first (int keys become strings, tuples lists), so the digest is the
-    same before a save and after the load, whatever the in-memory types were; keys are sorted.
-    """
-    plain = json.loads(json.dumps({k: v for k, v in data.items() if k != without}))
-    return hashlib.sha256(json.dumps(plain, sort_keys=True).encode("utf-8")).hexdigest()
-
-
-def is_sha256(value: Any) -> bool:
-    """True for a SHA-256 hex digest (64 lowercase hex characters), as every save writes."""
-    return isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The module carrying ``metaat_spec``, looking through DDP (``.module``) and ``torch.compile``."""
-    seen = model
-    for _ in range(4):
-        if hasattr(seen, "metaat_spec"):
-            return seen
-        inner = getattr(seen, "module", None) or getattr(seen, "_orig_mod", None)
-        if not isinstance(inner, nn.Module):
-            break
-        seen = inner
-    return model
 
 
 def get_spec(model: nn.Module) -> dict[str, Any]:
@@ -124,7 +72,7 @@ def save_model(model: nn.Module, path: str | os.PathLike[str]) -> Path:
         "version": FORMAT_VERSION,
         "spec": spec,
         "weights": weights.name,
-        "sha256": _sha256(weights),
+        "sha256": file_sha256(weights),
         "num_parameters": sum(p.numel() for p in inner.parameters()),
     }
 
@@ -214,7 +162,7 @@ def load_model(path: str | os.PathLike[str], device: str | torch.device = "cpu")
             f"{sidecar}: no valid sha256 of the weights (got {digest!r}); without it a corrupt weights file "
             "would load silently. Re-save the model with metaat.models.save_model"
         )
-    if _sha256(weights) != digest:
+    if file_sha256(weights) != digest:
         raise CheckpointError(
             f"{weights}: checksum mismatch with {sidecar.name} (the weights file is corrupt, truncated "
             f"or from another save)"

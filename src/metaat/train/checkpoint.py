@@ -20,7 +20,6 @@ a complete checkpoint exists on disk. Reading verifies checksums; a corrupt or t
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import random
@@ -33,8 +32,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from metaat.models import CheckpointError, get_spec, save_model
-from metaat.models.checkpoint import json_digest
+from metaat.models import CheckpointError, get_spec, save_model, unwrap
+from metaat.runtime import file_sha256, json_digest
 
 CHECKPOINT = "checkpoint"
 PREVIOUS = "checkpoint.prev"
@@ -57,14 +56,6 @@ class LoadedCheckpoint:
 
 
 # -- files -----------------------------------------------------------------------------------------
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _fsync(path: Path) -> None:
@@ -102,10 +93,9 @@ def write_checkpoint(
             get_spec(model)
             save_model(model, tmp)
         except ValueError:  # a model not built by metaat.models.create: weights only
-            inner = getattr(model, "module", model)
-            save_file(_cpu(inner.state_dict()), str(weights))
+            save_file(_cpu(unwrap(model).state_dict()), str(weights))
         save_file(_cpu(tensors), str(tmp / STATE_TENSORS))
-        files = {MODEL_WEIGHTS: sha256(weights), STATE_TENSORS: sha256(tmp / STATE_TENSORS)}
+        files = {MODEL_WEIGHTS: file_sha256(weights), STATE_TENSORS: file_sha256(tmp / STATE_TENSORS)}
         payload = {"format": FORMAT, "version": FORMAT_VERSION, **state, "files": files}
         payload[STATE_DIGEST] = state_digest(payload)
         (tmp / STATE_JSON).write_text(json.dumps(payload, indent=1, sort_keys=True) + "\n", encoding="utf-8")
@@ -176,7 +166,7 @@ def read_checkpoint(path: str | os.PathLike[str]) -> LoadedCheckpoint:
         if not file.is_file():
             raise FileNotFoundError(f"checkpoint file {file} is missing{hint}")
         expected = state.get("files", {}).get(name)
-        if expected is not None and sha256(file) != expected:
+        if expected is not None and file_sha256(file) != expected:
             raise CheckpointError(f"{file}: checksum mismatch (the file is corrupt or truncated){hint}")
         try:
             loaded[name] = load_file(str(file), device="cpu")

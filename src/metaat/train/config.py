@@ -1,4 +1,4 @@
-"""The typed, frozen configuration of one training run, its YAML form and the default threats.
+"""The typed, frozen configuration of one training run and its YAML form.
 
 Precedence: dataclass defaults < ``--config`` YAML file < command-line overrides. The fully
 resolved config (threat radii filled in) is written to ``runs/<name>/config.yaml`` and into every
@@ -23,31 +23,11 @@ from typing import Any
 
 import yaml
 
-from metaat.threats import ThreatModel, parse_threats
-
-DEFAULT_THREATS: dict[str, float] = {"linf": 0.1, "l2": 1.5, "l1": 10.0}
-"""Benchmark radii for Fashion-MNIST, in [0, 1] pixel space — the one place they are set. A threat
-given without a radius (``linf``, ``l2``, ``l1``) takes its radius from here."""
+from metaat.threats import DEFAULT_THREATS, ThreatModel, parse_threats, resolve_threat
 
 OPTIMIZERS: tuple[str, ...] = ("sgd", "adam")
 SCHEDULES: tuple[str, ...] = ("onecycle", "cosine", "piecewise", "constant")
 TRACKERS: tuple[str, ...] = ("none", "mlflow", "tensorboard")
-
-
-def resolve_threat(text: str | ThreatModel) -> str:
-    """``"linf:0.1"`` stays, a bare norm (``"l2"``) gets its radius from :data:`DEFAULT_THREATS`."""
-    if isinstance(text, ThreatModel):
-        return str(text)
-    name = str(text).strip().lower()
-    if ":" not in name:
-        if name in ("inf", "l_inf"):
-            name = "linf"
-        if name not in DEFAULT_THREATS:
-            raise ValueError(
-                f"threat {text!r}: give 'norm:eps' (e.g. linf:0.1) or a bare norm, one of {', '.join(DEFAULT_THREATS)}"
-            )
-        return f"{name}:{DEFAULT_THREATS[name]:g}"
-    return str(ThreatModel.parse(name))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -220,3 +200,6 @@ def _coerce(name: str, value: Any, hint: Any) -> Any:
     if name == "threats" and isinstance(value, list):
         return tuple(value)
     return value
+
+
+__all__ = ["DEFAULT_THREATS", "OPTIMIZERS", "SCHEDULES", "TRACKERS", "TrainConfig", "resolve_threat"]

@@ -16,7 +16,11 @@ def attack_cmd(
     model: Annotated[str, typer.Option(help="checkpoint folder, run folder or model .safetensors")],
     attack: Annotated[str | None, typer.Option(help="attack name (metaat list attacks) [default: pgd]")] = None,
     threat: Annotated[
-        str | None, typer.Option(help="threat model, e.g. linf:0.1, l2:1.5, l1:10 [default: linf:0.1]")
+        str | None,
+        typer.Option(
+            help="threat model, e.g. linf:0.1, l2:1.5, l1:10 [default: linf:0.1 for an attack bounded by one; "
+            "spatial, corruption and patch take none]"
+        ),
     ] = None,
     data: Annotated[
         str | None, typer.Option(help="dataset name (metaat list datasets) [default: fashion-mnist]")
@@ -64,7 +68,7 @@ def attack_cmd(
     _attack(
         model,
         attack or "pgd",
-        threat or "linf:0.1",
+        threat,
         data or "fashion-mnist",
         data_dir,
         1000 if n is None else n,
@@ -97,7 +101,7 @@ def _probe(net: Any, x: Any, y: Any, data: str) -> None:
 def _attack(
     model: str,
     attack: str,
-    threat: str,
+    threat: str | None,
     data: str,
     data_dir: Path | None,
     n: int,
@@ -123,8 +127,7 @@ def _attack(
     from metaat.models import locate_model, resolve_model
     from metaat.models.checkpoint import recorded_sha256
     from metaat.runtime import resolve_device, seed_everything, set_threads
-    from metaat.threats import in_threat
-    from metaat.train.config import resolve_threat
+    from metaat.threats import in_threat, resolve_threat
 
     try:
         if save is not None and save.suffix != ".safetensors":
@@ -139,7 +142,13 @@ def _attack(
             opts["path"] = str(generator)
         if batch_size is not None:
             opts["batch_size"] = batch_size
-        threat = resolve_threat(threat)  # a bare norm takes its default radius, as in train
+        bounded = bool(getattr(attacks.ATTACKS.get(attack), "bounded", True))
+        if bounded and threat is None:
+            threat = "linf:0.1"  # the documented default of --threat
+        if threat is not None:
+            threat = resolve_threat(threat)  # a bare norm takes its default radius, as in train
+        if save is not None and not bounded:
+            raise ValueError(f"--save keeps examples of an attack bounded by a threat model; {attack} takes none")
         atk = attacks.create(attack, threat=threat, seed=seed, **opts)
     except (ValueError, TypeError, KeyError, FileNotFoundError, RuntimeError) as err:
         fail(str(err))
@@ -154,12 +163,12 @@ def _attack(
     t0 = time.perf_counter()
     try:
         with Progress(console=console, transient=True) as progress:
-            task = progress.add_task(f"{attack} {threat}", total=len(y))
+            task = progress.add_task(f"{attack} {threat or ''}", total=len(y))
             for sl in chunks(len(y), step):
                 xb, yb = x[sl], y[sl]
                 with torch.no_grad():
                     clean_ok[sl] = (net.eval()(xb).argmax(1) == yb).cpu()
-                x_adv = atk(net, xb, yb, generator=gen)
+                x_adv = atk(net, xb, yb, generator=gen if atk.takes_generator else None)
                 with torch.no_grad():
                     robust_ok[sl] = (net(x_adv).argmax(1) == yb).cpu() & clean_ok[sl]
                 if save is not None:
@@ -212,7 +221,7 @@ def _attack(
         typer.echo(json.dumps(result))
     else:
         typer.echo(
-            f"{attack} {threat} on {len(y)} points: clean {100 * clean_acc:.2f} %, "
+            f"{attack}{' ' + threat if threat else ''} on {len(y)} points: clean {100 * clean_acc:.2f} %, "
             f"robust {100 * robust_acc:.2f} % ({seconds:.1f} s)"
         )
         if save is not None:

@@ -14,7 +14,9 @@ from typing import Annotated
 
 import typer
 
-DEMO_THREATS = ["linf:0.1", "l2:1.5", "l1:10"]
+from metaat.threats import DEFAULT_THREATS, resolve_threat
+
+DEMO_THREATS = [resolve_threat(norm) for norm in DEFAULT_THREATS]
 
 
 def demo_cmd(
@@ -35,8 +37,8 @@ def demo_cmd(
 
     from rich.console import Console
 
-    from metaat.eval.commands import eval_cmd
-    from metaat.train.commands import train_cmd
+    from metaat.cli.eval import eval_cmd
+    from metaat.cli.train import train_cmd
 
     console = Console(stderr=True)
     if fresh and out.exists():

@@ -1,7 +1,8 @@
 """The ``metaat`` command, generated from the registries (typer + rich).
 
-Subsystems add their commands from their own modules (``register(app)``), listed in
-``_COMMAND_MODULES``; adding an algorithm to a registry never needs a CLI edit.
+This package is the only place that imports typer, and nothing in the library imports it. Each
+command lives in its own module here (``attack``, ``train``, ``eval``/``compare``, ``meta-pretrain``,
+``demo``) exposing ``register(app)``; adding an algorithm to a registry never needs a CLI edit.
 """
 
 from __future__ import annotations
@@ -25,11 +26,11 @@ console = Console(stderr=True)
 
 # Modules exposing ``register(app: typer.Typer) -> None``.
 _COMMAND_MODULES: list[str] = [
-    "metaat.attacks.commands",
-    "metaat.train.commands",
-    "metaat.eval.commands",
-    "metaat.meta.commands",
-    "metaat.demo",
+    "metaat.cli.attack",
+    "metaat.cli.train",
+    "metaat.cli.eval",
+    "metaat.cli.meta",
+    "metaat.cli.demo",
 ]
 
 
@@ -39,6 +40,7 @@ class Family(str, Enum):
     attacks = "attacks"
     defenses = "defenses"
     losses = "losses"
+    presets = "presets"
 
 
 def error_line(message: str) -> None:
@@ -62,6 +64,7 @@ def registry_of(family: str) -> Any:
 
         return MODELS
     if family == "attacks":
+        import metaat.meta  # noqa: F401  (registers the learned attack)
         from metaat.attacks import ATTACKS
 
         return ATTACKS
@@ -77,7 +80,15 @@ def registry_of(family: str) -> Any:
 
 @app.command("list")
 def list_cmd(family: Annotated[Family, typer.Argument(help="what to list")]) -> None:
-    """List the registered datasets, models, attacks, defenses or losses."""
+    """List the registered datasets, models, attacks, defenses or losses, or the training presets."""
+    if family.value == "presets":
+        from metaat.train.presets import available, describe
+
+        names = available()
+        width = max((len(n) for n in names), default=0)
+        for name in names:
+            typer.echo(f"{name:{width}s}  {describe(name)}")
+        return
     reg = registry_of(family.value)
     for name in reg.available():
         typer.echo(f"{name:18s} {reg.describe(name)}")
@@ -117,7 +128,3 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:  # pragma: no cover
         console.print("interrupted")
         raise SystemExit(130) from None
-
-
-if __name__ == "__main__":  # pragma: no cover
-    main()

@@ -101,7 +101,7 @@ def _with_transfer_checks(result: Any, model: Any, x: Any, y: Any, transferred: 
     import dataclasses
 
     from metaat.eval.checks import check_transfer
-    from metaat.eval.union import model_device
+    from metaat.models import model_device
 
     device = model_device(model)
     extra = []
@@ -120,7 +120,8 @@ def eval_cmd(
     data: Annotated[str | None, typer.Option(help="dataset (default: the run's, else fashion-mnist)")] = None,
     data_dir: Annotated[Path | None, typer.Option(help="folder holding the dataset files")] = None,
     threat: Annotated[
-        list[str] | None, typer.Option("--threat", help="threat, repeatable (default: linf:0.1 l2:1.5 l1:10)")
+        list[str] | None,
+        typer.Option("--threat", help="threat, repeatable (default: the dataset's own; images: linf:0.1 l2:1.5 l1:10)"),
     ] = None,
     n: Annotated[
         int, typer.Option("--n", "--points", help="number of test points (--points under torchrun, see below)")
@@ -170,14 +171,14 @@ def eval_cmd(
 
     import metaat.data as datasets
     from metaat.cli import fail
-    from metaat.eval.evaluate import DEFAULT_THREATS, evaluate
-    from metaat.eval.report import build_report, read_run_config, write_reports
+    from metaat.eval.evaluate import EVAL_THREATS, evaluate
+    from metaat.eval.output import write_reports
+    from metaat.eval.report import build_report, read_run_config
     from metaat.eval.state import StateMismatchError
     from metaat.eval.union import Shard
     from metaat.runtime import resolve_device, seed_everything, set_threads
-    from metaat.threats import parse_threats
+    from metaat.threats import parse_threats, resolve_threat
     from metaat.train import distributed
-    from metaat.train.config import resolve_threat  # a bare norm takes its default radius, as in train
 
     err_console = Console(stderr=True)
     dist_info = distributed.DistInfo()
@@ -185,7 +186,6 @@ def eval_cmd(
         set_threads(threads)
         dist_info, dev = distributed.init_from_env(resolve_device(device))
         seed_everything(seed)
-        threats = parse_threats(tuple(resolve_threat(t) for t in threat) if threat else tuple(DEFAULT_THREATS))
         if suite not in ("quick", "apgd", "standard"):
             raise ValueError(f"unknown suite {suite!r}; valid suites: apgd, quick, standard")
         model, path, run = load_target(target)
@@ -193,6 +193,7 @@ def eval_cmd(
         name = data or config.get("data") or "fashion-mnist"
         folder = data_dir if data_dir is not None else config.get("data_dir") if data is None else None
         info = datasets.info(name)
+        threats = parse_threats(tuple(resolve_threat(t) for t in threat) if threat else (info.threats or EVAL_THREATS))
         check_data_fits(getattr(model, "metaat_spec", None), name, info)
         x, y = datasets.load(name, "test", data_dir=folder, n=n, start=start)
         holdout = None
@@ -296,7 +297,8 @@ def compare_cmd(
 ) -> None:
     """Leaderboard of evaluated runs, sorted by union robust accuracy, with training cost."""
     from metaat.cli import fail
-    from metaat.eval.compare import leaderboard, render_leaderboard_markdown, write_leaderboard
+    from metaat.eval.compare import leaderboard, render_leaderboard_markdown
+    from metaat.eval.output import write_leaderboard
 
     try:
         board = leaderboard(list(runs))

@@ -1,9 +1,9 @@
-"""``metaat train``: train a model with a defense, from flags and/or a YAML preset, or resume a run.
+"""``metaat train``: train a model with a defense, from flags and/or a recipe, or resume a run.
 
-Precedence: defaults < ``--config FILE`` < flags. ``--option key=value`` sets a defense option
-(repeatable). ``--resume RUN`` continues a run from its last checkpoint with its saved config; only
-``--epochs``, ``--threads``, ``--device``, ``--tracker``, ``--log-every`` and
-``--checkpoint-every`` may change then.
+Precedence: defaults < ``--preset NAME`` (``metaat list presets``) or ``--config FILE`` < flags.
+``--option key=value`` sets a defense option (repeatable). ``--resume RUN`` continues a run from its
+last checkpoint with its saved config; only ``--epochs``, ``--threads``, ``--device``, ``--tracker``,
+``--log-every`` and ``--checkpoint-every`` may change then.
 """
 
 from __future__ import annotations
@@ -61,16 +61,22 @@ def train_cmd(
     checkpoint_every: Annotated[int | None, typer.Option(help="also checkpoint every N steps (0: epoch ends)")] = None,
     log_every: Annotated[int | None, typer.Option(help="write a metrics line every N steps (0: epochs only)")] = None,
     option: Annotated[list[str] | None, typer.Option("--option", "-o", help="defense option key=value")] = None,
-    config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML preset, e.g. configs/pgd.yaml")] = None,
+    config: Annotated[
+        Path | None, typer.Option("--config", "-c", help="YAML config, e.g. configs/presets/pgd10-linf.yaml")
+    ] = None,
+    preset: Annotated[
+        str | None, typer.Option("--preset", "-p", help="a named recipe: metaat list presets (e.g. default)")
+    ] = None,
     out: Annotated[Path | None, typer.Option(help="run folder (default runs/<defense>-<norms>)")] = None,
     resume: Annotated[Path | None, typer.Option(help="continue the run in this folder")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="print nothing but errors")] = False,
 ) -> None:
     """Train a model with a defense; checkpoints, metrics.jsonl and final/ go to the run folder."""
     from metaat.models import CheckpointError
+    from metaat.train import TrainingError, train
     from metaat.train.checkpoint import read_checkpoint
     from metaat.train.config import TrainConfig
-    from metaat.train.loop import TrainingError, saved_config, train
+    from metaat.train.resume import saved_config
 
     flags: dict[str, Any] = {
         "data": data,
@@ -102,8 +108,8 @@ def train_cmd(
     try:
         options = parse_options(option)
         if resume is not None:
-            if config is not None:
-                raise ValueError("--config cannot be combined with --resume (the run's saved config is used)")
+            if config is not None or preset is not None:
+                raise ValueError("--config/--preset cannot be combined with --resume (the run's saved config is used)")
             if out is not None and out.resolve() != resume.resolve():
                 raise ValueError("--out cannot differ from --resume (a run continues in its own folder)")
             fixed = sorted(set(overrides) - set(_RESUME_FLAGS)) + (["option"] if options else [])
@@ -115,7 +121,12 @@ def train_cmd(
             cfg = saved_config(read_checkpoint(resume).state, **overrides)
             run_dir = resume
         else:
-            base = TrainConfig.from_yaml(config) if config is not None else TrainConfig()
+            if config is not None and preset is not None:
+                raise ValueError("--config and --preset both name a recipe; give one")
+            from metaat.train.presets import preset_path
+
+            source = preset_path(preset) if preset is not None else config
+            base = TrainConfig.from_yaml(source) if source is not None else TrainConfig()
             values = base.to_dict()
             if "defense" in overrides and overrides["defense"] != base.defense:
                 values["options"] = {}  # a preset's options belong to its own defense
