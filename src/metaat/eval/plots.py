@@ -19,6 +19,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from metaat.registry import load_domains  # noqa: E402
+
 NORM_LABELS = {"linf": "L∞", "l2": "L2", "l1": "L1"}
 COLOURS = {"clean": "#4c72b0", "union": "#c44e52", "threat": "#55a868", "upper": "#a6a6a6"}
 
@@ -65,6 +67,7 @@ def example_pngs(x: torch.Tensor, x_adv: torch.Tensor, scale: float) -> dict[str
     """The report's view of one example: clean, adversarial and perturbation pictures. Images are
     drawn as images; signals ``(C, T)`` as one trace per channel (adversarial in red over clean); a
     rank with a registered :data:`EXAMPLE_VIEWS` entry (text) by that view."""
+    load_domains()  # the built-in domains register their views on import
     if x.dim() - 1 in EXAMPLE_VIEWS:
         return EXAMPLE_VIEWS[x.dim() - 1](x, x_adv)
     delta = x_adv - x
