@@ -6,6 +6,7 @@ import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -48,6 +49,8 @@ class DatasetInfo:
     splits: tuple[str, ...] = ("train", "test")
     threats: tuple[str, ...] = ()
     """The domain's standard evaluation threats, radii in its own units (empty: the pixel defaults)."""
+    model_kwargs: tuple[tuple[str, Any], ...] = ()
+    """Arguments every model built for this dataset gets (text: ``("vocab", "mr")``)."""
 
     def __post_init__(self) -> None:
         if self.domain not in DOMAIN_RANKS:

@@ -149,6 +149,7 @@ class Defense(ABC):
     name: ClassVar[str] = "defense"
     config_class: ClassVar[type[DefenseConfig]] = DefenseConfig
     multi_threat: ClassVar[bool] = False  # accepts several --threat
+    discrete: ClassVar[bool] = False  # trains against discrete edit sets (text's syn:k, typo:k)
     single_step: ClassVar[bool] = False  # prone to catastrophic overfitting: the loop's guard defaults on
     _set_up: bool = False  # set by the first setup()
 
@@ -173,6 +174,13 @@ class Defense(ABC):
                 f"defense {self.name} trains against one threat; got {len(self.threats)} "
                 f"({', '.join(map(str, self.threats))}). Multi-threat defenses: "
                 + ", ".join(n for n in DEFENSES.available() if DEFENSES.get(n).multi_threat)  # type: ignore[attr-defined]
+            )
+        discrete = [str(t) for t in self.threats if not t.continuous]
+        if discrete and not self.discrete:
+            raise ValueError(
+                f"defense {self.name} attacks continuous threat sets; {', '.join(discrete)} "
+                "is a set of discrete edits. Defenses for discrete edits: "
+                + ", ".join(n for n in DEFENSES.available() if DEFENSES.get(n).discrete)  # type: ignore[attr-defined]
             )
         check_options(f"defense {self.name}", self.config_class, options)
         self.config = self.config_class(**options)

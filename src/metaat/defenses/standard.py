@@ -28,6 +28,7 @@ class Standard(Defense):
 
     name = "standard"
     multi_threat = True  # it ignores them
+    discrete = True
 
     def __call__(
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: TrainContext

@@ -145,7 +145,9 @@ def train(
         x_eval, y_eval = x_eval[: config.eval_n], y_eval[: config.eval_n]
     seed_everything(config.seed)  # the model's initial weights depend on the seed only
     box = meta.box if meta.box != (0.0, 1.0) else None
-    model = models.create(config.model, meta.num_classes, meta.in_channels, meta.image_size, box=box)
+    model = models.create(
+        config.model, meta.num_classes, meta.in_channels, meta.image_size, box=box, **dict(meta.model_kwargs)
+    )
     return fit(
         model, defense, x, y, config, out_dir, x_eval, y_eval, resume=resume, quiet=quiet, num_classes=meta.num_classes
     )

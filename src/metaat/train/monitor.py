@@ -22,6 +22,18 @@ from metaat.train import distributed
 EVAL_CHUNK = 250
 
 
+def monitor_attack(threat: Any, steps: int) -> Any:
+    """PGD-``steps`` for a continuous threat; for a set of discrete edits (text), the first of its
+    kind's evaluation attacks (a search, not PGD)."""
+    if threat.continuous:
+        return create_attack("pgd", threat=threat, steps=steps)
+    kind = threat.kind
+    if kind is None or not kind.evaluation_attacks:
+        raise ValueError(f"threat {threat} has no attack to monitor it with (its kind names no evaluation attack)")
+    name, options = kind.evaluation_attacks[0]
+    return create_attack(name, threat=threat, **dict(options))
+
+
 def evaluate(
     model: nn.Module,
     x: torch.Tensor,
@@ -51,7 +63,7 @@ def evaluate(
             with torch.no_grad():
                 clean_ok[start : start + len(yb)] = (model(xb).argmax(dim=1) == yb).cpu()
             for i, threat in enumerate(threats):
-                attack = create_attack("pgd", threat=threat, steps=steps)
+                attack = monitor_attack(threat, steps)
                 gen = make_generator(derive_seed("eval", seed, i, start, scheme="sha256"))
                 x_adv = attack(model, xb, yb, generator=gen)
                 with torch.no_grad():
