@@ -193,3 +193,15 @@ def test_registry_and_option_errors() -> None:
     options: dict[str, Any] = {"batch_size": 64}
     names = [a.name for a in default_attacks("syn:1", space=space, **options)]
     assert names[0] == "text-exhaustive" and "text-genetic" in names
+
+
+def test_genetic_respects_its_query_budget() -> None:
+    space = _space()
+    ids = _encode(space, ["the film was terrible and boring", "a great film"])
+    y = torch.tensor([0, 1])
+    model = _cnn(space, 2)
+    attack = GeneticAttack("typo:2", space=space, population=8, generations=50, max_queries=400)
+    result = attack.run(model, ids, y)
+    longest = max(len(space.vocab.word(int(t))) for t in ids.flatten() if int(t) > 1)
+    one_position = 26 * (longest - 1) + 4 * longest  # inserts + other edits at one position, at most
+    assert (result.queries <= 400 + one_position + 8).all()

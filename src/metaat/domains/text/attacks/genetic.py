@@ -12,8 +12,9 @@ A population of ``population`` perturbed texts evolves for at most ``generations
 * stop at the first member that is misclassified, or when ``max_queries`` is spent.
 
 The language-model filter of the paper is left out (no language model here); the set itself
-(synonyms or typos) is what keeps the text valid. Query budget: at most ``max_queries`` scored
-texts per example (default 5,000; each distinct text is scored once).
+(synonyms or typos) is what keeps the text valid. Query budget: no mutation starts once
+``max_queries`` texts are scored (default 5,000; each distinct text is scored once), so an example
+costs at most ``max_queries`` plus one position's candidates plus one population.
 """
 
 from __future__ import annotations
@@ -67,9 +68,18 @@ class _Scorer:
 
 
 def _perturb(
-    row: torch.Tensor, orig: torch.Tensor, edits: EditSpace, positions: list[int], score: _Scorer, gen: torch.Generator
+    row: torch.Tensor,
+    orig: torch.Tensor,
+    edits: EditSpace,
+    positions: list[int],
+    score: _Scorer,
+    gen: torch.Generator,
+    limit: int,
 ) -> torch.Tensor:
-    """One mutation: the best allowed edit at a random position that has one."""
+    """One mutation: the best allowed edit at a random position that has one (none once ``limit``
+    queries are spent)."""
+    if score.queries >= limit:
+        return row
     for t in torch.randperm(len(positions), generator=gen).tolist():
         pos = positions[t]
         rows = []
@@ -100,13 +110,14 @@ class GeneticAttack(TextAttack):
         for b in range(len(y)):
             orig, label = ids[b], int(y[b])
             score = _Scorer(model, label, self.rows)
+            limit = config.max_queries
             _, wrong = score(orig[None])
             positions = edits.editable(orig.numpy())
             if bool(wrong[0]) or not positions:
                 queries[b] = score.queries
                 continue
             pop = torch.stack(
-                [_perturb(orig, orig, edits, positions, score, generator) for _ in range(config.population)]
+                [_perturb(orig, orig, edits, positions, score, generator, limit) for _ in range(config.population)]
             )
             best = orig
             for _ in range(config.generations):
@@ -122,7 +133,7 @@ class GeneticAttack(TextAttack):
                     take = torch.rand(orig.shape[0], generator=generator) < 0.5
                     child = torch.where(take, pop[a], pop[c])
                     child = _revert(child, orig, edits, generator)
-                    children.append(_perturb(child, orig, edits, positions, score, generator))
+                    children.append(_perturb(child, orig, edits, positions, score, generator, limit))
                 pop = torch.stack(children)
             adv[b] = best
             queries[b] = score.queries
