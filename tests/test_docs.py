@@ -134,3 +134,29 @@ def test_getting_started_shows_the_readme_python_that_a_test_runs() -> None:
         return re.findall(r"```python\n(.*?)```", path.read_text(encoding="utf-8"), flags=re.S)[0]
 
     assert first_python(ROOT / "docs" / "getting-started.md") == first_python(README)
+
+
+def _resolves(dotted: str) -> bool:
+    """Whether ``metaat.a.b`` names a module or an attribute reachable from one."""
+    parts = dotted.split(".")
+    for cut in range(len(parts), 0, -1):
+        try:
+            obj: object = importlib.import_module(".".join(parts[:cut]))
+        except ImportError:
+            continue
+        for name in parts[cut:]:
+            if not hasattr(obj, name):
+                return False
+            obj = getattr(obj, name)
+        return True
+    return False
+
+
+def test_the_names_the_guides_mention_exist() -> None:
+    """Every ``metaat.…`` name in backticks on the README and the guide pages (the studies quote
+    history) is a module or an object a reader can import."""
+    pages = [README, *(p for p in sorted((ROOT / "docs").rglob("*.md")) if "studies" not in p.parts)]
+    named = {m for page in pages for m in re.findall(r"`(metaat(?:\.\w+)+)", page.read_text(encoding="utf-8"))}
+    assert len(named) > 5, named
+    missing = sorted(name for name in named if not _resolves(name))
+    assert not missing, f"the docs name objects that do not exist: {missing}"
