@@ -197,11 +197,12 @@ def test_registry_and_option_errors() -> None:
 
 def test_genetic_respects_its_query_budget() -> None:
     space = _space()
-    ids = _encode(space, ["the film was terrible and boring", "a great film"])
-    y = torch.tensor([0, 1])
-    model = _cnn(space, 2)
-    attack = GeneticAttack("typo:2", space=space, population=8, generations=50, max_queries=400)
-    result = attack.run(model, ids, y)
+    ids = _encode(space, TEXTS)
+    model = _cnn(space, 0)
+    y = model(ids).argmax(1)  # every example correct: the attack has to work for each
     longest = max(len(space.vocab.word(int(t))) for t in ids.flatten() if int(t) > 1)
-    one_position = 26 * (longest - 1) + 4 * longest  # inserts + other edits at one position, at most
-    assert (result.queries <= 400 + one_position + 8).all()
+    bound = 400 + 26 * (longest - 1) + 4 * longest + 8  # budget + one position's edits + one population
+    capped = GeneticAttack("typo:2", space=space, population=8, generations=50, max_queries=400).run(model, ids, y)
+    free = GeneticAttack("typo:2", space=space, population=8, generations=50, max_queries=10**6).run(model, ids, y)
+    assert (capped.queries <= bound).all()
+    assert int(free.queries.max()) > bound  # the cap is what held it
