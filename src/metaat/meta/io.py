@@ -5,6 +5,11 @@ records ``kind`` (``attacker`` or ``noise``), the architecture ``spec``, the wei
 free-form ``metadata`` (how it was trained). :func:`load_generator` also finds the attacker inside
 a training run folder (``runs/<name>/``) or its ``checkpoint/``, where the defenses record the
 spec in their JSON state. No pickle anywhere.
+
+A channel-shared attacker (:mod:`metaat.meta.shared`, made by ``metaat meta-pretrain --tasks``) is
+saved the same way (kind ``attacker-shared``); :func:`load_attacker` returns a plain
+:class:`~metaat.meta.generators.LearnedAttacker` for given input channels and rank from either kind,
+checking the artifact's domain, rank and channels, each mismatch a one-line ``ValueError``.
 """
 
 from __future__ import annotations
@@ -18,7 +23,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from metaat.meta.generators import build_generator
+from metaat.meta.generators import LearnedAttacker, build_generator
+from metaat.meta.shared import SHARED_KIND, ChannelSharedAttacker, build_shared
 from metaat.runtime import file_sha256, is_sha256
 
 WEIGHTS_NAME = "generator.safetensors"
@@ -70,7 +76,10 @@ def save_generator(gen: nn.Module, out_dir: str | os.PathLike[str], metadata: di
 def rebuild(record: dict[str, Any], state: dict[str, torch.Tensor], source: str) -> nn.Module:
     """A generator from its record and weights; a mismatch is a one-line ``ValueError``."""
     try:
-        gen = build_generator(str(record["kind"]), dict(record["spec"]))
+        if record.get("kind") == SHARED_KIND:
+            gen: nn.Module = build_shared(dict(record["spec"]))
+        else:
+            gen = build_generator(str(record["kind"]), dict(record["spec"]))
     except (KeyError, TypeError, ValueError) as err:
         raise ValueError(f"{source}: cannot rebuild the generator: {err}") from err
     expected = set(gen.state_dict())
@@ -86,6 +95,50 @@ def rebuild(record: dict[str, Any], state: dict[str, torch.Tensor], source: str)
             f"{source}: weights do not match the {record['kind']} spec: {str(err).splitlines()[0]}"
         ) from err
     return gen.eval()
+
+
+def read_card(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The ``metadata`` of the generator saved at ``path`` (``{}`` for a run folder or no sidecar)."""
+    p = Path(path).expanduser()
+    sidecar = (p.parent if p.suffix in (".json", ".safetensors") else p) / SPEC_NAME
+    if not sidecar.is_file():
+        return {}
+    try:
+        meta = json.loads(sidecar.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{sidecar}: not a readable generator spec ({err})") from err
+    found = meta.get("metadata") if isinstance(meta, dict) else None
+    return found if isinstance(found, dict) else {}
+
+
+def load_attacker(
+    path: str | os.PathLike[str],
+    in_channels: int,
+    rank: int,
+    *,
+    domain: str | None = None,
+    device: str | torch.device = "cpu",
+) -> LearnedAttacker:
+    """A :class:`LearnedAttacker` for ``(B, in_channels, ...)`` inputs of spatial ``rank`` (2 images,
+    1 signals) from a saved attacker or a run; a channel-shared attacker is specialised to
+    ``in_channels``. Refused with one line: another kind of generator, another rank, another channel
+    count (a plain attacker) or, when ``domain`` is given and the card records one, another domain."""
+    gen = load_generator(path)
+    if isinstance(gen, ChannelSharedAttacker):
+        card = read_card(path).get("cross_task", {})
+        recorded = card.get("domain") if isinstance(card, dict) else None
+        if domain is not None and recorded is not None and recorded != domain:
+            raise ValueError(f"{path}: attacker pretrained on the {recorded} domain, not {domain}")
+        if gen.spec.rank != rank:
+            raise ValueError(f"{path}: attacker built for rank-{gen.spec.rank} inputs, data has rank {rank}")
+        return gen.specialise(in_channels).to(device)
+    if not isinstance(gen, LearnedAttacker):
+        raise ValueError(f"{path} holds a {getattr(gen, 'kind', '?')} generator, not a learned attacker")
+    if gen.spec.rank != rank:
+        raise ValueError(f"{path}: attacker built for rank-{gen.spec.rank} inputs, data has rank {rank}")
+    if gen.spec.in_channels != in_channels:
+        raise ValueError(f"{path}: attacker built for {gen.spec.in_channels} channels, data has {in_channels}")
+    return gen.to(device)
 
 
 def load_generator(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> nn.Module:

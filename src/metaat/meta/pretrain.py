@@ -22,12 +22,13 @@ It attacks unseen models (``metaat attack --attack learned --generator DIR``) an
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import os
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol, cast
 
 import torch
 from torch import nn
@@ -108,6 +109,49 @@ def fgsm_delta(
     return project(delta0 + threat.eps * step, x, threat)
 
 
+def train_target(
+    arch: str,
+    kind: str,
+    stages: tuple[int, ...],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    num_classes: int,
+    threats: list[ThreatModel] | tuple[ThreatModel, ...],
+    generator: torch.Generator,
+    *,
+    lr: float = 1e-3,
+    batch_size: int = 128,
+) -> list[tuple[int, nn.Module]]:
+    """Train one ``arch`` by ``kind`` (``standard`` CE, or ``fast``: FGSM with random start on a random
+    threat per batch) and freeze a copy at every stage: ``[(stage, frozen model), ...]``."""
+    from metaat.models import create  # models are data for the meta-learner; built on demand
+
+    c, size = x.shape[1], x.shape[-1]
+    model = create(arch, num_classes=num_classes, in_channels=c, image_size=size).to(x.device)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    batches = _batches(x.shape[0], batch_size, generator)
+    done = 0
+    frozen_copies: list[tuple[int, nn.Module]] = []
+    for stage in stages:
+        while done < stage:
+            idx = next(batches).to(x.device)
+            xb, yb = x[idx], y[idx]
+            if kind == "fast":
+                threat = threats[int(torch.randint(len(threats), (1,), generator=generator))]
+                xb = xb + fgsm_delta(model, xb, yb, threat, random_init(xb, threat, generator))
+            model.train()
+            loss = ce(model(xb.detach()), yb).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            done += 1
+        frozen = create(arch, num_classes=num_classes, in_channels=c, image_size=size).to(x.device)
+        frozen.load_state_dict(model.state_dict())
+        frozen.eval().requires_grad_(False)
+        frozen_copies.append((stage, frozen))
+    return frozen_copies
+
+
 def train_targets(
     cfg: PretrainConfig,
     x: torch.Tensor,
@@ -117,67 +161,70 @@ def train_targets(
     log: Callable[[str], None],
 ) -> list[tuple[str, nn.Module]]:
     """Train each architecture × kind and freeze a copy at every stage: the target-model pool."""
-    from metaat.models import create  # models are data for the meta-learner; built on demand
-
     threats = parse_threats(list(cfg.threats))
     pool: list[tuple[str, nn.Module]] = []
-    c, size = x.shape[1], x.shape[-1]
     for arch in cfg.models:
         for kind in cfg.target_kinds:
-            model = create(arch, num_classes=num_classes, in_channels=c, image_size=size).to(x.device)
-            opt = torch.optim.Adam(model.parameters(), lr=cfg.target_lr)
-            batches = _batches(x.shape[0], cfg.batch_size, generator)
-            done = 0
-            for stage in cfg.stages:
-                while done < stage:
-                    idx = next(batches).to(x.device)
-                    xb, yb = x[idx], y[idx]
-                    if kind == "fast":
-                        threat = threats[int(torch.randint(len(threats), (1,), generator=generator))]
-                        xb = xb + fgsm_delta(model, xb, yb, threat, random_init(xb, threat, generator))
-                    model.train()
-                    loss = ce(model(xb.detach()), yb).mean()
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-                    done += 1
-                frozen = create(arch, num_classes=num_classes, in_channels=c, image_size=size).to(x.device)
-                frozen.load_state_dict(model.state_dict())
-                frozen.eval().requires_grad_(False)
-                pool.append((f"{arch}/{kind}/{stage}", frozen))
-            log(f"trained targets {arch}/{kind} up to step {done}")
+            frozen = train_target(
+                arch,
+                kind,
+                cfg.stages,
+                x,
+                y,
+                num_classes,
+                threats,
+                generator,
+                lr=cfg.target_lr,
+                batch_size=cfg.batch_size,
+            )
+            pool += [(f"{arch}/{kind}/{stage}", model) for stage, model in frozen]
+            log(f"trained targets {arch}/{kind} up to step {cfg.stages[-1]}")
     return pool
 
 
+class AdaptSettings(Protocol):
+    """What :func:`attack_loss` and :func:`adapt` read from a configuration (frozen dataclasses fit)."""
+
+    @property
+    def random_start(self) -> bool: ...
+    @property
+    def attacker_steps(self) -> int: ...
+    @property
+    def inner_steps(self) -> int: ...
+    @property
+    def inner_lr(self) -> float: ...
+
+
 def attack_loss(
-    attacker: LearnedAttacker,
+    attacker: nn.Module,
     task: Task,
     x: torch.Tensor,
     y: torch.Tensor,
-    cfg: PretrainConfig,
+    cfg: AdaptSettings,
     generator: torch.Generator,
 ) -> torch.Tensor:
     """Mean CE of the task's target on the attacker's points (the quantity the attacker maximises)."""
     delta0 = random_init(x, task.threat, generator) if cfg.random_start else torch.zeros_like(x)
-    delta = attacker_rollout(attacker, task.model, x, y, task.threat, delta0=delta0, steps=cfg.attacker_steps)
+    rollout_attacker = cast(LearnedAttacker, attacker)  # any module with the attacker's forward (e.g. channel-shared)
+    delta = attacker_rollout(rollout_attacker, task.model, x, y, task.threat, delta0=delta0, steps=cfg.attacker_steps)
     with attack_mode(task.model):
         return ce(task.model(x + delta), y).mean()
 
 
 def adapt(
-    attacker: LearnedAttacker,
+    attacker: nn.Module,
     task: Task,
     batch: Callable[[], tuple[torch.Tensor, torch.Tensor]],
-    cfg: PretrainConfig,
+    cfg: AdaptSettings,
     generator: torch.Generator,
-) -> tuple[LearnedAttacker, float]:
-    """A copy of ``attacker`` after ``inner_steps`` Adam ascent steps on ``task`` (fresh optimizer),
-    and the attack loss at the last step."""
-    fast = LearnedAttacker(attacker.spec).to(next(attacker.parameters()).device)
-    fast.load_state_dict(attacker.state_dict())
+    steps: int | None = None,
+) -> tuple[nn.Module, float]:
+    """A copy of ``attacker`` after ``steps`` (default ``cfg.inner_steps``) Adam ascent steps on
+    ``task`` (fresh optimizer), and the attack loss at the last step."""
+    fast = copy.deepcopy(attacker)
     opt = torch.optim.Adam(fast.parameters(), lr=cfg.inner_lr)
     value = 0.0
-    for _ in range(cfg.inner_steps):
+    for _ in range(cfg.inner_steps if steps is None else steps):
         xb, yb = batch()
         loss = attack_loss(fast, task, xb, yb, cfg, generator)
         opt.zero_grad(set_to_none=True)
@@ -244,7 +291,8 @@ def pretrain(
     pool = train_targets(cfg, x, y, num_classes, generator, log)
     tasks = [Task(f"{name}@{t}", model, t) for name, model in pool for t in threats]
 
-    attacker = LearnedAttacker(AttackerSpec(in_channels=x.shape[1], hidden=cfg.hidden, depth=cfg.depth)).to(dev)
+    spec = AttackerSpec(in_channels=x.shape[1], hidden=cfg.hidden, depth=cfg.depth, rank=x.dim() - 2)
+    attacker = LearnedAttacker(spec).to(dev)
     outer = torch.optim.Adam(attacker.parameters(), lr=cfg.inner_lr) if cfg.algorithm == "fomaml" else None
     stream = _batches(x.shape[0], cfg.batch_size, generator)
 
