@@ -91,7 +91,9 @@ def _config(name: str, **changes: Any) -> TrainConfig:
     return base.replace(**changes)
 
 
-@pytest.mark.parametrize("name", defenses.available())
+@pytest.mark.parametrize(
+    "name", [n for n in defenses.available() if not defenses.DEFENSES.get(n).__module__.startswith("metaat.domains.")]
+)
 def test_every_defense_trains_on_cuda_and_its_model_loads_on_cpu(name: str, tmp_path: Path) -> None:
     result = train(_config(name), tmp_path, quiet=True)
     assert result.status == "completed" and result.final_model is not None
