@@ -38,8 +38,17 @@ TABLE = {
 }
 
 
+NEIGHBOURS = {
+    "terrible": ("awful", "boring"),  # awful is a synonym: dropped from the neighbour table
+    "boring": ("tedious", "plot"),
+    "great": ("fun", "good"),
+    "film": ("plot",),
+    "good": ("fun",),
+}
+
+
 def _space() -> TextSpace:
-    return TextSpace.from_table(build_vocab([WORDS, WORDS], min_count=1), TABLE)
+    return TextSpace.from_table(build_vocab([WORDS, WORDS], min_count=1), TABLE, NEIGHBOURS)
 
 
 class BagOfWords(nn.Module):
@@ -101,23 +110,37 @@ def _attacks(threat: str, space: TextSpace) -> list[TextAttack]:
     return out
 
 
-@pytest.mark.parametrize("threat", ["syn:1", "syn:2", "typo:1", "typo:2"])
+@pytest.mark.parametrize("threat", ["syn:1", "syn:2", "nbr:1", "nbr:2", "typo:1", "typo:2"])
 def test_attacks_stay_in_their_set_and_leave_the_input_alone(threat: str) -> None:
     space = _space()
     ids = _encode(space, TEXTS)
     y = torch.tensor([0, 0, 1, 1, 0, 1])
     before = ids.clone()
     k = int(threat.split(":")[1])
-    contains = syn_contains if threat.startswith("syn") else typo_contains
+    kind = threat.split(":")[0]
     for seed in (0, 1):
         model = _cnn(space, seed)
         for attack in _attacks(threat, space):
             result = attack.run(model, ids, y)
             assert torch.equal(ids, before), attack
             assert result.adv.dtype == torch.int64 and result.adv.shape == ids.shape
-            assert contains(result.adv, ids, k, space).all(), (attack, threat)
+            inside = (
+                typo_contains(result.adv, ids, k, space)
+                if kind == "typo"
+                else syn_contains(result.adv, ids, k, space, kind)
+            )
+            assert inside.all(), (attack, threat)
             assert (result.queries >= 1).all()
             assert not model.training
+
+
+def test_neighbour_table_is_disjoint_from_synonyms() -> None:
+    space = _space()
+    v = space.vocab.index
+    assert space.neighbours(v["terrible"]).tolist() == [v["boring"]]
+    assert space.neighbours(v["great"]).tolist() == [v["fun"]]  # good is a synonym
+    for i in range(len(space.vocab)):
+        assert not set(space.neighbours(i).tolist()) & set(space.substitutes(i).tolist())
 
 
 def test_attacks_find_the_known_weak_spot() -> None:
@@ -184,7 +207,7 @@ def test_registry_and_option_errors() -> None:
         assert isinstance(ATTACKS.create(name, "syn:1", space=space), TextAttack)
     with pytest.raises(ValueError, match="k = 1"):
         ExhaustiveAttack("syn:2", space=space)
-    with pytest.raises(ValueError, match="syn:k or typo:k"):
+    with pytest.raises(ValueError, match="syn:k, nbr:k or typo:k"):
         GreedyAttack("linf:0.1", space=space)
     with pytest.raises(ValueError, match="ranking"):
         GreedyAttack("syn:1", space=space, ranking="random")

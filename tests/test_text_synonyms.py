@@ -94,6 +94,20 @@ def test_filter_keeps_close_synonyms_and_never_antonyms() -> None:
     assert "film" not in tight  # distance filter applies
 
 
+def test_nearest_neighbours() -> None:
+    from metaat.domains.text.synonyms import nearest_neighbours
+
+    words = ["good", "bad", "fine", "awful", "film", "movie", "rock"]
+    unit = _vectors(words)
+    unit = unit / np.linalg.norm(unit, axis=1, keepdims=True)
+    near = nearest_neighbours(["film", "movie", "rock", "good", "absent"], words, unit, k=2, delta=0.5)
+    assert near["film"] == ("movie",) and near["movie"] == ("film",)
+    assert "rock" not in near and "absent" not in near  # nothing within delta; no vector
+    assert "good" not in near
+    wide = nearest_neighbours(["film", "movie", "rock", "good"], words, unit, k=2, delta=1.5)
+    assert wide["good"] == ("rock", "movie")  # bad and fine are nearer but not among the candidates
+
+
 def test_text_space_maps_the_table_to_ids() -> None:
     vocab = build_vocab([["film", "good", "film", "good"]], min_count=2, extra=["movie"])
     space = TextSpace.from_table(vocab, {"film": ("movie", "flick"), "good": ("good",)})

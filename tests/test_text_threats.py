@@ -33,7 +33,7 @@ def _ids(space: TextSpace, words: list[str]) -> torch.Tensor:
 
 
 def test_parse_and_round_trip() -> None:
-    for text in ("syn:1", "syn:4", "typo:2", "emb:0.5", "emb:1.25"):
+    for text in ("syn:1", "syn:4", "nbr:2", "typo:2", "emb:0.5", "emb:1.25"):
         threat = ThreatModel.parse(text)
         assert str(threat) == text
     assert ThreatModel.parse("syn:2") == ThreatModel("syn", 2.0)
@@ -58,6 +58,21 @@ def test_syn_membership() -> None:
     activate(space)
     batch = torch.cat([one, two, wrong])
     assert in_threat(batch, x.expand(3, -1), ThreatModel.parse("syn:1")).tolist() == [True, False, False]
+
+
+def test_nbr_membership_is_the_neighbour_table() -> None:
+    vocab = build_vocab([["the", "film", "was", "terrible"]] * 2, min_count=2, extra=["movie", "awful", "plot"])
+    space = TextSpace.from_table(vocab, {"film": ("movie",)}, {"film": ("movie", "plot"), "terrible": ("awful",)})
+    x = _ids(space, ["the", "film", "was", "terrible"])
+    plot = _ids(space, ["the", "plot", "was", "terrible"])
+    movie = _ids(space, ["the", "movie", "was", "terrible"])
+    both = _ids(space, ["the", "plot", "was", "awful"])
+    assert syn_contains(plot, x, 1, space, "nbr").tolist() == [True]
+    assert syn_contains(movie, x, 1, space, "nbr").tolist() == [False]  # a synonym is not a held-out neighbour
+    assert syn_contains(movie, x, 1, space).tolist() == [True]
+    assert syn_contains(both, x, 1, space, "nbr").tolist() == [False]
+    activate(space)
+    assert in_threat(both, x, ThreatModel.parse("nbr:2")).tolist() == [True]
 
 
 def test_keyboard_is_symmetric() -> None:

@@ -246,6 +246,30 @@ def allowed_substitutions(
     return out
 
 
+def nearest_neighbours(
+    among: Sequence[str], words: Sequence[str], unit_vectors: np.ndarray, k: int, delta: float
+) -> dict[str, tuple[str, ...]]:
+    """For each word of ``among`` that has a vector: its ``k`` nearest other words of ``among`` by
+    cosine distance, those within ``delta``, nearest first (ties alphabetical)."""
+    index = {w: i for i, w in enumerate(words)}
+    kept = sorted(w for w in set(among) if w in index)
+    if not kept:
+        return {}
+    mat = torch.as_tensor(unit_vectors[[index[w] for w in kept]], dtype=torch.float32)
+    out: dict[str, tuple[str, ...]] = {}
+    for start in range(0, len(kept), 2048):
+        sims = mat[start : start + 2048] @ mat.T
+        rows = torch.arange(sims.shape[0])
+        sims[rows, rows + start] = -2.0
+        top, cols = sims.topk(min(k, len(kept) - 1), dim=1) if len(kept) > 1 else (sims[:, :0], sims[:, :0].long())
+        for r in range(sims.shape[0]):
+            pairs = sorted((1.0 - float(s), kept[int(c)]) for s, c in zip(top[r], cols[r], strict=True))
+            near = tuple(w for d, w in pairs if d <= delta)
+            if near:
+                out[kept[start + r]] = near
+    return out
+
+
 def load_vectors(data_dir: Path | None = None) -> tuple[list[str], np.ndarray]:
     """The fetched vector subset: ``(words, float32 (V, 100))``, checked against its manifest."""
     path = files.locate(files.VECTORS_FILE, data_dir)

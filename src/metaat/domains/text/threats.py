@@ -5,6 +5,9 @@ around ``x`` when:
 
 * ``syn:k`` — at most ``k`` positions differ, and at each the new id is one of the allowed synonym
   substitutes of the original id (WordNet ∩ counter-fitted distance ≤ δ; :mod:`.synonyms`).
+* ``nbr:k`` — the held-out family (never trained on): at most ``k`` positions differ, each holding
+  one of the original word's counter-fitted vector neighbours that is *not* an allowed synonym
+  (:mod:`.space`): TextFooler-style neighbour swaps outside WordNet.
 * ``typo:k`` — the changed words need at most ``k`` character edits in total. An edit is an adjacent
   swap, a deletion, an insertion of any letter, or a substitution by a QWERTY neighbour key, always
   strictly inside the word: the first and last letters are kept. Only words of ``a-z`` letters with
@@ -17,7 +20,7 @@ around ``x`` when:
   PGD geometry (projection, random start, ascent) applies to ``model.embed(ids)``; it has no box
   (embeddings are unbounded) and is for training only, never a threat a model is evaluated under.
 
-``syn`` and ``typo`` are discrete (``continuous = False``): only the text attacks handle them; their
+``syn``, ``nbr`` and ``typo`` are discrete (``continuous = False``): only the text attacks handle them; their
 membership needs the vocabulary, taken from the active :class:`~.space.TextSpace`.
 """
 
@@ -115,13 +118,14 @@ def _check_ids(x_adv: torch.Tensor, x: torch.Tensor) -> None:
         )
 
 
-def syn_contains(x_adv: torch.Tensor, x: torch.Tensor, k: int, space: TextSpace) -> torch.Tensor:
-    """Per-example ``(B,)``: at most ``k`` positions changed, each to an allowed substitute."""
+def syn_contains(x_adv: torch.Tensor, x: torch.Tensor, k: int, space: TextSpace, table: str = "syn") -> torch.Tensor:
+    """Per-example ``(B,)``: at most ``k`` positions changed, each to an allowed substitute
+    (``table="nbr"``: to a held-out neighbour)."""
     _check_ids(x_adv, x)
     changed = x_adv != x
     out = changed.sum(dim=1) <= k
     for b, t in changed.nonzero().tolist():
-        if out[b] and not space.allowed(int(x[b, t]), int(x_adv[b, t])):
+        if out[b] and not space.allowed(int(x[b, t]), int(x_adv[b, t]), table):
             out[b] = False
     return out
 
@@ -174,6 +178,16 @@ class SynonymKind(_Discrete):
         return syn_contains(x_adv, x, int(threat.eps), active_space())
 
 
+class NeighbourKind(_Discrete):
+    """``nbr:k`` — at most k words replaced by vector neighbours that are not synonyms (held out)."""
+
+    name = "nbr"
+    syntax = "nbr:k (k >= 1 words replaced by counter-fitted neighbours outside WordNet; unseen family)"
+
+    def contains(self, x_adv: torch.Tensor, x: torch.Tensor, threat: ThreatModel, tol: float) -> torch.Tensor:
+        return syn_contains(x_adv, x, int(threat.eps), active_space(), "nbr")
+
+
 class TypoKind(_Discrete):
     """``typo:k`` — at most k character edits inside words."""
 
@@ -224,5 +238,6 @@ class EmbeddingKind(ThreatKind):
 
 
 SYN = register_threat_kind(SynonymKind())
+NBR = register_threat_kind(NeighbourKind())
 TYPO = register_threat_kind(TypoKind())
 EMB = register_threat_kind(EmbeddingKind())

@@ -27,15 +27,15 @@ from metaat.domains.text.threats import typo_distance, typo_eligible, typo_varia
 from metaat.runtime import make_generator
 from metaat.threats import ThreatModel
 
-TEXT_KINDS = ("syn", "typo")
+TEXT_KINDS = ("syn", "nbr", "typo")
 
 
 class EditSpace:
-    """The edits ``syn:k`` / ``typo:k`` allow, one position at a time, and the budget they cost."""
+    """The edits ``syn:k`` / ``nbr:k`` / ``typo:k`` allow, one position at a time, and their cost."""
 
     def __init__(self, threat: ThreatModel, space: TextSpace) -> None:
         if threat.norm not in TEXT_KINDS:
-            raise ValueError(f"text attacks take syn:k or typo:k threats; got {threat}")
+            raise ValueError(f"text attacks take syn:k, nbr:k or typo:k threats; got {threat}")
         self.kind = threat.norm
         self.budget = int(threat.eps)
         self.space = space
@@ -43,8 +43,9 @@ class EditSpace:
 
     def candidates(self, original: int, current: int) -> tuple[int, ...]:
         """Ids that may stand at a position holding ``current`` whose clean id is ``original``."""
-        if self.kind == "syn":
-            return tuple(int(s) for s in self.space.substitutes(original) if int(s) != current)
+        if self.kind in ("syn", "nbr"):
+            table = self.space.substitutes(original) if self.kind == "syn" else self.space.neighbours(original)
+            return tuple(int(s) for s in table if int(s) != current)
         if original in (0, 1) or not typo_eligible(self.space.vocab.word(original)):
             return ()
         found = self._variants.get(current)
@@ -58,8 +59,8 @@ class EditSpace:
         """What changing ``original`` to ``new`` costs (1 per synonym; character edits per typo)."""
         if original == new:
             return 0.0
-        if self.kind == "syn":
-            return 1.0 if self.space.allowed(original, new) else math.inf
+        if self.kind in ("syn", "nbr"):
+            return 1.0 if self.space.allowed(original, new, self.kind) else math.inf
         vocab = self.space.vocab
         if new in (0, 1):
             return math.inf
@@ -166,7 +167,7 @@ class TextAttack(Attack):
     def __init__(self, threat: str | ThreatModel, space: TextSpace | None = None, **options: Any) -> None:
         super().__init__(threat, **options)
         if self.threat.norm not in TEXT_KINDS:
-            raise ValueError(f"{self.name} takes syn:k or typo:k threats; got {self.threat}")
+            raise ValueError(f"{self.name} takes syn:k, nbr:k or typo:k threats; got {self.threat}")
         self.space = space
 
     def _check(self, ids: torch.Tensor, y: torch.Tensor) -> None:
