@@ -94,12 +94,50 @@ def save_records(path: Path, records: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+PARKED = ROOT / "parked" / "sensor_study"
+KEEP = ("final", "checkpoint", "summary.json", "metrics.jsonl", "config.yaml", "eval_state.json")
+"""What parking keeps of a run folder (a trained row: its final model and records; a row in
+training: its last checkpoint) so that a new machine resumes where this one stopped."""
+
+
+def park(runs: Path) -> list[str]:
+    """Copy every row's essentials into ``benchmarks/parked/sensor_study`` (to commit)."""
+    import shutil
+
+    parked = []
+    for run_dir in sorted(runs.glob("*/seed*")):
+        dest = PARKED / run_dir.relative_to(runs)
+        if dest.exists():
+            shutil.rmtree(dest)
+        dest.mkdir(parents=True)
+        for name in KEEP:
+            if name == "checkpoint" and (run_dir / "final").exists():
+                continue  # a finished row needs only its final model
+            src = run_dir / name
+            if src.is_dir():
+                shutil.copytree(src, dest / name)
+            elif src.exists():
+                shutil.copy2(src, dest / name)
+        parked.append(str(run_dir.relative_to(runs)))
+    return parked
+
+
+def unpark(run_dir: Path, runs: Path) -> None:
+    """Restore a row's parked copy when this machine has no run folder for it."""
+    import shutil
+
+    src = PARKED / run_dir.relative_to(runs)
+    if not run_dir.exists() and src.exists():
+        shutil.copytree(src, run_dir)
+
+
 def train_row(method: str, seed: int, budget: Budget, runs: Path, threads: int) -> tuple[Path, dict[str, Any]]:
     """Train (or resume, or reuse) one row's model; returns its run folder and the training result."""
     from metaat.train import TrainConfig, resume_run, train
     from metaat.train.checkpoint import has_checkpoint
 
     run_dir = runs / method / f"seed{seed}"
+    unpark(run_dir, runs)
     defense, threats = row_recipe(method)
     config = TrainConfig(
         data=DATA,
@@ -181,7 +219,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--phase", choices=("all", "train", "eval"), default="all", help="train only, evaluate trained rows, or both"
     )
+    parser.add_argument("--park", action="store_true", help="copy the rows' essentials to benchmarks/parked; exit")
     args = parser.parse_args(argv)
+    if args.park:
+        print("parked:", ", ".join(park(args.runs)) or "nothing")
+        return 0
     budget = QUICK if args.quick else Budget()
     out = ROOT / "results" / ("sensor_study_quick.json" if args.quick else "sensor_study.json")
     runs = args.runs.with_name(args.runs.name + "_quick") if args.quick else args.runs
@@ -201,6 +243,7 @@ def main(argv: list[str] | None = None) -> int:
             if key in records["rows"]:
                 continue
             t0 = time.perf_counter()
+            unpark(runs / method / f"seed{seed}", runs)
             if args.phase == "eval" and not (runs / method / f"seed{seed}" / "final").exists():
                 continue
             run_dir, summary = train_row(method, seed, budget, runs, args.threads)
