@@ -1,4 +1,4 @@
-"""Text attacks over ``syn:k`` / ``typo:k`` (registered in ``metaat.attacks.ATTACKS``).
+"""Text attacks over ``syn:k`` / ``nbr:k`` / ``typo:k`` (registered in ``metaat.attacks.ATTACKS``).
 
 ``text-greedy`` (deletion or gradient ranking), ``text-beam``, ``text-genetic`` (Alzantot et al.
 2018) and ``text-exhaustive`` (k = 1); :func:`worst_case` scores each example by all of them.

@@ -1,7 +1,7 @@
 """Beam search over edits (Ebrahimi et al., ACL 2018, "HotFlip", beam variant; also TextAttack's
 beam search): keep the ``beam_width`` texts with the lowest true-class probability; each step
 expands every beam by every allowed single edit at the ``positions`` most important positions
-(deletion ranking) and keeps the best. Runs ``k`` steps for ``syn:k`` / ``typo:k`` and stops at
+(deletion ranking) and keeps the best. Runs ``k`` steps for ``syn:k`` / ``nbr:k`` / ``typo:k``, stops at
 the first flip.
 
 Query budget per example: ``1 + P + Σ_steps Σ_beams Σ_positions |candidates|`` with ``P`` the
@@ -38,7 +38,7 @@ class BeamConfig(TextAttackConfig):
             raise ValueError(f"beam_width and positions must be >= 1; got {self.beam_width}, {self.positions}")
 
 
-@ATTACKS.register("text-beam", help="Beam search over word edits (text; syn:k, typo:k)")
+@ATTACKS.register("text-beam", help="Beam search over word edits (text; syn:k, nbr:k, typo:k)")
 class BeamAttack(TextAttack):
     name: ClassVar[str] = "text-beam"
     config_class: ClassVar[type[AttackConfig]] = BeamConfig

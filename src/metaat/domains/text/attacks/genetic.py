@@ -95,7 +95,7 @@ def _perturb(
     return row
 
 
-@ATTACKS.register("text-genetic", help="Genetic population attack, Alzantot et al. 2018 (text; syn:k, typo:k)")
+@ATTACKS.register("text-genetic", help="Genetic population attack, Alzantot et al. 2018 (text; syn:k, nbr:k, typo:k)")
 class GeneticAttack(TextAttack):
     name: ClassVar[str] = "text-genetic"
     config_class: ClassVar[type[AttackConfig]] = GeneticConfig

@@ -8,7 +8,7 @@ probability most (kept only if it lowers it), until the prediction flips or the 
 * ``ranking="gradient"``: importance = ``||∂L/∂e_t||₂``, the loss gradient at the word's embedding
   (one forward and backward pass, Ebrahimi et al. 2018's first-order signal).
 
-Threats: ``syn:k`` (each position substituted at most once), ``typo:k`` (one edit per visited
+Threats: ``syn:k`` / ``nbr:k`` (each position substituted at most once), ``typo:k`` (one edit per visited
 word). Query budget: one pass over the words, so at most ``1 + L + Σ_t |candidates_t|`` per example
 (deletion ranking; ``2 + Σ_t |candidates_t|`` with gradient ranking).
 
@@ -44,7 +44,7 @@ class GreedyConfig(TextAttackConfig):
             raise ValueError(f"ranking must be 'deletion' or 'gradient'; got {self.ranking!r}")
 
 
-@ATTACKS.register("text-greedy", help="Greedy word substitution by word importance (text; syn:k, typo:k)")
+@ATTACKS.register("text-greedy", help="Greedy word substitution by word importance (text; syn:k, nbr:k, typo:k)")
 class GreedyAttack(TextAttack):
     name: ClassVar[str] = "text-greedy"
     config_class: ClassVar[type[AttackConfig]] = GreedyConfig
