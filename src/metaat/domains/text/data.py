@@ -19,6 +19,7 @@ from __future__ import annotations
 import bz2
 import csv
 import io
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -27,6 +28,7 @@ import numpy as np
 
 from metaat.data.base import DATASETS, DataError, Dataset, DatasetInfo
 from metaat.domains.text import files
+from metaat.domains.text.space import NEIGHBOUR_DELTA, NEIGHBOURS, TextSpace, activate, space_table
 from metaat.domains.text.vocab import Vocab, build_vocab, tokenize
 
 SPLIT_SEED = 20240
@@ -147,6 +149,21 @@ def load_corpus(name: str, data_dir: Path | None = None, with_substitutes: bool 
     return Corpus(tokens, labels, splits, vocab, length)
 
 
+@lru_cache(maxsize=4)
+def space_for(name: str, data_dir: Path | None = None) -> TextSpace:
+    """The substitution space of text dataset ``name`` (its vocabulary and the synonym filter)."""
+    from metaat.domains.text.synonyms import counterfitted_vectors, nearest_neighbours, substitution_table
+
+    vocab = load_corpus(name, data_dir).vocab
+
+    def neighbours() -> Mapping[str, Sequence[str]]:
+        words, fitted = counterfitted_vectors(data_dir)
+        return nearest_neighbours(vocab.words[2:], words, fitted, NEIGHBOURS, NEIGHBOUR_DELTA)
+
+    offsets, targets = space_table(vocab, substitution_table(data_dir))
+    return TextSpace(vocab, offsets, targets, neighbour_table=neighbours)
+
+
 class TextDataset(Dataset):
     """A registered text dataset: ``arrays`` gives int64 ids ``(N, L)`` and int64 labels."""
 
@@ -155,8 +172,6 @@ class TextDataset(Dataset):
     def arrays(self, split: str, data_dir: Path | None) -> tuple[np.ndarray, np.ndarray]:
         if split not in TEXT_SPLITS:
             raise ValueError(f"unknown split {split!r}; valid splits: {', '.join(TEXT_SPLITS)}")
-        from metaat.domains.text.space import activate, space_for
-
         corpus = load_corpus(self.key, data_dir)
         activate(space_for(self.key, data_dir))  # the syn/typo threats test membership in this vocabulary
         idx = corpus.splits[split]

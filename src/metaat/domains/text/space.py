@@ -18,8 +18,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
-from pathlib import Path
 
 import numpy as np
 
@@ -29,7 +27,8 @@ NEIGHBOURS = 8
 NEIGHBOUR_DELTA = 0.5
 
 
-def _csr(vocab: Vocab, table: Mapping[str, Sequence[str]]) -> tuple[np.ndarray, np.ndarray]:
+def space_table(vocab: Vocab, table: Mapping[str, Sequence[str]]) -> tuple[np.ndarray, np.ndarray]:
+    """One substitution table in CSR form over ``vocab``'s ids (entries outside it and self dropped)."""
     offsets = np.zeros(len(vocab) + 1, dtype=np.int64)
     targets: list[int] = []
     for i, word in enumerate(vocab.words):
@@ -64,11 +63,11 @@ class TextSpace:
     ) -> TextSpace:
         """Substitutes of each vocabulary word: its ``table`` (and ``neighbours``) entries that are in
         the vocabulary (order kept), never the word itself; a neighbour that is also a synonym is dropped."""
-        offsets, targets = _csr(vocab, table)
+        offsets, targets = space_table(vocab, table)
         if neighbours is None:
             return cls(vocab, offsets, targets)
         held_out = {w: [n for n in ns if n not in set(table.get(w, ()))] for w, ns in neighbours.items()}
-        n_offsets, n_targets = _csr(vocab, held_out)
+        n_offsets, n_targets = space_table(vocab, held_out)
         return cls(vocab, offsets, targets, n_offsets, n_targets)
 
     def substitutes(self, token_id: int) -> np.ndarray:
@@ -126,22 +125,6 @@ def active_space() -> TextSpace:
     if not _ACTIVE:
         raise RuntimeError(
             "no text vocabulary is active: load a text dataset first (metaat.data.load('mr', ...)) "
-            "or call metaat.domains.text.space.activate(space_for('mr'))"
+            "or call metaat.domains.text.space.activate(metaat.domains.text.data.space_for('mr'))"
         )
     return _ACTIVE[0]
-
-
-@lru_cache(maxsize=4)
-def space_for(name: str, data_dir: Path | None = None) -> TextSpace:
-    """The substitution space of text dataset ``name`` (its vocabulary and the synonym filter)."""
-    from metaat.domains.text.data import load_corpus
-    from metaat.domains.text.synonyms import counterfitted_vectors, nearest_neighbours, substitution_table
-
-    vocab = load_corpus(name, data_dir).vocab
-
-    def neighbours() -> Mapping[str, Sequence[str]]:
-        words, fitted = counterfitted_vectors(data_dir)
-        return nearest_neighbours(vocab.words[2:], words, fitted, NEIGHBOURS, NEIGHBOUR_DELTA)
-
-    offsets, targets = _csr(vocab, substitution_table(data_dir))
-    return TextSpace(vocab, offsets, targets, neighbour_table=neighbours)
