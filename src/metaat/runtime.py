@@ -24,18 +24,79 @@ import torch
 
 
 def check_out_dir(path: str | os.PathLike[str]) -> Path:
-    """``path`` as a folder metaat may write into (absent, or a directory); ``ValueError`` otherwise.
+    """``path`` as a folder metaat may write into (absent, or a writable directory, under a writable
+    one); ``ValueError`` otherwise.
 
     Checked before any work, so a long run never ends on "File exists" at its first save.
     """
     out = Path(path)
+    if not str(path).strip():
+        raise ValueError("the output folder is empty; name a folder")
     for part in (out, *out.parents):
         if part.exists() or part.is_symlink():
             if not part.is_dir():
                 where = "it is a file" if part == out else f"{part} is a file"
                 raise ValueError(f"cannot write to the folder {out}: {where}")
+            if not os.access(part, os.W_OK | os.X_OK):
+                where = "it is not writable" if part == out else f"{part} is not writable"
+                raise ValueError(f"cannot write to the folder {out}: {where}")
             break
     return out
+
+
+LOCK_FILE = ".metaat.lock"
+
+
+class FolderInUseError(ValueError):
+    """Another process holds the folder's lock (one process at a time per run folder)."""
+
+
+class FolderLock:
+    """An exclusive OS lock (``fcntl.flock``) on ``folder/.metaat.lock``, held until :meth:`release`
+    or the process ends (the kernel drops it then, so a killed run leaves no stale lock).
+
+    The lock file holds the holder's pid, so the second process can say who has the folder.
+    Taken without waiting: :class:`FolderInUseError` at once if another process holds it.
+    """
+
+    def __init__(self, folder: str | os.PathLike[str]) -> None:
+        self.folder = Path(folder)
+        self.path = self.folder / LOCK_FILE
+        self._fd: int | None = None
+
+    def acquire(self) -> FolderLock:
+        import fcntl
+
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            try:
+                holder = os.read(fd, 64).decode("ascii", "replace").strip() or "unknown"
+            finally:
+                os.close(fd)
+            raise FolderInUseError(
+                f"{self.folder} is in use by another metaat process (pid {holder}, lock {self.path}); "
+                "wait for it to finish or choose another folder"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode("ascii"))
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            import fcntl
+
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> FolderLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -213,3 +274,47 @@ def json_digest(data: dict[str, Any], without: str) -> str:
 def is_sha256(value: Any) -> bool:
     """True for a SHA-256 hex digest (64 lowercase hex characters), as every save writes."""
     return isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)
+
+
+# -- keyed digests: tampering, not only accidents ------------------------------------------------------
+
+HMAC_ENV = "METAAT_HMAC_KEY"
+"""Environment variable holding the key that signs and verifies state files and saved sets."""
+HMAC_FIELD = "hmac_sha256"
+"""The entry holding a file's keyed digest (next to its plain ``sha256``)."""
+
+
+def hmac_key() -> bytes | None:
+    """The signing key from :data:`HMAC_ENV` (UTF-8 bytes), or None when it is unset or empty.
+
+    A plain SHA-256 stored in a file detects corruption (a flipped bit, a truncation, a careless
+    edit), not tampering: whoever edits the file can recompute it. A digest keyed with a secret
+    (HMAC-SHA256, RFC 2104) can only be recomputed by someone holding the key.
+    """
+    key = os.environ.get(HMAC_ENV, "")
+    return key.encode("utf-8") if key else None
+
+
+def sign_digest(digest: str, key: bytes) -> str:
+    """HMAC-SHA256 (hex) of a content digest ``digest`` under ``key``.
+
+    >>> sign_digest("ab" * 32, b"k") == sign_digest("ab" * 32, b"k") != sign_digest("ab" * 32, b"j")
+    True
+    """
+    import hmac
+
+    return hmac.new(key, digest.encode("ascii"), hashlib.sha256).hexdigest()
+
+
+def signature_problem(digest: str, signature: Any, key: bytes | None) -> str | None:
+    """Why a file whose content digest is ``digest`` and whose stored keyed digest is ``signature``
+    is not trusted under ``key``; None when it is (or when no key is set: nothing to check)."""
+    import hmac
+
+    if key is None:
+        return None
+    if signature is None:
+        return f"it is not signed, but {HMAC_ENV} is set (only files signed with the key are trusted)"
+    if not isinstance(signature, str) or not hmac.compare_digest(signature, sign_digest(digest, key)):
+        return f"its {HMAC_FIELD} does not match {HMAC_ENV} (the file was changed, or signed with another key)"
+    return None

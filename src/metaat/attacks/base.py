@@ -100,6 +100,38 @@ def model_input_shape(spec: dict[str, Any]) -> tuple[int, ...] | None:
     return (int(channels), int(size), int(size))
 
 
+def nonfinite_rows(logits: torch.Tensor) -> torch.Tensor:
+    """(B,) bool: the rows of ``logits`` (B, classes) holding a NaN or an Inf."""
+    return ~torch.isfinite(logits.detach()).flatten(1).all(dim=1)
+
+
+def predictions(logits: torch.Tensor) -> torch.Tensor:
+    """Predicted labels (B,) from ``logits`` (B, classes); ``-1`` for a row holding a NaN or an Inf.
+
+    ``argmax`` of a NaN row is the NaN's index (often class 0): such a point would be scored as a
+    class, robust whenever its label happens to match. ``-1`` never equals a label, so a point whose
+    output is not finite is never counted correct or robust.
+
+    >>> predictions(torch.tensor([[0.0, 1.0], [float("nan"), 0.0], [float("inf"), 0.0]])).tolist()
+    [1, -1, -1]
+    """
+    if logits.dim() != 2:
+        raise ValueError(f"the model must return logits of shape (batch, classes); got {tuple(logits.shape)}")
+    pred = logits.detach().argmax(dim=1)
+    return torch.where(nonfinite_rows(logits), torch.full_like(pred, -1), pred)
+
+
+def name_points(mask: torch.Tensor, offset: int = 0, limit: int = 8) -> str:
+    """``"3 of 100 points (indices 4, 17, 52)"`` for the True entries of the (B,) bool ``mask``.
+
+    >>> name_points(torch.tensor([False, True, True]), offset=10)
+    '2 of 3 points (indices 11, 12)'
+    """
+    ids = (mask.nonzero().flatten() + offset).tolist()
+    shown = ", ".join(map(str, ids[:limit])) + (", ..." if len(ids) > limit else "")
+    return f"{len(ids)} of {mask.numel()} points (indices {shown})"
+
+
 def auto_chunk(device: torch.device) -> int:
     """Chunk size used when ``batch_size`` is None."""
     return 1024 if device.type == "cuda" else 128

@@ -18,7 +18,9 @@ A saved set is one ``.safetensors`` file, no pickle:
   point — false for spatial, patch and corruption attacks), ``attack``, ``source_model``, ``seed``,
   ``metaat_version`` and ``sha256``, a digest of the tensors' names, dtypes, shapes and bytes and of
   the rest of the metadata, so a flipped bit is caught, in the images or in the header, as well as a
-  truncation.
+  truncation. The sha256 detects corruption, not tampering: whoever edits the file can recompute it.
+  With ``METAAT_HMAC_KEY`` set, ``hmac_sha256`` (HMAC-SHA256 of that digest under the key) signs the
+  file, and a file without a matching one is refused.
 
 Clean images are not stored: :func:`check_against` re-reads them from the dataset and checks the
 labels and, when the file claims it, every perturbation's norm, so a file cannot smuggle in
@@ -40,10 +42,10 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from metaat.attacks.base import chunks
+from metaat.attacks.base import chunks, predictions
 from metaat.data.validate import validate_batch
 from metaat.models import model_device
-from metaat.runtime import atomic_write, is_sha256
+from metaat.runtime import HMAC_FIELD, atomic_write, hmac_key, is_sha256, sign_digest, signature_problem
 from metaat.threats import ThreatModel, in_threat, lp_norm
 
 FORMAT = "metaat.adversarial"
@@ -88,7 +90,9 @@ def tensors_digest(tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any] 
     canonical JSON (sorted keys) without its own ``sha256`` entry."""
     digest = hashlib.sha256()
     if meta is not None:
-        digest.update(json.dumps({k: v for k, v in meta.items() if k != "sha256"}, sort_keys=True).encode())
+        digest.update(
+            json.dumps({k: v for k, v in meta.items() if k not in ("sha256", HMAC_FIELD)}, sort_keys=True).encode()
+        )
     for name in sorted(tensors):
         t = tensors[name].detach().to("cpu").contiguous()
         digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
@@ -160,6 +164,9 @@ def save_adversarial(
     _check_meta(header)
     try:
         header["sha256"] = tensors_digest(tensors, header)
+        key = hmac_key()
+        if key is not None:
+            header[HMAC_FIELD] = sign_digest(header["sha256"], key)
         text = json.dumps(header, sort_keys=True)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"meta is not JSON-serialisable: {exc}") from exc
@@ -212,6 +219,9 @@ def load_adversarial(path: str | os.PathLike[str]) -> AdversarialSet:
         raise bad(f"unreadable metadata ({exc})") from exc
     if not is_sha256(meta["sha256"]) or digest != meta["sha256"]:
         raise bad("checksum mismatch (the file is corrupt or was edited)")
+    signed = signature_problem(digest, meta.get(HMAC_FIELD), hmac_key())
+    if signed:
+        raise bad(f"not trusted: {signed}")
     try:
         _check_meta(meta)
         validate_batch(tensors["x_adv"], tensors["y"])
@@ -283,8 +293,8 @@ def transfer_flags(
         for sl in chunks(len(adv), chunk):
             yb = adv.y[sl].to(device)
             if not known:
-                clean[sl] = (model(x[sl].to(device)).argmax(1) == yb).cpu()
-            robust[sl] = (model(adv.x_adv[sl].to(device)).argmax(1) == yb).cpu() & clean[sl]
+                clean[sl] = (predictions(model(x[sl].to(device))) == yb).cpu()
+            robust[sl] = (predictions(model(adv.x_adv[sl].to(device))) == yb).cpu() & clean[sl]
     finally:
         model.train(was_training)
     return clean, robust

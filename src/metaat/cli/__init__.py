@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import importlib
 import sys
+from collections.abc import Callable
 from enum import Enum
+from pathlib import Path
 from typing import Annotated, Any
 
+import click
 import typer
 from rich.console import Console
 
@@ -44,8 +47,19 @@ class Family(str, Enum):
 
 
 def error_line(message: str) -> None:
-    """One-line error on stderr."""
-    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    """One-line error on stderr (line breaks in ``message`` become spaces; no markup is read in it)."""
+    console.print("[bold red]error:[/] ", end="", highlight=False, soft_wrap=True)
+    console.print(" ".join(message.split()), markup=False, highlight=False, soft_wrap=True)
+
+
+def describe(err: BaseException) -> str:
+    """The one line that tells a user what went wrong: :func:`expected_failure`'s, else the message
+    (a ``KeyError``'s without its quotes), else the exception's type."""
+    line = expected_failure(err)
+    if line is not None:
+        return line
+    text = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
+    return text.strip() or type(err).__name__
 
 
 def fail(message: str) -> None:
@@ -94,23 +108,142 @@ def list_cmd(family: Annotated[Family, typer.Argument(help="what to list")]) -> 
         typer.echo(f"{name:18s} {reg.describe(name)}")
 
 
-def parse_options(items: list[str] | None) -> dict[str, Any]:
-    """``--option key=value`` pairs; values parsed as YAML scalars (numbers, bools, lists)."""
+def parse_options(items: list[str] | None, flag: str = "--option") -> dict[str, Any]:
+    """``--option key=value`` pairs; values parsed as YAML scalars (numbers, bools, lists).
+
+    ``ValueError`` (one line, naming the pair) for a missing ``=``, an empty key or a value that is
+    not valid YAML.
+    """
     import yaml
 
     out: dict[str, Any] = {}
     for item in items or []:
         if "=" not in item:
-            raise ValueError(f"--option must look like key=value, got {item!r}")
+            raise ValueError(f"{flag} must look like key=value, got {item!r}")
         key, value = item.split("=", 1)
-        parsed = yaml.safe_load(value)
+        if not key.strip():
+            raise ValueError(f"{flag} {item!r} has no key (key=value)")
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError as err:
+            reason = " ".join(str(getattr(err, "problem", None) or "not valid YAML").split())
+            raise ValueError(f"{flag} {item!r}: the value is not valid YAML ({reason})") from None
+        if isinstance(parsed, dict):
+            raise ValueError(f"{flag} {item!r}: the value must be a number, a string, a bool or a list, not a mapping")
         out[key.strip().replace("-", "_")] = tuple(parsed) if isinstance(parsed, list) else parsed
     return out
+
+
+def require_nonempty(flag: str, value: str | None) -> str | None:
+    """``value`` unless it is given but empty or blank (``--attack ''``): then ``ValueError`` naming
+    ``flag`` — an empty value must not silently stand for the default."""
+    if value is not None and not value.strip():
+        raise ValueError(f"{flag} is empty; give a value or leave the option out for its default")
+    return value
+
+
+def check_new_file(path: Path, flag: str, overwrite: bool, *, suffix: str | None = None) -> Path:
+    """``path`` as a file ``flag`` may write: the right suffix, a writable folder, and no existing
+    file unless ``overwrite`` (``ValueError`` otherwise, naming ``flag`` and the path)."""
+    import os
+
+    if suffix is not None and path.suffix != suffix:
+        raise ValueError(f"{flag} writes a {suffix} file; got {path.name!r}")
+    if path.is_dir():
+        raise ValueError(f"{flag} {path} is a folder, not a file")
+    if path.exists() and not overwrite:
+        raise ValueError(f"{flag} {path} already exists; pass --overwrite to replace it")
+    folder = next((p for p in (path.parent, *path.parent.parents) if p.exists()), Path("."))
+    if not folder.is_dir():
+        raise ValueError(f"{flag} {path}: {folder} is a file, not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ValueError(f"{flag} {path}: the folder {folder} is not writable")
+    return path
+
+
+def expected_failure(exc: BaseException) -> str | None:
+    """One line for a failure a user can cause and fix (permissions, disk, memory, bad YAML, bad
+    shapes); None for a bug."""
+    import errno
+
+    import yaml
+
+    if isinstance(exc, MemoryError) or (
+        isinstance(exc, RuntimeError) and ("can't allocate" in str(exc) or "out of memory" in str(exc).lower())
+    ):
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "MemoryError"
+        return (
+            f"not enough memory: {first} — the model or the batch is too large for this machine "
+            "(try a smaller --batch-size, --n or model)"
+        )
+    if isinstance(exc, OSError):
+        where = f" {exc.filename}" if exc.filename else ""
+        if exc.errno == errno.ENOSPC:
+            return f"no space left on the device writing{where}"
+        if isinstance(exc, PermissionError):
+            return f"permission denied:{where or ' ' + str(exc)}"
+        if exc.strerror:
+            return f"{exc.strerror}:{where}" if where else str(exc.strerror)
+        return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if isinstance(exc, yaml.YAMLError):
+        mark = getattr(exc, "problem_mark", None)
+        name = getattr(mark, "name", None)
+        at = f" in {name} line {mark.line + 1}" if mark is not None and name else ""
+        return f"malformed YAML{at}: {' '.join(str(getattr(exc, 'problem', None) or exc).split())}"
+    if isinstance(exc, RuntimeError) and any(
+        k in str(exc) for k in ("shape", "size mismatch", "must match the size", "Expected", "expected")
+    ):
+        return f"the model cannot take this input: {str(exc).strip().splitlines()[0]}"
+    return None
+
+
+def log_traceback(exc: BaseException) -> Path:
+    """Write ``exc``'s traceback to a new file under the temporary folder; return its path."""
+    import tempfile
+    import traceback
+
+    folder = Path(tempfile.gettempdir()) / "metaat-errors"
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=folder, prefix="metaat-", suffix=".log")
+    with open(fd, "w", encoding="utf-8") as f:
+        f.write(f"metaat {' '.join(sys.argv[1:])}\n")
+        f.write("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
+    return Path(name)
+
+
+def guarded(command: Callable[..., None]) -> Callable[..., None]:
+    """``command`` with no traceback reaching the user: an expected failure becomes one line and
+    exit status 1; anything else one line plus the path of a log file holding the traceback."""
+    import functools
+
+    @functools.wraps(command)
+    def run(*args: Any, **kwargs: Any) -> None:
+        try:
+            command(*args, **kwargs)
+        except (typer.Exit, typer.Abort, click.ClickException, KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as exc:  # noqa: BLE001 - the last line of defence before the user
+            line = expected_failure(exc)
+            if line is None:
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+                line = f"unexpected {type(exc).__name__}{': ' + first if first else ''}"
+                try:
+                    line += f" (traceback in {log_traceback(exc)}; please report it)"
+                except OSError:
+                    pass
+            error_line(line)
+            raise typer.Exit(1) from None
+
+    run.metaat_guarded = True  # type: ignore[attr-defined]
+    return run
 
 
 def _load_command_modules() -> None:
     for name in _COMMAND_MODULES:
         importlib.import_module(name).register(app)
+    for info in app.registered_commands:  # a command registered without guarded() gets it here
+        if info.callback is not None and not getattr(info.callback, "metaat_guarded", False):
+            info.callback = guarded(info.callback)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -9,7 +9,16 @@ from typing import Annotated, Any
 
 import typer
 
-from metaat.cli import console, fail, parse_options
+from metaat.cli import (
+    check_new_file,
+    console,
+    describe,
+    expected_failure,
+    fail,
+    guarded,
+    parse_options,
+    require_nonempty,
+)
 
 
 def attack_cmd(
@@ -42,6 +51,7 @@ def attack_cmd(
         typer.Option(help="score the model on examples saved by --save from another model (a transfer attack)"),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the result as JSON on stdout")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="let --save replace an existing file")] = False,
 ) -> None:
     """Attack a saved model on test points and print clean and robust accuracy.
 
@@ -49,6 +59,11 @@ def attack_cmd(
     attack that made them; ``--transfer FILE`` scores this model on examples saved from another one,
     after checking them against the dataset's clean points and the threat they claim.
     """
+    try:
+        for flag, value in (("--attack", attack), ("--threat", threat), ("--data", data), ("--model", model)):
+            require_nonempty(flag, value)
+    except ValueError as err:
+        fail(str(err))
     if transfer is not None:
         given = {
             "--attack": attack,
@@ -58,6 +73,7 @@ def attack_cmd(
             "--option": option or None,
             "--generator": generator,
             "--save": save,
+            "--overwrite": overwrite or None,
         }
         clash = [flag for flag, value in given.items() if value is not None]
         if clash:
@@ -81,21 +97,36 @@ def attack_cmd(
         device,
         save,
         as_json,
+        overwrite,
     )
 
 
 def _probe(net: Any, x: Any, y: Any, data: str) -> None:
-    """Fail with one line when ``net`` cannot classify ``data``'s images (shape, channels, classes)."""
+    """Fail with one line when ``net`` cannot classify ``data``'s inputs (shape, channels, classes,
+    device, what it returns)."""
     import torch
 
+    if len(y) == 0:
+        fail(f"no {data} points to attack (--n and --start select none)")
     try:
         with torch.no_grad():
-            probe = net.eval()(x[:1])
-    except RuntimeError as err:
-        fail(f"the model does not accept {data} images of shape {tuple(x.shape[1:])}: {str(err).splitlines()[0]}")
+            probe = net.eval()(x[:2])
+    except (RuntimeError, ValueError, TypeError, IndexError) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        fail(f"the model does not accept {data} images of shape {tuple(x.shape[1:])}: {reason}")
         return
-    if probe.dim() != 2 or probe.shape[1] <= int(y.max()):
-        fail(f"the model outputs shape {tuple(probe.shape[1:])} per image, but {data} has labels up to {int(y.max())}")
+    if not isinstance(probe, torch.Tensor):
+        fail(f"the model must return one tensor of logits; it returned {type(probe).__name__}")
+        return
+    if probe.dim() != 2 or probe.shape[0] != min(2, len(y)):
+        fail(
+            f"the model must return logits of shape (batch, classes); for {min(2, len(y))} {data} inputs "
+            f"it returned {tuple(probe.shape)}"
+        )
+    if not probe.is_floating_point():
+        fail(f"the model must return floating-point logits; it returned dtype {probe.dtype}")
+    if probe.shape[1] <= int(y.max()):
+        fail(f"the model outputs {probe.shape[1]} classes per input, but {data} has labels up to {int(y.max())}")
 
 
 def _attack(
@@ -114,6 +145,7 @@ def _attack(
     device: str,
     save: Path | None,
     as_json: bool,
+    overwrite: bool = False,
 ) -> None:
     import time
 
@@ -123,15 +155,15 @@ def _attack(
     import metaat
     import metaat.attacks as attacks
     import metaat.data as datasets
-    from metaat.attacks.base import chunks
+    from metaat.attacks.base import chunks, name_points, predictions
     from metaat.models import locate_model, resolve_model
     from metaat.models.checkpoint import recorded_sha256
     from metaat.runtime import resolve_device, seed_everything, set_threads
     from metaat.threats import in_threat, resolve_threat
 
     try:
-        if save is not None and save.suffix != ".safetensors":
-            raise ValueError(f"--save writes a .safetensors file; got {save.name!r}")
+        if save is not None:
+            check_new_file(save, "--save", overwrite, suffix=".safetensors")
         set_threads(threads)
         dev = resolve_device(device)
         gen = seed_everything(seed)
@@ -151,7 +183,7 @@ def _attack(
             raise ValueError(f"--save keeps examples of an attack bounded by a threat model; {attack} takes none")
         atk = attacks.create(attack, threat=threat, seed=seed, **opts)
     except (ValueError, TypeError, KeyError, FileNotFoundError, RuntimeError) as err:
-        fail(str(err))
+        fail(describe(err))
         return
     x, y = x.to(dev), y.to(dev)
     # A model built for other images (size, channels, classes) would fail mid-attack with a traceback.
@@ -159,6 +191,7 @@ def _attack(
     step = 250
     clean_ok = torch.zeros(len(y), dtype=torch.bool)
     robust_ok = torch.zeros(len(y), dtype=torch.bool)
+    nonfinite = torch.zeros(len(y), dtype=torch.bool)
     kept: list[torch.Tensor] = []
     t0 = time.perf_counter()
     try:
@@ -167,15 +200,25 @@ def _attack(
             for sl in chunks(len(y), step):
                 xb, yb = x[sl], y[sl]
                 with torch.no_grad():
-                    clean_ok[sl] = (net.eval()(xb).argmax(1) == yb).cpu()
+                    pred = predictions(net.eval()(xb))
+                if bool((pred < 0).any()):  # a model NaN on clean points has no accuracy to report
+                    where = name_points(pred < 0, start + sl.start)
+                    fail(f"the model returns non-finite logits (NaN or Inf) on {where}")
+                clean_ok[sl] = (pred == yb).cpu()
                 x_adv = atk(net, xb, yb, generator=gen if atk.takes_generator else None)
+                if not bool(torch.isfinite(x_adv).all()):
+                    fail(f"{attack} returned non-finite adversarial inputs (the model's gradients are NaN or Inf?)")
                 with torch.no_grad():
-                    robust_ok[sl] = (net(x_adv).argmax(1) == yb).cpu() & clean_ok[sl]
+                    pred_adv = predictions(net(x_adv))
+                nonfinite[sl] = (pred_adv < 0).cpu()  # counted as broken, and reported
+                robust_ok[sl] = (pred_adv == yb).cpu() & clean_ok[sl]
                 if save is not None:
                     kept.append(x_adv.cpu())
                 progress.advance(task, len(yb))
+    except typer.Exit:
+        raise
     except (ValueError, RuntimeError) as err:  # options only checkable against the data (a patch too big)
-        fail(f"{attack}: {str(err).splitlines()[0] if str(err) else type(err).__name__}")
+        fail(describe(err) if expected_failure(err) else f"{attack}: {describe(err)}")
         return
     clean_acc = clean_ok.float().mean().item()
     robust_acc = robust_ok.float().mean().item()
@@ -191,6 +234,7 @@ def _attack(
         "robust": robust_acc,
         "seconds": seconds,
         "seed": seed,
+        "nonfinite_adversarial": int(nonfinite.sum()),
     }
     if save is not None:
         from metaat.attacks.transfer import TOLERANCE, save_adversarial
@@ -224,6 +268,11 @@ def _attack(
             f"{attack}{' ' + threat if threat else ''} on {len(y)} points: clean {100 * clean_acc:.2f} %, "
             f"robust {100 * robust_acc:.2f} % ({seconds:.1f} s)"
         )
+        if bool(nonfinite.any()):
+            typer.echo(
+                f"flagged: the model's outputs are NaN or Inf on {name_points(nonfinite, start)} after the attack; "
+                "they are counted as broken"
+            )
         if save is not None:
             inside = "every one inside" if result["within_threat"] else "not all inside"
             typer.echo(f"saved {len(y)} adversarial examples ({inside} {threat}) to {result['saved']}")
@@ -259,7 +308,7 @@ def _transfer(
         check_against(adv, x, y)
         net = resolve_model(model).to(dev)
     except (ValueError, TypeError, KeyError, FileNotFoundError, RuntimeError) as err:
-        fail(str(err))
+        fail(describe(err))
         return
     name = str(adv.meta["data"])
     _probe(net, x.to(dev), y, name)
@@ -294,4 +343,4 @@ def _transfer(
 
 def register(app: typer.Typer) -> None:
     """Add ``attack`` to the ``metaat`` command."""
-    app.command("attack")(attack_cmd)
+    app.command("attack")(guarded(attack_cmd))

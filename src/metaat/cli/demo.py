@@ -80,4 +80,6 @@ def demo_cmd(
 
 
 def register(app: typer.Typer) -> None:
-    app.command("demo")(demo_cmd)
+    from metaat.cli import guarded
+
+    app.command("demo")(guarded(demo_cmd))

@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from metaat.cli import guarded
 from metaat.eval.report import fmt_pct
 from metaat.runtime import check_out_dir
 
@@ -170,7 +171,7 @@ def eval_cmd(
     from rich.progress import Progress
 
     import metaat.data as datasets
-    from metaat.cli import fail
+    from metaat.cli import describe, fail, require_nonempty
     from metaat.eval.evaluate import EVAL_THREATS, evaluate
     from metaat.eval.output import write_reports
     from metaat.eval.report import build_report, read_run_config
@@ -183,6 +184,10 @@ def eval_cmd(
     err_console = Console(stderr=True)
     dist_info = distributed.DistInfo()
     try:
+        for flag, value in (("--data", data), ("--suite", suite), ("target", target)):
+            require_nonempty(flag, value)
+        for value in threat or []:
+            require_nonempty("--threat", value)
         set_threads(threads)
         dist_info, dev = distributed.init_from_env(resolve_device(device))
         seed_everything(seed)
@@ -208,7 +213,7 @@ def eval_cmd(
         model = model.to(dev)
     except (ValueError, TypeError, KeyError, FileNotFoundError, RuntimeError) as err:
         distributed.shutdown(dist_info)
-        fail(str(err))
+        fail(describe(err))
         return
     shard = None
     if dist_info.enabled:
@@ -270,7 +275,7 @@ def eval_cmd(
         if state is None:
             state_path.unlink(missing_ok=True)
     except (ValueError, TypeError, KeyError, FileNotFoundError, RuntimeError, OSError) as err:
-        fail(str(err))
+        fail(describe(err))
         return
     finally:
         distributed.shutdown(dist_info)
@@ -320,5 +325,5 @@ def compare_cmd(
 
 def register(app: typer.Typer) -> None:
     """Add ``eval`` and ``compare`` to the ``metaat`` command."""
-    app.command("eval")(eval_cmd)
-    app.command("compare")(compare_cmd)
+    app.command("eval")(guarded(eval_cmd))
+    app.command("compare")(guarded(compare_cmd))

@@ -12,9 +12,8 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.markup import escape
 
-from metaat.cli import console, fail, parse_options
+from metaat.cli import console, describe, fail, guarded, parse_options, require_nonempty
 
 _RESUME_FLAGS = ("epochs", "threads", "device", "tracker", "log_every", "checkpoint_every")
 
@@ -70,6 +69,9 @@ def train_cmd(
     out: Annotated[Path | None, typer.Option(help="run folder (default runs/<defense>-<norms>)")] = None,
     resume: Annotated[Path | None, typer.Option(help="continue the run in this folder")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="print nothing but errors")] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="train into an existing folder that is not a metaat run")
+    ] = False,
 ) -> None:
     """Train a model with a defense; checkpoints, metrics.jsonl and final/ go to the run folder."""
     from metaat.models import CheckpointError
@@ -106,6 +108,10 @@ def train_cmd(
     }
     overrides = {k: v for k, v in flags.items() if v is not None}
     try:
+        for flag, value in (("--data", data), ("--model", model), ("--defense", defense), ("--preset", preset)):
+            require_nonempty(flag, value)
+        for value in threat or []:
+            require_nonempty("--threat", value)
         options = parse_options(option)
         if resume is not None:
             if config is not None or preset is not None:
@@ -133,10 +139,9 @@ def train_cmd(
             values["options"] = {**values["options"], **options}
             cfg = TrainConfig.from_dict(values, **overrides)
             run_dir = out if out is not None else default_out(cfg)
-        result = train(cfg, run_dir, resume=resume is not None, quiet=True if quiet else None)
+        result = train(cfg, run_dir, resume=resume is not None, quiet=True if quiet else None, force=force)
     except (ValueError, TypeError, KeyError, FileNotFoundError, CheckpointError, TrainingError) as err:
-        # str(KeyError) wraps its message in quotes; any other message is shown as it is
-        fail(escape(str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)))
+        fail(describe(err))
         return
     if result.status == "interrupted":
         console.print(f"interrupted; resume with: metaat train --resume {run_dir}", highlight=False, soft_wrap=True)
@@ -155,4 +160,4 @@ def train_cmd(
 
 def register(app: typer.Typer) -> None:
     """Add ``metaat train`` to the CLI."""
-    app.command("train")(train_cmd)
+    app.command("train")(guarded(train_cmd))

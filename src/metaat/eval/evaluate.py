@@ -24,9 +24,10 @@ from torch import nn
 
 from metaat.attacks.base import attack_mode, auto_chunk, check_model_inputs
 from metaat.eval.checks import CheckConfig, CheckResult, run_checks
+from metaat.eval.model_checks import check_finite_outputs
 from metaat.eval.state import EvalState, flags_from_text, flags_to_text, model_digest, tensor_digest
 from metaat.eval.suites import Suite, make_suite
-from metaat.eval.union import Progress, Shard, fraction, predict, worst_case_ensemble
+from metaat.eval.union import Progress, Shard, clean_predictions, fraction, predict, worst_case_ensemble
 from metaat.eval.unseen import UnseenConfig, run_unseen
 from metaat.models import model_device
 from metaat.threats import DEFAULT_THREATS, UNIT_BOX, ThreatModel, lp_norm, parse_threats, resolve_threat
@@ -261,7 +262,7 @@ def evaluate(
     t0 = time.perf_counter()
     if state.clean is None:
         with attack_mode(model):
-            state.clean = flags_to_text((predict(model, x.to(device), chunk) == y.to(device)).cpu())
+            state.clean = flags_to_text((clean_predictions(model, x.to(device), chunk) == y.to(device)).cpu())
         state.save()
     if len(state.clean) != x.shape[0]:
         raise ValueError(f"{state.path}: its clean flags cover {len(state.clean)} points, not {x.shape[0]}; delete it")
@@ -313,20 +314,23 @@ def evaluate(
     if check_cfg is not None:
         raw = section(
             "checks",
-            lambda: [
-                c.to_dict()
-                for c in run_checks(
-                    model,
-                    x.to(device),
-                    y.to(device),
-                    parsed,
-                    check_cfg,
-                    seed=seed,
-                    given_training=given_training,
-                    reference_warnings=warnings,
-                    reported={o.threat: o.flags for o in outcomes if not o.upper_bound},
-                )
-            ],
+            lambda: (
+                [
+                    c.to_dict()
+                    for c in run_checks(
+                        model,
+                        x.to(device),
+                        y.to(device),
+                        parsed,
+                        check_cfg,
+                        seed=seed,
+                        given_training=given_training,
+                        reference_warnings=warnings,
+                        reported={o.threat: o.flags for o in outcomes if not o.upper_bound},
+                    )
+                ]
+                + [_finite_check(model, x, parsed, check_cfg, seed, device)]
+            ),
         )
         check_out = tuple(CheckResult.from_dict(c) for c in raw or ())
     timings["total"] = round(time.perf_counter() - t_start, 3)
@@ -355,6 +359,17 @@ def evaluate(
         checks=check_out,
         examples=tuple(shown or ()),
     )
+
+
+def _finite_check(
+    model: nn.Module, x: torch.Tensor, threats: tuple[ThreatModel, ...], cfg: CheckConfig, seed: int, device: Any
+) -> dict[str, Any]:
+    """The ``finite-outputs`` check on the checks' points and threats, as a dict."""
+    chosen = (
+        threats if cfg.threats is None else tuple(ThreatModel.parse(t).with_box(*threats[0].box) for t in cfg.threats)
+    )
+    with attack_mode(model):
+        return check_finite_outputs(model, x[: cfg.n].to(device), chosen, seed).to_dict()
 
 
 def input_box_threats(

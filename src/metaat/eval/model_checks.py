@@ -12,11 +12,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from metaat.attacks.base import nonfinite_rows
 from metaat.eval.union import fraction
 from metaat.losses import ce, margin
+from metaat.runtime import derive_seed
+from metaat.threats import ThreatModel, random_init
 
 STATUSES = ("passed", "flagged", "skipped")
-MODEL_CHECKS = ("logits", "deterministic", "eval-mode", "gradients")
+MODEL_CHECKS = ("logits", "deterministic", "eval-mode", "gradients", "finite-outputs")
 
 
 @dataclass(frozen=True)
@@ -187,3 +190,38 @@ def check_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Check
 
 
 # --- attack checks ------------------------------------------------------------------------------
+
+
+def check_finite_outputs(
+    model: nn.Module, x: torch.Tensor, threats: tuple[ThreatModel, ...], seed: int = 0, draws: int = 4
+) -> CheckResult:
+    """Outputs are finite at every point and at ``draws`` random points inside each continuous
+    threat's set around it. A model that is finite on the clean inputs but NaN or Inf inside the
+    ball passes every other check (its gradients at the clean points are fine, its accuracy falls
+    to 0 at large eps); attacks on it stall where the loss is NaN, and an ``argmax`` would read its
+    NaN rows as a class. The evaluation counts such points as broken; this check says why."""
+    counts: dict[str, float] = {}
+    with torch.no_grad():
+        bad = nonfinite_rows(model(x))
+        counts["clean"] = float(bad.sum())
+        for threat in threats:
+            if not threat.continuous or not x.is_floating_point():
+                continue
+            g = torch.Generator().manual_seed(derive_seed(seed, str(threat), "finite-outputs"))
+            hit = torch.zeros_like(bad)
+            for _ in range(draws):
+                hit |= nonfinite_rows(model(x + random_init(x, threat, g)))
+            counts[str(threat)] = float(hit.sum())
+            bad |= hit
+    where = ", ".join(f"{k}: {int(v)}" for k, v in counts.items() if v)
+    values = {f"nonfinite_{k}": v for k, v in counts.items()}
+    return check_result(
+        "finite-outputs",
+        bool(bad.any()),
+        f"outputs are finite at all {x.shape[0]} points and at {draws} random points inside each threat's set "
+        "around each",
+        f"outputs are NaN or Inf at {int(bad.sum())} of {x.shape[0]} points or near them ({where}): such points "
+        "are counted as broken, but gradient attacks stall there (masked gradients) — fix the model's numerics",
+        None,
+        **values,
+    )

@@ -5,6 +5,10 @@ size, ...), the clean flags, and per threat the robust flags of every finished c
 finished sections (unseen attacks, checks, examples) are stored as their JSON results. An
 interrupted evaluation given the same file continues where it stopped; a file from a different
 evaluation is refused with the list of what differs.
+
+The file's ``sha256`` detects corruption, not tampering (whoever edits the file can recompute it).
+With ``METAAT_HMAC_KEY`` set, the file is also signed (``hmac_sha256``, HMAC-SHA256 of its digest
+under that key) and a file without a matching signature is refused.
 """
 
 from __future__ import annotations
@@ -19,11 +23,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from metaat.runtime import atomic_write_text, json_digest
+from metaat.runtime import HMAC_FIELD, atomic_write_text, hmac_key, json_digest, sign_digest, signature_problem
 
 FORMAT = "metaat.eval-state"
 VERSION = 1
-DIGEST = "sha256"  # over the file's own content: a hand edit or a flipped byte is refused
+DIGEST = "sha256"  # over the file's own content: a flipped byte or a careless edit is refused
+# The sha256 detects corruption, not tampering: anyone who edits the file can recompute it. With
+# METAAT_HMAC_KEY set, every save also writes HMAC_FIELD, a keyed digest only the key's holder can
+# recompute, and every load requires it.
 
 
 def tensor_digest(*tensors: torch.Tensor) -> str:
@@ -55,8 +62,8 @@ def flags_from_text(text: str) -> torch.Tensor:
 
 
 def content_digest(data: dict[str, Any]) -> str:
-    """SHA-256 of a state file's content without its own digest."""
-    return json_digest(data, DIGEST)
+    """SHA-256 of a state file's content without its own digests (plain and keyed)."""
+    return json_digest({k: v for k, v in data.items() if k != HMAC_FIELD}, DIGEST)
 
 
 def _is_flags(value: Any) -> bool:
@@ -96,6 +103,9 @@ def read_state(path: str | os.PathLike[str]) -> dict[str, Any]:
     # Files written before the digest existed have none (their fields are still checked).
     if DIGEST in data and data[DIGEST] != content_digest(data):
         raise ValueError(f"{p}: its content does not match its {DIGEST} (edited by hand or corrupt); delete it")
+    signed = signature_problem(content_digest(data), data.get(HMAC_FIELD), hmac_key())
+    if signed:
+        raise ValueError(f"{p}: not trusted: {signed}; delete it")
     problem = state_problem(data)
     if problem:
         raise ValueError(f"{p}: a damaged evaluation state file ({problem}); delete it")
@@ -147,7 +157,11 @@ class EvalState:
             "threats": self.threats,
             "sections": self.sections,
         }
-        data[DIGEST] = content_digest(data)
+        digest = content_digest(data)
+        data[DIGEST] = digest
+        key = hmac_key()
+        if key is not None:
+            data[HMAC_FIELD] = sign_digest(digest, key)
         atomic_write_text(self.path, json.dumps(data, sort_keys=True))
 
     # --- per-threat chunks -------------------------------------------------------------------

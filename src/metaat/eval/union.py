@@ -12,7 +12,8 @@ the flags are summed across processes after each threat: the chunks, their point
 are the single process's, so the flags are too (on the same kind of device).
 
 Every adversarial input is verified here — inside the threat set, finite, in [0, 1] — and its
-prediction recomputed, never taken from the attack.
+prediction recomputed, never taken from the attack; a point whose adversarial output is NaN or Inf
+counts as broken (never as the class ``argmax`` would pick), and the ``finite-outputs`` check flags it.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from metaat.attacks.base import attack_mode
+from metaat.attacks.base import attack_mode, name_points, predictions
 from metaat.eval.state import EvalState
 from metaat.eval.suites import Suite
 from metaat.models import model_device
@@ -74,9 +75,20 @@ def fraction(flags: torch.Tensor) -> float:
 
 
 def predict(model: nn.Module, x: torch.Tensor, chunk: int) -> torch.Tensor:
-    """Predicted labels for ``x`` in chunks, without gradients."""
+    """Predicted labels for ``x`` in chunks, without gradients; ``-1`` where the model's output is
+    not finite (NaN/Inf), so such a point never counts as correct or robust."""
     with torch.no_grad():
-        return torch.cat([model(x[s : s + chunk]).argmax(dim=1) for s in range(0, x.shape[0], chunk)])
+        return torch.cat([predictions(model(x[s : s + chunk])) for s in range(0, x.shape[0], chunk)])
+
+
+def clean_predictions(model: nn.Module, x: torch.Tensor, chunk: int) -> torch.Tensor:
+    """Predicted labels of the clean points; ``ValueError`` naming the points whose outputs are not
+    finite (a model that is NaN on clean data has no accuracy to report)."""
+    pred = predict(model, x, chunk)
+    bad = pred < 0
+    if bool(bad.any()):
+        raise ValueError(f"the model returns non-finite logits (NaN or Inf) on {name_points(bad.cpu())}")
+    return pred
 
 
 def verify_adversarial(x_adv: torch.Tensor, x: torch.Tensor, threat: ThreatModel, suite_name: str) -> None:

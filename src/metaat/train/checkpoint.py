@@ -68,6 +68,25 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
+def clean_stale_temporaries(run_dir: str | os.PathLike[str]) -> list[Path]:
+    """Remove what a killed run left half-written in ``run_dir``: temporary checkpoint folders
+    (``.checkpoint.tmp-<pid>``) and temporary files of atomic writes (``.<name>.*.tmp``,
+    ``metrics.jsonl.tmp``); return what was removed. Call it only while holding the run's lock.
+    """
+    root = Path(run_dir)
+    if not root.is_dir():
+        return []
+    removed = []
+    for child in sorted(root.iterdir()):
+        if child.is_dir() and not child.is_symlink() and child.name.startswith(f".{CHECKPOINT}.tmp-"):
+            shutil.rmtree(child)
+            removed.append(child)
+        elif child.is_file() and child.name.endswith(".tmp"):
+            child.unlink()
+            removed.append(child)
+    return removed
+
+
 def has_checkpoint(run_dir: str | os.PathLike[str]) -> bool:
     """Whether ``run_dir`` holds a checkpoint (latest or previous)."""
     root = Path(run_dir)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import gc
 import json
 import os
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -15,9 +16,19 @@ from torch import nn
 
 from metaat.defenses import Defense
 from metaat.models import get_spec
-from metaat.runtime import check_out_dir, environment, resolve_device, seed_everything, set_deterministic, set_threads
+from metaat.runtime import (
+    LOCK_FILE,
+    FolderLock,
+    atomic_write_text,
+    check_out_dir,
+    environment,
+    resolve_device,
+    seed_everything,
+    set_deterministic,
+    set_threads,
+)
 from metaat.train import distributed
-from metaat.train.checkpoint import has_checkpoint, read_checkpoint
+from metaat.train.checkpoint import clean_stale_temporaries, has_checkpoint, read_checkpoint
 from metaat.train.config import TrainConfig
 from metaat.train.loop import Trainer
 from metaat.train.outcome import TrainResult
@@ -38,6 +49,7 @@ def fit(
     resume: bool = False,
     quiet: bool | None = None,
     num_classes: int | None = None,
+    force: bool = False,
 ) -> TrainResult:
     """Train ``model`` with ``defense`` on in-memory tensors; the run folder is ``out_dir``.
 
@@ -48,6 +60,10 @@ def fit(
     ``resume=True`` continues from ``out_dir/checkpoint``. ``quiet``: True prints nothing, False
     forces progress bars, None shows them on a terminal. Raises :class:`TrainingError` on a
     non-finite loss, ``ValueError`` for bad input and ``CheckpointError`` for a corrupt checkpoint.
+
+    The run folder is owned: one process at a time holds its lock (another gets
+    :class:`~metaat.runtime.FolderInUseError` at once); a folder that exists, holds files and is not
+    a metaat run is refused unless ``force``; temporary files a killed run left are removed.
     """
     from metaat.data import validate_batch
 
@@ -69,18 +85,26 @@ def fit(
             raise ValueError("x_eval given without y_eval")
         x_eval, y_eval = x_eval[: config.eval_n], y_eval[: config.eval_n]
         validate_batch(x_eval, y_eval, num_classes=num_classes, box=box)
-    if resume and not has_checkpoint(run_dir):
-        raise FileNotFoundError(f"nothing to resume: no checkpoint in {run_dir}")
-    if not resume and has_checkpoint(run_dir):
-        raise ValueError(
-            f"{run_dir} already holds a run; resume it (--resume {run_dir}) or choose another output folder"
-        )
+    if not resume and not force:
+        check_run_folder(run_dir)
     set_threads(config.threads)
     set_deterministic(config.deterministic)
     device = resolve_device(config.device)
     info, device = distributed.init_from_env(device)
     trainer: Trainer | None = None
+    lock: FolderLock | None = None
+    created = not run_dir.exists()
     try:
+        if info.is_main:  # one process at a time per run folder; every rank of one run shares rank 0's
+            run_dir.mkdir(parents=True, exist_ok=True)
+            lock = FolderLock(run_dir).acquire()
+            clean_stale_temporaries(run_dir)
+        if resume and not has_checkpoint(run_dir):
+            raise FileNotFoundError(f"nothing to resume: no checkpoint in {run_dir}")
+        if not resume and has_checkpoint(run_dir):
+            raise ValueError(
+                f"{run_dir} already holds a run; resume it (--resume {run_dir}) or choose another output folder"
+            )
         if not resume:
             seed_everything(config.seed)
         trainer = Trainer(
@@ -101,11 +125,19 @@ def fit(
             trainer.restore()  # verifies the checkpoint before anything in the folder is written
         if info.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
-            config.to_yaml(run_dir / "config.yaml")
-            (run_dir / "environment.json").write_text(json.dumps(environment(), indent=2) + "\n", encoding="utf-8")
+            atomic_write_text(run_dir / "config.yaml", config.to_yaml())
+            atomic_write_text(run_dir / "environment.json", json.dumps(environment(), indent=2) + "\n")
         distributed.barrier(info)
         return trainer.run()
+    except BaseException:
+        if lock is not None and created and [p.name for p in run_dir.iterdir()] == [LOCK_FILE]:
+            lock.release()  # nothing was written: leave no empty folder behind
+            (run_dir / LOCK_FILE).unlink(missing_ok=True)
+            run_dir.rmdir()
+        raise
     finally:
+        if lock is not None:
+            lock.release()
         if trainer is not None:
             trainer.hook.remove()  # the caller's model stops feeding the meter
             if info.enabled:
@@ -119,8 +151,30 @@ def fit(
         distributed.shutdown(info)
 
 
+def check_run_folder(run_dir: Path) -> None:
+    """``ValueError`` when ``run_dir`` exists, holds files and is not a metaat run folder (its
+    ``config.yaml`` could be someone else's); an absent or empty folder, or a run's, is fine."""
+    if not run_dir.is_dir():
+        return
+    names = {p.name for p in run_dir.iterdir()} - {LOCK_FILE}
+    if not names or (run_dir / "config.yaml").is_file() and (run_dir / "environment.json").is_file():
+        return
+    if has_checkpoint(run_dir):
+        return
+    shown = ", ".join(sorted(names)[:3]) + (", ..." if len(names) > 3 else "")
+    raise ValueError(
+        f"{run_dir} exists and is not a metaat run folder (it holds {shown}); choose another output folder "
+        "or pass --force to train into it"
+    )
+
+
 def train(
-    config: TrainConfig, out_dir: str | os.PathLike[str], resume: bool = False, *, quiet: bool | None = None
+    config: TrainConfig,
+    out_dir: str | os.PathLike[str],
+    resume: bool = False,
+    *,
+    quiet: bool | None = None,
+    force: bool = False,
 ) -> TrainResult:
     """Load the data, build the model and the defense named by ``config``, and :func:`fit`.
 
@@ -149,7 +203,18 @@ def train(
         config.model, meta.num_classes, meta.in_channels, meta.image_size, box=box, **dict(meta.model_kwargs)
     )
     return fit(
-        model, defense, x, y, config, out_dir, x_eval, y_eval, resume=resume, quiet=quiet, num_classes=meta.num_classes
+        model,
+        defense,
+        x,
+        y,
+        config,
+        out_dir,
+        x_eval,
+        y_eval,
+        resume=resume,
+        quiet=quiet,
+        num_classes=meta.num_classes,
+        force=force,
     )
 
 

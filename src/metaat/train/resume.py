@@ -120,6 +120,7 @@ class CheckpointedRun:
         ckpt = read_checkpoint(self.run_dir)
         state, tensors = ckpt.state, ckpt.tensors
         self._check_same_run(state, ckpt.path)
+        check_config_file(self.run_dir, state["config"])
         try:
             self.model.load_state_dict(ckpt.model_state, strict=True)
         except RuntimeError as err:
@@ -179,6 +180,31 @@ class CheckpointedRun:
                 f"{path} has {state['steps_per_epoch']} steps per epoch but this data gives "
                 f"{self.steps_per_epoch}: resume with the same data, subset and batch size"
             )
+
+
+def check_config_file(run_dir: Path, saved: dict[str, Any]) -> None:
+    """``ValueError`` naming the fields when ``run_dir/config.yaml`` no longer says what the
+    checkpoint's config says (someone edited it): a resume continues the checkpoint's run and would
+    rewrite the file, so the edit would be lost without a word. Fields a resume may change
+    (:data:`RESUMABLE_CHANGES`) are not compared; a missing file is rewritten."""
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        return
+    try:
+        on_disk = TrainConfig.from_yaml(path).to_dict()
+    except (ValueError, TypeError, KeyError) as err:
+        raise ValueError(
+            f"cannot resume {run_dir}: its config.yaml was edited and no longer reads as a run config "
+            f"({str(err).splitlines()[0]}); undo the edit (the checkpoint holds the run's config)"
+        ) from None
+    expected = TrainConfig.from_dict(saved).to_dict()
+    diff = [k for k in expected if k not in RESUMABLE_CHANGES and expected[k] != on_disk.get(k)]
+    if diff:
+        fields = "; ".join(f"{k}: checkpoint {expected[k]!r}, file {on_disk.get(k)!r}" for k in diff)
+        raise ValueError(
+            f"cannot resume {run_dir}: config.yaml was edited since the run started ({fields}); a run continues "
+            f"with the config it was built with — undo the edit, or start a new run with --config {path}"
+        )
 
 
 def truncate_lines(path: Path, keep: int) -> None:
