@@ -7,7 +7,9 @@ threats, the domain's worst-case suite for a domain threat), each with its passe
 
     OMP_NUM_THREADS=1 nice -n 15 .venv/bin/python benchmarks/meta_heldout.py \
         --tasks configs/tasks/sensors.yaml --out benchmarks/results/meta_heldout.json
-    .venv/bin/python benchmarks/meta_heldout.py --table benchmarks/results/meta_heldout.json   # the docs table
+    .venv/bin/python benchmarks/meta_heldout.py --table benchmarks/results/meta_heldout.json   # print the table
+    .venv/bin/python benchmarks/meta_heldout.py --table benchmarks/results/meta_heldout.json \
+        --docs docs/concepts/meta-pretraining.md                                               # write it there
 
 Resumable: the attacker and its card live in ``--artifact`` (default ``benchmarks/runs/meta_heldout``);
 a rerun reuses an attacker made from the same task file and skips the held-out tasks already
@@ -54,6 +56,18 @@ def table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+START, END = "<!-- held-out table -->", "<!-- /held-out table -->"
+
+
+def write_docs(page: Path, text: str) -> None:
+    """Put ``text`` between the page's table markers (the page must hold both)."""
+    body = page.read_text(encoding="utf-8")
+    if START not in body or END not in body:
+        raise SystemExit(f"{page}: no {START} ... {END} markers")
+    head, rest = body.split(START, 1)
+    atomic_write_text(page, head + START + "\n" + text + "\n" + END + rest.split(END, 1)[1])
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", default="configs/tasks/sensors.yaml")
@@ -61,9 +75,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--artifact", default="benchmarks/runs/meta_heldout")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--table", metavar="JSON", help="print the held-out table of a results file and exit")
+    parser.add_argument("--docs", metavar="PAGE", help="with --table: replace the page's table between its markers")
     args = parser.parse_args(argv)
     if args.table:
-        print(table(json.loads(Path(args.table).read_text(encoding="utf-8"))))
+        text = table(json.loads(Path(args.table).read_text(encoding="utf-8")))
+        if args.docs:
+            write_docs(Path(args.docs), text)
+        print(text)
         return
     torch.set_num_threads(args.threads)
     tf = load_task_file(args.tasks)
