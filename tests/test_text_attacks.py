@@ -105,8 +105,7 @@ def _attacks(threat: str, space: TextSpace) -> list[TextAttack]:
         BeamAttack(threat, space=space, beam_width=2, positions=5),
         GeneticAttack(threat, space=space, population=6, generations=4, max_queries=300),
     ]
-    if threat.endswith(":1"):
-        out.append(ExhaustiveAttack(threat, space=space))
+    out.append(ExhaustiveAttack(threat, space=space))  # every single edit (complete for k = 1)
     return out
 
 
@@ -205,8 +204,7 @@ def test_registry_and_option_errors() -> None:
     for name in ("text-greedy", "text-beam", "text-genetic", "text-exhaustive"):
         assert name in ATTACKS.available()
         assert isinstance(ATTACKS.create(name, "syn:1", space=space), TextAttack)
-    with pytest.raises(ValueError, match="k = 1"):
-        ExhaustiveAttack("syn:2", space=space)
+    assert ExhaustiveAttack("syn:1", space=space).complete and not ExhaustiveAttack("syn:2", space=space).complete
     with pytest.raises(ValueError, match="syn:k, nbr:k or typo:k"):
         GreedyAttack("linf:0.1", space=space)
     with pytest.raises(ValueError, match="ranking"):
@@ -214,8 +212,11 @@ def test_registry_and_option_errors() -> None:
     with pytest.raises(ValueError, match="int64 token ids"):
         GreedyAttack("syn:1", space=space)(_cnn(space, 0), torch.zeros(2, 8), torch.zeros(2, dtype=torch.long))
     options: dict[str, Any] = {"batch_size": 64}
-    names = [a.name for a in default_attacks("syn:1", space=space, **options)]
-    assert names[0] == "text-exhaustive" and "text-genetic" in names
+    ensemble = default_attacks("syn:1", space=space, **options)
+    assert [a.name for a in ensemble] == ["text-greedy", "text-greedy", "text-exhaustive", "text-beam", "text-genetic"]
+    assert all(a.config.batch_size == 64 and a.space is space for a in ensemble)
+    with pytest.raises(ValueError, match="discrete text threat"):
+        default_attacks("linf:0.1")
 
 
 def test_genetic_respects_its_query_budget() -> None:

@@ -39,6 +39,12 @@ def test_parse_and_round_trip() -> None:
     assert ThreatModel.parse("syn:2") == ThreatModel("syn", 2.0)
     assert not ThreatModel.parse("syn:2").continuous and not ThreatModel.parse("typo:1").continuous
     assert ThreatModel.parse("emb:0.5").continuous
+    kind = ThreatModel.parse("typo:2").kind
+    assert kind is not None and [name for name, _ in kind.evaluation_attacks][:3] == [
+        "text-greedy",
+        "text-greedy",
+        "text-exhaustive",
+    ]
     for bad in ("syn:0", "syn:1.5", "typo:x", "emb:abc"):
         with pytest.raises(ValueError):
             ThreatModel.parse(bad)

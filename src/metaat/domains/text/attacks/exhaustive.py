@@ -1,33 +1,32 @@
-"""Exhaustive search over every single edit (threats with k = 1).
+"""Exhaustive search over every single edit.
 
-For ``syn:1`` and ``typo:1`` the set is small enough to enumerate: every editable position times
-every allowed replacement there. The attack scores all of them and returns the one with the lowest
-true-class probability, so an example it leaves correctly classified is *verified* robust in that
-set (the model's prediction on every member was checked). Query budget: ``Σ_t |candidates_t|``
-(+1 for the clean text) per example.
+For ``syn:1``, ``nbr:1`` and ``typo:1`` the set is small enough to enumerate: every editable position
+times every allowed replacement there. The attack scores all of them and returns the one with the
+lowest true-class probability, so for k = 1 an example it leaves correctly classified is *verified*
+robust in that set (the model's prediction on every member was checked). For k > 1 it still scores
+every single edit (a subset of the set: no longer a verification). Query budget:
+``Σ_t |candidates_t|`` (+1 for the clean text) per example.
 """
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 from torch import nn
 
 from metaat.attacks.base import ATTACKS
 from metaat.domains.text.attacks.search import EditSpace, TextAttack, score_rows
-from metaat.domains.text.space import TextSpace
-from metaat.threats import ThreatModel
 
 
-@ATTACKS.register("text-exhaustive", help="Every single edit scored (text; syn:1, typo:1): a verified result")
+@ATTACKS.register("text-exhaustive", help="Every single edit scored (text): a verified result for k = 1")
 class ExhaustiveAttack(TextAttack):
     name: ClassVar[str] = "text-exhaustive"
 
-    def __init__(self, threat: str | ThreatModel, space: TextSpace | None = None, **options: Any) -> None:
-        super().__init__(threat, space, **options)
-        if int(self.threat.eps) != 1:
-            raise ValueError(f"text-exhaustive enumerates k = 1 only; got {self.threat}")
+    @property
+    def complete(self) -> bool:
+        """True when the search covers the whole set (k = 1): a robust point is then verified."""
+        return int(self.threat.eps) == 1
 
     def search(
         self, model: nn.Module, ids: torch.Tensor, y: torch.Tensor, edits: EditSpace, generator: torch.Generator
