@@ -417,14 +417,15 @@ def test_the_finite_outputs_check_flags_nan_inside_the_ball_that_every_other_che
 
 def test_two_trainings_into_one_folder_the_second_is_refused_and_the_first_is_bit_identical(tmp_path: Path) -> None:
     import os
+    import signal
     import subprocess
     import sys
     import time
 
     from safetensors.torch import load_file
 
-    args = ["--data", "synthetic", "--model", "mlp", "--defense", "pgd", "--train-subset", "2000"]
-    args += ["--batch-size", "32", "--epochs", "3", "--eval-n", "0", "--threads", "1", "--quiet", "--seed", "3"]
+    args = ["--data", "synthetic", "--model", "mlp", "--defense", "pgd", "--train-subset", "256"]
+    args += ["--batch-size", "32", "--epochs", "2", "--eval-n", "0", "--threads", "1", "--quiet", "--seed", "3"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     first = subprocess.Popen(
         [sys.executable, "-m", "metaat.cli", "train", *args, "--out", str(tmp_path / "shared")],
@@ -434,14 +435,18 @@ def test_two_trainings_into_one_folder_the_second_is_refused_and_the_first_is_bi
     )
     try:
         lock = tmp_path / "shared" / ".metaat.lock"
-        while first.poll() is None and not (lock.exists() and lock.read_text().strip() == str(first.pid)):
-            time.sleep(0.02)
-        assert first.poll() is None, "the first training ended before the second could start"
-        t0 = time.perf_counter()
-        second = CliRunner().invoke(cli.app, ["train", *args, "--out", str(tmp_path / "shared")])
-        assert time.perf_counter() - t0 < 30
-        assert first.poll() is None, "the first training ended before the second was refused"
-        assert second.exit_code == 2
+        while first.poll() is None and not (tmp_path / "shared" / "config.yaml").exists():
+            time.sleep(0.01)  # the first run has started training
+        os.kill(first.pid, signal.SIGSTOP)  # hold it mid-run (however slow the second's start is)
+        try:
+            assert first.poll() is None, "the first training ended before the second could start"
+            t0 = time.perf_counter()
+            second = CliRunner().invoke(cli.app, ["train", *args, "--out", str(tmp_path / "shared")])
+            refused_in = time.perf_counter() - t0
+        finally:
+            os.kill(first.pid, signal.SIGCONT)
+        assert refused_in < 20  # at once: data and model are built, nothing is trained or written
+        assert second.exit_code == 2, second.output
         assert second.stderr.strip().splitlines() == [
             f"error: {tmp_path / 'shared'} is in use by another metaat process (pid {first.pid}, lock {lock}); "
             "wait for it to finish or choose another folder"

@@ -85,8 +85,6 @@ def fit(
             raise ValueError("x_eval given without y_eval")
         x_eval, y_eval = x_eval[: config.eval_n], y_eval[: config.eval_n]
         validate_batch(x_eval, y_eval, num_classes=num_classes, box=box)
-    if not resume and not force:
-        check_run_folder(run_dir)
     set_threads(config.threads)
     set_deterministic(config.deterministic)
     device = resolve_device(config.device)
@@ -94,10 +92,13 @@ def fit(
     trainer: Trainer | None = None
     lock: FolderLock | None = None
     created = not run_dir.exists()
+    lock_existed = (run_dir / LOCK_FILE).exists()
     try:
         if info.is_main:  # one process at a time per run folder; every rank of one run shares rank 0's
             run_dir.mkdir(parents=True, exist_ok=True)
             lock = FolderLock(run_dir).acquire()
+            if not resume and not force:  # under the lock: a run that is starting looks like no run yet
+                check_run_folder(run_dir)
             clean_stale_temporaries(run_dir)
         if resume and not has_checkpoint(run_dir):
             raise FileNotFoundError(f"nothing to resume: no checkpoint in {run_dir}")
@@ -130,10 +131,12 @@ def fit(
         distributed.barrier(info)
         return trainer.run()
     except BaseException:
-        if lock is not None and created and [p.name for p in run_dir.iterdir()] == [LOCK_FILE]:
-            lock.release()  # nothing was written: leave no empty folder behind
+        if lock is not None and not lock_existed and not (run_dir / "config.yaml").exists():
+            lock.release()  # nothing was written: leave neither our lock file nor an empty folder behind
+            lock = None
             (run_dir / LOCK_FILE).unlink(missing_ok=True)
-            run_dir.rmdir()
+            if created and not any(run_dir.iterdir()):
+                run_dir.rmdir()
         raise
     finally:
         if lock is not None:
