@@ -61,7 +61,7 @@ class BagOfWords(nn.Module):
             self.embedding.weight.copy_(scores)
 
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.embedding(ids.clamp_min(0) * (ids >= 0))
+        return self.embedding(torch.where(ids < self.embedding.num_embeddings, ids, torch.ones_like(ids)))
 
     def forward_embedded(self, emb: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         return (emb * (ids != 0).unsqueeze(-1)).sum(dim=1)

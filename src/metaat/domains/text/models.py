@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from metaat.domains.text.vocab import MAX_SPELLED, PAD, UNK, Vocab
+from metaat.domains.text.vocab import MAX_SPELLED, PAD, SPELLED, UNK, Vocab
 from metaat.models.base import MODELS
 
 EMBED_DIM = 100
@@ -67,8 +67,8 @@ def chars_of_words(words: Sequence[str]) -> torch.Tensor:
 
 
 def chars_of_spelled(ids: torch.Tensor) -> torch.Tensor:
-    """Character codes ``(..., MAX_CHARS)`` of spelled (negative) ids; zeros elsewhere."""
-    code = (-ids).clamp_min(0)
+    """Character codes ``(..., MAX_CHARS)`` of spelled ids (``>= SPELLED``); zeros elsewhere."""
+    code = (ids - SPELLED).clamp_min(0)
     digits = []
     for _ in range(MAX_SPELLED):
         digits.append(code % 27)
@@ -200,7 +200,7 @@ class CharNgramCNN(WordCNN):
     def token_chars(self, ids: torch.Tensor) -> torch.Tensor:
         known = self.vocab_chars[ids.clamp(0, self.vocab_size - 1)]
         known = known * ((ids >= 0) & (ids < self.vocab_size)).unsqueeze(-1)
-        return torch.where((ids < 0).unsqueeze(-1), chars_of_spelled(ids), known)
+        return torch.where((ids > SPELLED).unsqueeze(-1), chars_of_spelled(ids), known)
 
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
         words = super().embed(ids)

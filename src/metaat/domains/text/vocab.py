@@ -6,10 +6,11 @@ other character separates tokens (``"Isn't it GREAT?!"`` -> ``isn t it great ? !
 
 Ids: ``0`` is padding, ``1`` is ``<unk>``, ``2 .. V-1`` are vocabulary words. A word outside the
 vocabulary that is spelled only with ``a-z`` and has at most :data:`MAX_SPELLED` letters is encoded
-*by its spelling* as a negative id ``-code`` (``code`` = the word read as a base-27 number, ``a`` = 1
-... ``z`` = 26), so that a typo such as ``terible`` stays a distinct, decodable token without any
-shared table: word-embedding models read it as ``<unk>``; the character-aware model reads its
-letters. Other unknown tokens become ``<unk>``.
+*by its spelling* as the id ``SPELLED + code`` (``code`` = the word read as a base-27 number,
+``a`` = 1 ... ``z`` = 26; :data:`SPELLED` = 2**62, far above any vocabulary; ids stay non-negative),
+so that a typo such as ``terible`` stays a distinct, decodable token without any shared table:
+word-embedding models read it as ``<unk>`` (every id at or above their vocabulary size does); the
+character-aware model reads its letters. Other unknown tokens become ``<unk>``.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ PAD_TOKEN, UNK_TOKEN = "<pad>", "<unk>"
 MAX_SPELLED = 13
 """Longest word encoded by its spelling: 27**13 < 2**63, so the code fits in an int64."""
 _BASE = 27
+SPELLED = 1 << 62
+"""Ids from here on are spelled words (``SPELLED + code``; every id stays a non-negative int64)."""
 _TOKEN = re.compile(r"[a-z0-9]+|[!?]")
 _LETTERS = re.compile(r"[a-z]+")
 
@@ -48,24 +51,29 @@ def spellable(word: str) -> bool:
 
 
 def spell(word: str) -> int:
-    """The (negative) id of a spellable word.
+    """The id of a spellable word.
 
-    >>> spell("ab"), unspell(spell("terible"))
-    (-29, 'terible')
+    >>> spell("ab") - SPELLED, unspell(spell("terible"))
+    (29, 'terible')
     """
     if not spellable(word):
         raise ValueError(f"{word!r} cannot be spelled as an id (a-z only, at most {MAX_SPELLED} letters)")
     code = 0
     for ch in word:
         code = code * _BASE + (ord(ch) - 96)
-    return -code
+    return SPELLED + code
+
+
+def is_spelled(token_id: int) -> bool:
+    """True for the id of a word encoded by its spelling."""
+    return int(token_id) > SPELLED
 
 
 def unspell(token_id: int) -> str:
-    """Inverse of :func:`spell` for a negative id."""
-    code = -int(token_id)
+    """Inverse of :func:`spell`."""
+    code = int(token_id) - SPELLED
     if code <= 0:
-        raise ValueError(f"{token_id} is not a spelled id (must be negative)")
+        raise ValueError(f"{token_id} is not a spelled id (spelled ids are above {SPELLED})")
     letters: list[str] = []
     while code:
         code, digit = divmod(code, _BASE)
@@ -103,9 +111,9 @@ class Vocab:
     def word(self, token_id: int) -> str:
         """The string of an id (vocabulary word, spelled word, ``<pad>`` or ``<unk>``)."""
         token_id = int(token_id)
-        if token_id < 0:
+        if is_spelled(token_id):
             return unspell(token_id)
-        if token_id >= len(self.words):
+        if token_id < 0 or token_id >= len(self.words):
             raise ValueError(f"id {token_id} is outside the vocabulary of {len(self.words)} words")
         return self.words[token_id]
 
