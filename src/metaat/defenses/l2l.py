@@ -29,7 +29,7 @@ from torch import nn
 from metaat.defenses.base import DEFENSES, Defense, DefenseConfig, TrainContext, accuracy
 from metaat.losses import ce
 from metaat.meta.generators import AttackerSpec, LearnedAttacker
-from metaat.meta.io import generator_record, load_generator
+from metaat.meta.io import generator_record, load_attacker
 from metaat.meta.rollout import attacker_rollout, route_ascent
 from metaat.meta.sampling import sample_index, uniform
 from metaat.threats import random_init
@@ -57,16 +57,11 @@ class L2LConfig(DefenseConfig):
 def build_attacker(
     in_channels: int, hidden: int, depth: int, path: str | None, device: torch.device, rank: int = 2
 ) -> LearnedAttacker:
-    """A fresh attacker, or the one saved at ``path`` (checked against the input channels and rank:
-    2 for images, 1 for signals)."""
+    """A fresh attacker, or the one saved at ``path``: a plain attacker is checked against the input
+    channels and rank (2 for images, 1 for signals); a channel-shared one from ``metaat meta-pretrain
+    --tasks`` is specialised exactly to the input channels."""
     if path:
-        attacker = load_generator(path)
-        if not isinstance(attacker, LearnedAttacker):
-            raise ValueError(f"{path} holds a {getattr(attacker, 'kind', '?')} generator, not a learned attacker")
-        if attacker.spec.in_channels != in_channels:
-            raise ValueError(f"{path}: attacker built for {attacker.spec.in_channels} channels, data has {in_channels}")
-        if attacker.spec.rank != rank:
-            raise ValueError(f"{path}: attacker built for rank-{attacker.spec.rank} inputs, data has rank {rank}")
+        attacker = load_attacker(path, in_channels=in_channels, rank=rank)
     else:
         attacker = LearnedAttacker(AttackerSpec(in_channels=in_channels, hidden=hidden, depth=depth, rank=rank))
     return attacker.to(device).train()

@@ -36,6 +36,7 @@ from metaat.losses import get_loss
 from metaat.meta.generators import LearnedAttacker, NoiseGenerator
 from metaat.meta.io import load_generator
 from metaat.meta.rollout import attacker_rollout
+from metaat.meta.shared import ChannelSharedAttacker
 from metaat.threats import random_init
 
 
@@ -67,12 +68,18 @@ class LearnedAttack(Attack):
             if not self.config.path:
                 raise ValueError("learned attack needs path=<saved generator or run folder> (or attacker=<module>)")
             attacker = load_generator(self.config.path)
-        if not isinstance(attacker, LearnedAttacker | NoiseGenerator):
-            raise TypeError(f"learned attack needs a LearnedAttacker or NoiseGenerator, got {type(attacker).__name__}")
-        self.attacker: LearnedAttacker | NoiseGenerator = attacker
+        if not isinstance(attacker, LearnedAttacker | NoiseGenerator | ChannelSharedAttacker):
+            raise TypeError(
+                "learned attack needs a LearnedAttacker, ChannelSharedAttacker or NoiseGenerator, "
+                f"got {type(attacker).__name__}"
+            )
+        self.attacker: LearnedAttacker | NoiseGenerator | ChannelSharedAttacker = attacker
 
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        cfg, threat, gen = self.config, self.threat, self.attacker
+        cfg, threat = self.config, self.threat
+        gen = (
+            self.attacker.specialise(x.shape[1]) if isinstance(self.attacker, ChannelSharedAttacker) else self.attacker
+        )
         expected = gen.spec.in_channels
         if x.shape[1] != expected:
             raise ValueError(f"the learned attacker was built for {expected}-channel images, got {x.shape[1]}")
