@@ -120,11 +120,18 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
         + ["--save", str(root / "set.safetensors")],
     )
     assert saved.exit_code == 0, saved.output
+    signed = runner.invoke(
+        cli.app,
+        ["attack", "--model", str(root / "model"), "--data", "synthetic", *N, "--attack", "fgsm"]
+        + ["--save", str(root / "signed.safetensors")],
+        env={"METAAT_HMAC_KEY": "secret"},
+    )
+    assert signed.exit_code == 0, signed.output
     return root
 
 
 def _tampered_set(root: Path) -> None:
-    """The saved set with one pixel changed and its sha256 recomputed (a deliberate edit)."""
+    """The signed set with one image changed and its sha256 recomputed (a deliberate edit)."""
     import json
 
     from safetensors import safe_open
@@ -132,7 +139,7 @@ def _tampered_set(root: Path) -> None:
 
     from metaat.attacks.transfer import META_KEY, TENSORS, tensors_digest
 
-    with safe_open(str(root / "set.safetensors"), framework="pt") as f:
+    with safe_open(str(root / "signed.safetensors"), framework="pt") as f:
         meta = json.loads((f.metadata() or {})[META_KEY])
         tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
     tensors["x_adv"][0].zero_()
@@ -247,6 +254,13 @@ CASES = [
     Case("threat-drift-two", "argument", attack("model", "--threat", "drift:1,2"), r"drift"),
     Case("attack-spike-on-linf", "argument", attack("model", "--attack", "spike-search"), r"spike"),
     Case("attack-drift-on-l2", "argument", attack("model", "--attack", "drift-search", "--threat", "l2:1"), r"drift"),
+    # text threat syntax (syn:k, typo:k, nbr:k) and the text attacks
+    Case("threat-syn-zero", "argument", attack("model", "--threat", "syn:0"), r"syn"),
+    Case("threat-typo-fraction", "argument", attack("model", "--threat", "typo:1.5"), r"typo"),
+    Case("threat-nbr-text", "argument", attack("model", "--threat", "nbr:x"), r"nbr"),
+    Case(
+        "attack-text-greedy-on-images", "argument", attack("model", "--attack", "text-greedy"), r"text-greedy|syn|typo"
+    ),
     # -- files -------------------------------------------------------------------------------------
     Case("attack-save-exists", "file", attack("model", "--save", "{r}/exists.safetensors"), r"already exists"),
     Case("attack-model-missing", "file", attack("nothing-here"), r"nothing-here"),
@@ -275,7 +289,7 @@ CASES = [
         "transfer-tampered-with-key",
         "file",
         lambda r: ["attack", "--model", str(r / "model"), "--transfer", str(r / "tampered.safetensors")],
-        r"tampered\.safetensors.*not trusted.*METAAT_HMAC_KEY",
+        r"tampered\.safetensors.*not trusted: its hmac_sha256 does not match METAAT_HMAC_KEY",
         setup=_tampered_set,
         env={"METAAT_HMAC_KEY": "secret"},
     ),
@@ -301,14 +315,27 @@ CASES = [
         "sensor-watch-missing",
         "data",
         lambda r: ["attack", "--model", str(r / "model"), "--data", "watch", "--data-dir", str(r / "empty")],
-        r"watch",
-        env={"METAAT_DATA": "/nonexistent"},
+        r"watch\.npz not found in .*empty",
+        env={"METAAT_DATA": "/nonexistent", "HOME": "/nonexistent-home"},
+    ),
+    Case(
+        "sensor-watch-too-few",
+        "data",
+        lambda r: ["attack", "--model", str(r / "model"), "--data", "watch"],
+        r"n=1000.*watch test split holds only|watch\.npz not found",
     ),
     Case(
         "sensor-watch-damaged",
         "data",
         lambda r: ["attack", "--model", str(r / "model"), "--data", "watch", "--data-dir", str(r / "sensors")],
         r"watch\.npz",
+    ),
+    Case(
+        "text-mr-missing",
+        "data",
+        lambda r: ["attack", "--model", str(r / "model"), "--data", "mr", "--data-dir", str(r / "empty")],
+        r"mr|movie|token|shape",
+        env={"METAAT_DATA": "/nonexistent"},
     ),
     Case("eval-wrong-size-model", "data", evaluate("model-8px"), r"1x8x8 inputs.*synthetic has 1x12x12"),
     # -- models ------------------------------------------------------------------------------------
@@ -318,7 +345,7 @@ CASES = [
     Case("attack-too-few-classes", "model", attack("model-3cls"), r"3 classes|only 3"),
     Case("attack-wrong-image-size", "model", attack("model-8px"), r"shape"),
     Case("attack-wrong-device", "model", attack("model", "--device", "cuda:0"), r"cuda:0.*CUDA is not available"),
-    Case("eval-all-nan", "model", evaluate("t-nan"), r"non-finite logits"),
+    Case("eval-all-nan", "model", evaluate("t-nan"), r"non-finite logits.*16 of 16 points \(indices 0, 1"),
     Case("train-impossible-model", "model", train("--model", "t-huge", "--out", "{r}/huge"), r"memory", code=1),
     # -- faults ------------------------------------------------------------------------------------
     Case("train-disk-full", "fault", train("--out", "{r}/full"), r"no space left.*full", code=1, fault=_disk_full),
@@ -376,6 +403,7 @@ def test_bad_input_is_one_line_naming_the_culprit_and_changes_no_file(
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("error: "), lines
     assert re.search(case.culprit, lines[0]), lines[0]
+    print(f"{case.id}: {lines[0]}")  # pytest -rP shows every answer
     after = _hashes(world)
     assert {k: after.get(k) for k in before} == before  # no file that existed was changed or removed
 
@@ -507,3 +535,50 @@ def test_a_keyed_digest_catches_an_edit_whose_sha256_was_recomputed(
         read_state(tmp_path / "s.json")
     monkeypatch.delenv("METAAT_HMAC_KEY")
     assert read_state(tmp_path / "s.json")["clean"] == "0101"  # without a key: the sha256 still guards accidents
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("wrong-size", r"expects inputs of shape \(1, 8, 8\) but the data has \(1, 12, 12\)"),
+        ("tuple-output", r"one tensor of logits; it returned tuple"),
+        ("3d-output", r"logits of shape \(batch, 10\).*\(2, 10, 1\)"),
+        ("empty", r"no training data.*0 examples"),
+    ],
+)
+def test_fit_refuses_data_and_models_that_cannot_train_before_writing_anything(
+    case: str, message: str, tmp_path: Path
+) -> None:
+    import metaat.defenses as defenses
+    from metaat.train import TrainConfig, fit
+
+    x, y = data.load("synthetic", "train", n=8)
+    model: nn.Module = {
+        "wrong-size": lambda: models.create("mlp", 10, 1, 8, hidden=8),
+        "tuple-output": lambda: _Wrapped("tuple", 10, 1, 12),
+        "3d-output": lambda: _Wrapped("3d", 10, 1, 12),
+        "empty": lambda: models.create("mlp", 10, 1, 12, hidden=8),
+    }[case]()
+    if case == "empty":
+        x, y = x[:0], y[:0]
+    cfg = TrainConfig(data="synthetic", model="mlp", defense="standard", epochs=1, eval_n=0, threads=1)
+    with pytest.raises(ValueError, match=message):
+        fit(
+            model,
+            defenses.create("standard", list(cfg.threats)),
+            x,
+            y,
+            cfg,
+            tmp_path / "run",
+            quiet=True,
+            num_classes=10,
+        )
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_signed_set_is_verified_with_the_key_and_still_read_without_it(world: Path) -> None:
+    args = ["attack", "--model", str(world / "model"), "--transfer", str(world / "signed.safetensors"), "--json"]
+    assert CliRunner().invoke(cli.app, args, env={"METAAT_HMAC_KEY": "secret"}).exit_code == 0
+    other = CliRunner().invoke(cli.app, args, env={"METAAT_HMAC_KEY": "another"})
+    assert other.exit_code == 2 and "signed with another key" in other.stderr
+    assert CliRunner().invoke(cli.app, args, env={"METAAT_HMAC_KEY": ""}).exit_code == 0  # no key: sha256 only

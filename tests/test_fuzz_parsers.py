@@ -27,7 +27,7 @@ from metaat.train.checkpoint import read_checkpoint
 from metaat.train.config import TrainConfig
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-KINDS = ["linf", "l2", "l1", "spike", "drift", "syn", "typo", "emb", "l0", "", "LINF", "l2 "]
+KINDS = ["linf", "l2", "l1", "spike", "drift", "syn", "typo", "nbr", "emb", "l0", "", "LINF", "l2 "]
 NUMBER = st.one_of(
     st.floats(allow_nan=True, allow_infinity=True).map(repr),
     st.integers(-(10**30), 10**30).map(str),

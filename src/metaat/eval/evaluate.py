@@ -115,8 +115,6 @@ def check_model_fits(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> int:
         )
     if not out.is_floating_point():
         raise ValueError(f"the model must return floating-point logits; got dtype {out.dtype}")
-    if not bool(torch.isfinite(out).all()):
-        raise ValueError("the model returns non-finite logits (NaN or Inf) on the first test point")
     classes = int(out.shape[1])
     if y.numel() and int(y.max()) >= classes:
         raise ValueError(f"labels go up to {int(y.max())} but the model outputs only {classes} classes")

@@ -80,6 +80,7 @@ def fit(
             num_classes = int(y_train.max()) + 1
     box = defense.threats[0].box  # the input's valid range (pixels: [0, 1]), shared by every threat
     validate_batch(x_train, y_train, num_classes=num_classes, box=box)
+    check_model_takes(model, x_train, y_train, num_classes)
     if x_eval is not None:
         if y_eval is None:
             raise ValueError("x_eval given without y_eval")
@@ -152,6 +153,29 @@ def fit(
                 del trainer
                 gc.collect()
         distributed.shutdown(info)
+
+
+def check_model_takes(model: nn.Module, x: torch.Tensor, y: torch.Tensor, num_classes: int) -> None:
+    """One-line ``ValueError`` before training when ``model`` cannot take ``x`` (shape, dtype,
+    device) or does not return ``(batch, num_classes)`` logits — rather than a traceback at the
+    first step. One forward pass on two examples, in eval mode, without gradients."""
+    from metaat.attacks.base import attack_mode, check_model_inputs
+    from metaat.models import model_device
+
+    check_model_inputs(model, x[:2], y[:2])
+    try:
+        with torch.no_grad(), attack_mode(model):
+            out = model(x[:2].to(model_device(model)))
+    except (RuntimeError, ValueError, TypeError, IndexError) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"the model cannot take the training inputs of shape {tuple(x.shape[1:])}: {reason}") from None
+    if not isinstance(out, torch.Tensor):
+        raise ValueError(f"the model must return one tensor of logits; it returned {type(out).__name__}")
+    if out.dim() != 2 or out.shape[0] != min(2, x.shape[0]) or out.shape[1] < num_classes:
+        raise ValueError(
+            f"the model must return logits of shape (batch, {num_classes}); for {min(2, x.shape[0])} training "
+            f"inputs it returned {tuple(out.shape)}"
+        )
 
 
 def check_run_folder(run_dir: Path) -> None:
