@@ -263,6 +263,12 @@ CASES = [
     ),
     # -- files -------------------------------------------------------------------------------------
     Case("attack-save-exists", "file", attack("model", "--save", "{r}/exists.safetensors"), r"already exists"),
+    Case(
+        "attack-save-spatial",
+        "file",
+        attack("model", "--attack", "spatial", "--save", "{r}/spatial.safetensors"),
+        r"--save keeps examples of an attack bounded by a threat model; spatial takes none",
+    ),
     Case("attack-model-missing", "file", attack("nothing-here"), r"nothing-here"),
     Case("attack-model-garbage", "file", attack("garbage.safetensors"), r"garbage"),
     Case("train-config-yaml", "file", lambda r: ["train", "--config", str(r / "bad.yaml")], r"bad\.yaml.*YAML"),
@@ -582,3 +588,12 @@ def test_a_signed_set_is_verified_with_the_key_and_still_read_without_it(world: 
     other = CliRunner().invoke(cli.app, args, env={"METAAT_HMAC_KEY": "another"})
     assert other.exit_code == 2 and "signed with another key" in other.stderr
     assert CliRunner().invoke(cli.app, args, env={"METAAT_HMAC_KEY": ""}).exit_code == 0  # no key: sha256 only
+
+
+def test_save_replaces_an_existing_file_only_with_overwrite(world: Path, tmp_path: Path) -> None:
+    target = tmp_path / "adv.safetensors"
+    target.write_bytes(b"old")
+    args = attack("model", "--attack", "fgsm", "--save", str(target))(world)
+    assert CliRunner().invoke(cli.app, args).exit_code == 2 and target.read_bytes() == b"old"
+    assert CliRunner().invoke(cli.app, [*args, "--overwrite"]).exit_code == 0
+    assert target.read_bytes() != b"old"
