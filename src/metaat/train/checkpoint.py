@@ -81,7 +81,9 @@ def clean_stale_temporaries(run_dir: str | os.PathLike[str]) -> list[Path]:
         if child.is_dir() and not child.is_symlink() and child.name.startswith(f".{CHECKPOINT}.tmp-"):
             shutil.rmtree(child)
             removed.append(child)
-        elif child.is_file() and child.name.endswith(".tmp"):
+        elif child.is_file() and (
+            (child.name.startswith(".") and child.name.endswith(".tmp")) or child.name == "metrics.jsonl.tmp"
+        ):
             child.unlink()
             removed.append(child)
     return removed
