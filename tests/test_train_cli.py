@@ -30,12 +30,22 @@ def metaat(*args: str) -> tuple[int, str]:
 def test_preset_plus_overrides_trains_and_saves_the_resolved_config(tmp_path: Path) -> None:
     out = tmp_path / "run"
     code, output = metaat(
-        "train", "--config", str(CONFIGS / "msd.yaml"), *TINY, "--epochs", "1", "-o", "steps=1", "--out", str(out)
+        "train",
+        "--config",
+        str(CONFIGS / "presets" / "msd10.yaml"),
+        *TINY,
+        "--epochs",
+        "1",
+        "-o",
+        "steps=1",
+        "--out",
+        str(out),
     )
     assert code == 0, output
     cfg = TrainConfig.from_yaml(out / "config.yaml")
-    assert (cfg.defense, cfg.data, cfg.epochs, cfg.options) == ("msd", "synthetic", 1, {"steps": 1})
-    assert cfg.threats == TrainConfig.from_yaml(CONFIGS / "msd.yaml").threats
+    assert (cfg.defense, cfg.data, cfg.epochs, cfg.options["steps"]) == ("msd", "synthetic", 1, 1)
+    assert cfg.options == {**TrainConfig.from_yaml(CONFIGS / "presets" / "msd10.yaml").options, "steps": 1}
+    assert cfg.threats == TrainConfig.from_yaml(CONFIGS / "presets" / "msd10.yaml").threats
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["cost"]["passes_per_example"] == 1 * 5 / 2 + 1
 
@@ -88,8 +98,8 @@ def test_resume_rules_and_corrupt_checkpoint(tmp_path: Path) -> None:
     assert code == 2 and "already holds a run; resume it" in output
     code, output = metaat("train", "--resume", str(out), "--lr", "0.5", "--quiet")
     assert code == 2 and "cannot change --lr when resuming; allowed: --epochs" in output
-    code, output = metaat("train", "--resume", str(out), "--config", str(CONFIGS / "pgd.yaml"))
-    assert code == 2 and "--config cannot be combined with --resume" in output
+    code, output = metaat("train", "--resume", str(out), "--config", str(CONFIGS / "presets" / "pgd10-linf.yaml"))
+    assert code == 2 and "--config/--preset cannot be combined with --resume" in output
     code, output = metaat("train", "--resume", str(out), "--epochs", "2", "--quiet")
     assert code == 0, output
     lines = (out / "metrics.jsonl").read_text().splitlines()

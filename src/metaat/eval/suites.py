@@ -35,6 +35,7 @@ from metaat.attacks.autoattack import (
     reference_version,
     to_reference,
 )
+from metaat.attacks.base import predictions
 from metaat.attacks.pgd import pgd_steps
 from metaat.losses import get_loss
 from metaat.registry import Registry
@@ -138,7 +139,7 @@ class QuickSuite(Suite):
                     loss_fn=get_loss(loss),
                 )
                 with torch.no_grad():
-                    broken = model(cand).argmax(dim=1) != ys
+                    broken = predictions(model(cand)) != ys
                 x_adv[idx[broken]] = cand[broken]
                 robust[idx[broken]] = False
         return x_adv
@@ -238,13 +239,13 @@ def domain_worst_case(
     kind = threat.kind
     for name, options in kind.evaluation_attacks if kind is not None else ():
         with torch.no_grad():
-            robust = (model(x_adv).argmax(dim=1) == y).nonzero().squeeze(1)
+            robust = (predictions(model(x_adv)) == y).nonzero().squeeze(1)
         if robust.numel() == 0:
             break
         attack = create(name, threat=threat, seed=derive_seed(seed, threat, name) % (2**31), **dict(options))
         cand = attack.perturb(model, x[robust], y[robust], make_generator(derive_seed(seed, threat, name, "gen")))
         with torch.no_grad():
-            broken = model(cand).argmax(dim=1) != y[robust]
+            broken = predictions(model(cand)) != y[robust]
         x_adv[robust[broken]] = cand[broken]
     return x_adv
 

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from rich.progress import Progress
 from torch import nn
 
+from metaat.attacks.base import predictions
 from metaat.defenses import Defense, TrainContext
 from metaat.models import get_spec, save_model
 from metaat.runtime import (
@@ -167,7 +168,7 @@ class Trainer(CheckpointedRun):
             clean_loss = F.cross_entropy(logits, yb[:n_clean])
             loss = loss + n_clean / b * clean_loss
             metrics["clean_loss"] = float(clean_loss.detach())
-            metrics["clean_acc"] = float((logits.detach().argmax(dim=1) == yb[:n_clean]).float().mean())
+            metrics["clean_acc"] = float((predictions(logits.detach()) == yb[:n_clean]).float().mean())
         value = float(loss.detach())
         metrics["loss"] = value
         if distributed.any_rank(not math.isfinite(value), self.info):

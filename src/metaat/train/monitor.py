@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from metaat.attacks import create as create_attack
+from metaat.attacks.base import predictions
 from metaat.runtime import derive_seed, make_generator
 from metaat.train import distributed
 
@@ -61,13 +62,13 @@ def evaluate(
         for start in range(0, len(ys), EVAL_CHUNK):
             xb, yb = xs[start : start + EVAL_CHUNK].to(device), ys[start : start + EVAL_CHUNK].to(device)
             with torch.no_grad():
-                clean_ok[start : start + len(yb)] = (model(xb).argmax(dim=1) == yb).cpu()
+                clean_ok[start : start + len(yb)] = (predictions(model(xb)) == yb).cpu()
             for i, threat in enumerate(threats):
                 attack = monitor_attack(threat, steps)
                 gen = make_generator(derive_seed("eval", seed, i, start, scheme="sha256"))
                 x_adv = attack(model, xb, yb, generator=gen)
                 with torch.no_grad():
-                    robust_ok[i, start : start + len(yb)] = (model(x_adv).argmax(dim=1) == yb).cpu()
+                    robust_ok[i, start : start + len(yb)] = (predictions(model(x_adv)) == yb).cpu()
     finally:
         model.train(was_training)
     robust_ok &= clean_ok

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from metaat.attacks.base import attack_mode
+from metaat.attacks.base import attack_mode, predictions
 from metaat.domains.sensors.data import BOX
 
 Transform = Callable[[torch.Tensor], torch.Tensor]
@@ -68,7 +68,7 @@ def worst_case(
 
 
 def _predict(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
-    return torch.cat([model(x[i : i + batch_size]).argmax(dim=1) for i in range(0, x.shape[0], batch_size)])
+    return torch.cat([predictions(model(x[i : i + batch_size])) for i in range(0, x.shape[0], batch_size)])
 
 
 def span_starts(length: int, span: int, stride: int) -> list[int]:
