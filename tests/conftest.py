@@ -19,6 +19,37 @@ torch.set_num_threads(1)
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
+# Modules whose tests start processes (the CLI, torchrun, mkdocs, a browser, the benchmark scripts) or
+# train and evaluate end to end: `make test` runs them, `make check` (-m "not integration") skips them.
+INTEGRATION = {
+    "test_attack_strength.py",
+    "test_benchmarks_smoke.py",
+    "test_browser.py",
+    "test_cli.py",
+    "test_docs.py",
+    "test_docs_plugins.py",
+    "test_eval.py",
+    "test_eval_cli.py",
+    "test_eval_distributed.py",
+    "test_eval_shard.py",
+    "test_gpu.py",
+    "test_layering.py",
+    "test_meta_pretrain.py",
+    "test_plugins.py",
+    "test_readme_commands.py",
+    "test_readme_python.py",
+    "test_study_methods.py",
+    "test_train_distributed.py",
+    "test_train_resume.py",
+    "test_transfer_benchmark.py",
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.name in INTEGRATION:
+            item.add_marker(pytest.mark.integration)
+
 
 def _load(name: str) -> ModuleType:
     """A fresh module from ``benchmarks/<name>.py``; its sibling scripts are importable while it loads."""
