@@ -392,7 +392,7 @@ def test_validate_batch_accepts_good_batch() -> None:
         (torch.rand(2, 1, 4, 4), torch.tensor([-1, 2]), {"num_classes": 10}, "got min -1"),
     ],
 )
-def test_validate_batch_errors(x: torch.Tensor, y: torch.Tensor | None, kwargs: dict[str, int], message: str) -> None:
+def test_validate_batch_errors(x: torch.Tensor, y: torch.Tensor | None, kwargs: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         validate_batch(x, y, **kwargs)
 

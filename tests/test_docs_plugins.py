@@ -11,6 +11,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -37,11 +38,12 @@ def plugins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     from metaat.data import DATASETS
     from metaat.defenses import DEFENSES
     from metaat.models import MODELS
+    from metaat.registry import Registry
 
     for name, source in plugin_files().items():
         (tmp_path / f"{name}.py").write_text(source, encoding="utf-8")
     monkeypatch.syspath_prepend(str(tmp_path))
-    registries = (ATTACKS, DEFENSES, DATASETS, MODELS)
+    registries: tuple[Registry[Any], ...] = (ATTACKS, DEFENSES, DATASETS, MODELS)
     before = [dict(r._factories) for r in registries]
     yield tmp_path
     for registry, saved in zip(registries, before, strict=True):

@@ -195,7 +195,8 @@ def test_every_kind_of_defense_trains_on_signals(defense: str, tmp_path: object)
     assert result.status == "completed"
     assert 0.0 <= result.metrics["eval"]["clean"] <= 1.0
     assert result.cost["passes_per_example"] >= 1.0
-    assert M.load_model(result.final_model).metaat_spec["box"] == list(BOX)  # type: ignore[arg-type]
+    assert result.final_model is not None
+    assert M.get_spec(M.load_model(result.final_model))["box"] == list(BOX)
 
 
 def test_sensor_augmentation_baseline() -> None:
@@ -269,13 +270,15 @@ class _BagModel(nn.Module):
         return self.out(self.emb(ids))
 
 
-def test_token_ids_and_discrete_threats_through_the_evaluation() -> None:
-    from metaat.eval.plots import EXAMPLE_VIEWS
+def test_token_ids_and_discrete_threats_through_the_evaluation(monkeypatch: pytest.MonkeyPatch) -> None:
+    from metaat.eval import plots, unseen
 
     model = _BagModel()
     x = torch.randint(2, 20, (12, 6), generator=torch.Generator().manual_seed(0))
     y = model(x).argmax(1)
-    EXAMPLE_VIEWS.setdefault(0, lambda a, b: {"tokens_clean": a.tolist(), "tokens_adversarial": b.tolist()})
+    view = {0: lambda a, b: {"tokens_clean": a.tolist(), "tokens_adversarial": b.tolist()}}
+    monkeypatch.setattr(plots, "EXAMPLE_VIEWS", view)
+    monkeypatch.setattr(unseen, "UNSEEN_BY_RANK", {})  # the text domain's families need its vocabulary
     for suite in ("quick", "apgd"):
         result = metaat.evaluate(model, x, y, ["fliptest:1"], suite=suite, checks=True, unseen=True, examples=2)
         assert result.clean == 1.0 and 0.0 <= result.union == result.robust["fliptest:1"] < 1.0

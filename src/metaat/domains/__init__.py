@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import importlib
 
-BUILTIN: tuple[str, ...] = ("sensors",)
+BUILTIN: tuple[str, ...] = ("sensors", "text")
 """The built-in domain packages, imported in this order."""
 
 for _name in BUILTIN:
