@@ -25,7 +25,7 @@ from torch import nn
 from metaat.attacks.base import attack_mode, auto_chunk, check_model_inputs
 from metaat.eval.checks import CheckConfig, CheckResult, run_checks
 from metaat.eval.model_checks import check_finite_outputs
-from metaat.eval.state import EvalState, flags_from_text, flags_to_text, model_digest, tensor_digest
+from metaat.eval.state import EvalState, flags_from_text, flags_to_text, jsonable, model_digest, tensor_digest
 from metaat.eval.suites import Suite, make_suite
 from metaat.eval.union import Progress, Shard, clean_predictions, fraction, predict, worst_case_ensemble
 from metaat.eval.unseen import UnseenConfig, run_unseen
@@ -254,7 +254,7 @@ def evaluate(
         fingerprint["box"] = list(parsed[0].box)
     if shard is not None:  # only then: one process's earlier state files keep their fingerprint
         fingerprint["shard"] = f"{shard.rank} of {shard.world}"
-    state = EvalState.open(state_path, _jsonable(fingerprint))
+    state = EvalState.open(state_path, jsonable(fingerprint))
     timings: dict[str, Any] = {}
 
     t0 = time.perf_counter()
@@ -396,10 +396,3 @@ def _merge_warnings(state: EvalState, suite: Suite) -> list[str] | None:
     merged += [w for w in suite.warnings() if w not in merged]
     state.record_section("reference_warnings", merged)
     return merged
-
-
-def _jsonable(value: Any) -> Any:
-    """Round-trip through JSON types (tuples → lists) so a fingerprint compares equal after loading."""
-    import json
-
-    return json.loads(json.dumps(value))

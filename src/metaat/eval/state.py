@@ -187,3 +187,8 @@ class EvalState:
     def record_section(self, name: str, value: Any) -> None:
         self.sections[name] = value
         self.save()
+
+
+def jsonable(value: Any) -> Any:
+    """Round-trip through JSON types (tuples → lists) so a fingerprint compares equal after loading."""
+    return json.loads(json.dumps(value))
