@@ -32,6 +32,7 @@ from metaat.eval.suites import QuickSuite, Suite, make_suite
 from metaat.eval.union import fraction, predict
 from metaat.losses import get_loss
 from metaat.models import model_device
+from metaat.registry import load_domains
 from metaat.runtime import derive_seed, make_generator
 from metaat.threats import NORMS, ThreatModel
 
@@ -233,6 +234,7 @@ def domain_unseen(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, clean: torch.Tensor, seed: int, chunk: int
 ) -> dict[str, dict[str, Any]] | None:
     """Every registered family for ``x``'s rank, merged (None when the rank has none)."""
+    load_domains()  # the built-in domains register their families on import
     families = UNSEEN_BY_RANK.get(x.dim() - 2, [])
     if not families:
         return None
