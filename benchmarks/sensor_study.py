@@ -24,14 +24,13 @@ its records go to ``sensor_study_quick.json``).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import platform
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -65,8 +64,7 @@ def row_recipe(row: str) -> tuple[str, tuple[str, ...]]:
     return row, THREATS
 
 
-@dataclasses.dataclass(frozen=True)
-class Budget:
+class Budget(NamedTuple):
     """What one row costs: epochs, monitor size, evaluated test windows, unseen subset."""
 
     epochs: int = 10
@@ -234,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
         "data": DATA,
         "model": MODEL,
         "threats": list(THREATS),
-        "budget": dataclasses.asdict(budget),
+        "budget": budget._asdict(),
         "selection": "validation subject (monitor, every choice); test subjects read once per row",
     }
     for seed in args.seeds:  # one full seed of every method first
