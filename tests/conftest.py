@@ -22,6 +22,14 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 # Modules whose tests start processes (the CLI, torchrun, mkdocs, a browser, the benchmark scripts) or
 # train and evaluate end to end: `make test` runs them, `make check` (-m "not integration") skips them.
 INTEGRATION = {
+    "test_bad_input.py",
+    "test_defenses.py",
+    "test_domain_core.py",
+    "test_eval_checks.py",
+    "test_fuzz_parsers.py",
+    "test_meta_defenses.py",
+    "test_presets.py",
+    "test_text_data.py",
     "test_attack_strength.py",
     "test_benchmarks_smoke.py",
     "test_browser.py",
