@@ -87,9 +87,22 @@ def load_records(path: Path) -> dict[str, Any]:
 
 
 def save_records(path: Path, records: dict[str, Any]) -> None:
-    tmp = path.with_suffix(".json.tmp")
+    tmp = path.with_suffix(f".json.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(records, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     os.replace(tmp, path)
+
+
+def add_row(path: Path, header: dict[str, Any], key: str, row: dict[str, Any]) -> None:
+    """Merge one row into the results file under an exclusive lock (several study processes may
+    run side by side, e.g. one per seed, each owning its rows' run folders)."""
+    import fcntl
+
+    with open(path.with_suffix(".json.lock"), "a+") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        records = load_records(path)
+        records.update(header)
+        records["rows"][key] = row
+        save_records(path, records)
 
 
 PARKED = ROOT / "parked" / "sensor_study"
@@ -207,6 +220,25 @@ def evaluate_row(run_dir: Path, seed: int, budget: Budget) -> dict[str, Any]:
     }
 
 
+def _claim(path: Path) -> Any:
+    """A non-blocking OS lock on ``path`` held for the process's life (None if another process holds
+    it): several study processes can share one row list without running a row twice."""
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(path, "a+")  # noqa: SIM115  (kept open: the lock lives as long as the handle)
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        return None
+    _CLAIMED.append(handle)
+    return handle
+
+
+_CLAIMED: list[Any] = []
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--methods", nargs="*", default=list(METHODS))
@@ -226,9 +258,9 @@ def main(argv: list[str] | None = None) -> int:
     out = ROOT / "results" / ("sensor_study_quick.json" if args.quick else "sensor_study.json")
     runs = args.runs.with_name(args.runs.name + "_quick") if args.quick else args.runs
     torch.set_num_threads(args.threads)
-    records = load_records(out)
-    records["command"] = "python benchmarks/sensor_study.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    records["protocol"] = {
+    header: dict[str, Any] = {}
+    header["command"] = "python benchmarks/sensor_study.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    header["protocol"] = {
         "data": DATA,
         "model": MODEL,
         "threats": list(THREATS),
@@ -238,7 +270,11 @@ def main(argv: list[str] | None = None) -> int:
     for seed in args.seeds:  # one full seed of every method first
         for method in args.methods:
             key = row_key(method, seed)
-            if key in records["rows"]:
+            if key in load_records(out)["rows"]:
+                continue
+            row_lock = _claim(runs / method / f"seed{seed}.lock")
+            if row_lock is None:
+                print(f"{key}: another study process has it; skipped", flush=True)
                 continue
             t0 = time.perf_counter()
             unpark(runs / method / f"seed{seed}", runs)
@@ -255,8 +291,7 @@ def main(argv: list[str] | None = None) -> int:
             row["hardware"] = f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"
             row["threads"] = args.threads
             row["wall_seconds"] = round(time.perf_counter() - t0, 1)
-            records["rows"][key] = row
-            save_records(out, records)
+            add_row(out, header, key, row)
             print(f"{key}: clean {row['clean']:.3f} union {row['union']:.3f} passes {row['passes_per_example']}")
     return 0
 

@@ -7,4 +7,4 @@ and ``emb:eps``, the text models and the text attacks. No data file is read at i
 
 from __future__ import annotations
 
-from metaat.domains.text import attacks, data, evaluation, models, threats  # noqa: F401  (registers everything)
+from metaat.domains.text import attacks, data, defenses, evaluation, models, threats  # noqa: F401  (registers everything)
