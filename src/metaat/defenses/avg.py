@@ -43,6 +43,7 @@ class Avg(Defense):
     config_class = AvgConfig
     config: AvgConfig
     multi_threat = True
+    discrete = True  # text's syn:k / typo:k through their kind's training attack
 
     def __init__(self, threats: ThreatsArg, **options: Any) -> None:
         super().__init__(threats, **options)

@@ -48,6 +48,10 @@ from metaat.registry import Registry
 from metaat.threats import ThreatModel, default_step_size, parse_threats, random_init
 
 DEFENSES: Registry[Defense] = Registry("defense")
+DISCRETE_VARIANTS: Registry[Defense] = Registry("defense for discrete edits")
+"""Domain implementations of a core defense's name for sets of discrete edits (the text domain's
+``metaat`` proposes word substitutions instead of perturbation tensors): :func:`create` picks one
+when every threat is discrete and the core class handles continuous sets only."""
 ThreatsArg = str | ThreatModel | list[str | ThreatModel] | tuple[str | ThreatModel, ...]
 """What a defense's constructor takes as threats: ``"linf:0.1"`` or a sequence of them."""
 
@@ -179,8 +183,7 @@ class Defense(ABC):
         if discrete and not self.discrete:
             raise ValueError(
                 f"defense {self.name} attacks continuous threat sets; {', '.join(discrete)} "
-                "is a set of discrete edits. Defenses for discrete edits: "
-                + ", ".join(n for n in DEFENSES.available() if DEFENSES.get(n).discrete)  # type: ignore[attr-defined]
+                "is a set of discrete edits. Defenses for discrete edits: " + ", ".join(sorted(discrete_defenses()))
             )
         check_options(f"defense {self.name}", self.config_class, options)
         self.config = self.config_class(**options)
@@ -240,8 +243,16 @@ def pgd_attack(
 ) -> torch.Tensor:
     """Training-time PGD (Madry et al. 2018): final iterate, ``steps`` forward+backward passes, no more.
 
+    For a set of discrete edits (text's ``syn:k``, ``typo:k``) its kind's ``train_attack`` with the
+    same number of passes (``step_size``, ``random_start``, ``l1_sparsity`` and ``loss_fn`` do not apply).
+
     ``y`` is handed to ``loss_fn`` unchanged (TRADES passes the clean logits there).
     """
+    if not threat.continuous:  # a set of discrete edits: its kind's training attack, same budget of passes
+        kind = threat.kind
+        assert kind is not None
+        with attack_mode(model):
+            return kind.train_attack(model, x.detach(), y.detach(), threat, generator, steps).detach()
     step = step_size if step_size is not None else default_step_size(threat, steps)
     with attack_mode(model):
         delta0 = random_init(x, threat, generator) if random_start else torch.zeros_like(x)
@@ -347,8 +358,24 @@ def stacked_losses(model: nn.Module, x_adv: torch.Tensor, y: torch.Tensor) -> tu
     return losses, correct
 
 
+def discrete_defenses() -> set[str]:
+    """Names that train against discrete edits: discrete core defenses and the domains' variants."""
+    core = {n for n in DEFENSES.available() if DEFENSES.get(n).discrete}  # type: ignore[attr-defined]
+    return core | set(DISCRETE_VARIANTS.available())
+
+
 def create(name: str, threats: Any, **options: Any) -> Defense:
-    """Build a registered defense: ``create("pgd", ["linf:0.1"], steps=10)``."""
+    """Build a registered defense: ``create("pgd", ["linf:0.1"], steps=10)``; for discrete threats
+    (``["syn:2", "typo:2"]``) a domain's variant of the name where the core class takes continuous sets only."""
+    parsed = parse_threats(threats)
+    if (
+        parsed
+        and not any(t.continuous for t in parsed)
+        and name in DEFENSES.available()
+        and not DEFENSES.get(name).discrete  # type: ignore[attr-defined]
+        and name in DISCRETE_VARIANTS.available()
+    ):
+        return DISCRETE_VARIANTS.create(name, threats, **options)
     return DEFENSES.create(name, threats, **options)
 
 

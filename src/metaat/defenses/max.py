@@ -44,6 +44,7 @@ class Max(Defense):
     config_class = MaxConfig
     config: MaxConfig
     multi_threat = True
+    discrete = True  # text's syn:k / typo:k through their kind's training attack
 
     def __init__(self, threats: ThreatsArg, **options: Any) -> None:
         super().__init__(threats, **options)

@@ -56,6 +56,7 @@ class SAT(Defense):
     config_class = SATConfig
     config: SATConfig
     multi_threat = True
+    discrete = True  # text's syn:k / typo:k through their kind's training attack
 
     def __init__(self, threats: ThreatsArg, **options: Any) -> None:
         super().__init__(threats, **options)

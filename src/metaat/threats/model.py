@@ -17,6 +17,7 @@ from metaat.registry import load_domains
 
 if TYPE_CHECKING:
     import torch
+    from torch import nn
 
 Norm = Literal["linf", "l2", "l1"]
 NORMS: tuple[str, ...] = ("linf", "l2", "l1")
@@ -69,6 +70,20 @@ class ThreatKind(ABC):
     def contains(self, x_adv: torch.Tensor, x: torch.Tensor, threat: ThreatModel, tol: float) -> torch.Tensor:
         """Per-example boolean ``(B,)``: ``x_adv`` lies in the set around ``x`` and in the box."""
         raise NotImplementedError(f"threat {threat} has no membership test")
+
+    def train_attack(
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        threat: ThreatModel,
+        generator: torch.Generator,
+        steps: int,
+    ) -> torch.Tensor:
+        """A discrete set's cheap training-time attack (the role PGD-``steps`` plays for a continuous
+        one): a point of the set around ``x`` found with at most ``steps`` forward+backward passes,
+        run by the multi-threat defenses in eval mode without parameter gradients."""
+        raise NotImplementedError(f"threat {threat} has no training attack (its kind defines none)")
 
     def step_size(self, threat: ThreatModel, steps: int) -> float:
         """PGD's default step size along :meth:`ascent` for ``steps`` steps."""

@@ -5,7 +5,10 @@ Every model has the same three entry points, so that attacks and embedding-space
 * ``embed(ids) -> (B, L, D)`` — the token vectors;
 * ``forward_embedded(emb, ids) -> (B, num_classes)`` — the classifier on (possibly perturbed)
   vectors; ``ids`` marks padding, whose vectors are zeroed, so a perturbation there does nothing;
-* ``forward(ids) = forward_embedded(embed(ids), ids)``.
+* ``forward(ids) = forward_embedded(embed(ids), ids)``; ``forward(ids, embedded=emb)`` runs the
+  classifier on given vectors and ``forward(ids, bounds=(lo, hi))`` propagates a box of token vectors
+  to logit bounds ``(B, 2, C)`` (interval bound propagation, Gowal et al. 2018; word-CNN heads).
+  Training code calls these through ``model(...)`` so that the cost meter's forward hook counts them.
 
 Registered (``metaat.models.create(name, num_classes, in_channels=1, image_size=L, vocab="mr")``):
 
@@ -128,8 +131,23 @@ class TextClassifier(nn.Module):
         mask = (ids != PAD).unsqueeze(-1).to(emb.dtype)
         return self.head(emb * mask, ids != PAD)
 
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.forward_embedded(self.embed(ids), ids)
+    def head_bounds(self, lo: torch.Tensor, hi: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """Lower and upper logits ``(B, 2, C)`` over every token-vector tensor in ``[lo, hi]``."""
+        raise NotImplementedError(
+            f"{type(self).__name__} has no interval bounds; IBP is implemented for word-cnn and charngram-cnn"
+        )
+
+    def forward(
+        self,
+        ids: torch.Tensor,
+        embedded: torch.Tensor | None = None,
+        bounds: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        if bounds is not None:
+            lo, hi = bounds
+            mask = (ids != PAD).unsqueeze(-1).to(lo.dtype)
+            return self.head_bounds(lo * mask, hi * mask, ids != PAD)
+        return self.forward_embedded(self.embed(ids) if embedded is None else embedded, ids)
 
 
 class WordCNN(TextClassifier):
@@ -155,6 +173,24 @@ class WordCNN(TextClassifier):
         h = emb.transpose(1, 2)  # (B, D, L)
         pooled = [F.relu(conv(h)).amax(dim=2) for conv in self.convs]
         return self.fc(self.dropout(torch.cat(pooled, dim=1)))
+
+    def head_bounds(self, lo: torch.Tensor, hi: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """Interval arithmetic through the head: convolution and linear layers map (centre, radius)
+        to (W·c + b, |W|·r); ReLU and max over time are monotone. In train mode one dropout mask
+        scales both bounds (it is non-negative, so they stay ordered)."""
+        centre, radius = ((lo + hi) / 2).transpose(1, 2), ((hi - lo) / 2).transpose(1, 2)
+        lows, highs = [], []
+        for conv in self.convs:
+            assert isinstance(conv, nn.Conv1d)
+            c = conv(centre)
+            r = F.conv1d(radius, conv.weight.abs(), None, padding=conv.padding[0])
+            lows.append(F.relu(c - r).amax(dim=2))
+            highs.append(F.relu(c + r).amax(dim=2))
+        low, high = torch.cat(lows, dim=1), torch.cat(highs, dim=1)
+        keep = self.dropout(torch.ones_like(low))
+        low, high = low * keep, high * keep
+        c, r = self.fc((low + high) / 2), F.linear((high - low) / 2, self.fc.weight.abs())
+        return torch.stack((c - r, c + r), dim=1)
 
 
 class BiLSTM(TextClassifier):
