@@ -8,6 +8,7 @@ half-written file.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -15,7 +16,7 @@ import platform
 import random
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -97,6 +98,36 @@ class FolderLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+@contextlib.contextmanager
+def owned_folder(path: str | os.PathLike[str], *, written: Callable[[Path], bool]) -> Iterator[Path]:
+    """Hold ``path``'s :class:`FolderLock` for the block: the folder is checked
+    (:func:`check_out_dir`), created, and locked at once (:class:`FolderInUseError` when another
+    process holds it). If the block fails before ``written(folder)`` is true, the lock file goes, and
+    the folder too when this call created it and it is empty: a refused or failed start leaves nothing.
+    """
+    out = check_out_dir(path)
+    created = not out.exists()
+    lock_existed = (out / LOCK_FILE).exists()
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        lock = FolderLock(out).acquire()
+    except BaseException:
+        if created and not any(out.iterdir()):
+            out.rmdir()
+        raise
+    try:
+        yield out
+    except BaseException:
+        if not lock_existed and not written(out):
+            lock.release()
+            (out / LOCK_FILE).unlink(missing_ok=True)
+            if created and not any(out.iterdir()):
+                out.rmdir()
+        raise
+    finally:
+        lock.release()
 
 
 def seed_everything(seed: int) -> torch.Generator:

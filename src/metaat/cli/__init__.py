@@ -142,6 +142,22 @@ def require_nonempty(flag: str, value: str | None) -> str | None:
     return value
 
 
+def check_threat_fits(threat: str, data: str, domain: str) -> None:
+    """``ValueError`` naming both when ``threat`` cannot perturb ``data``'s inputs: a continuous set
+    (``linf:0.1``, ``spike:5,2``) has no meaning on token ids, and word edits (``syn:2``) none on
+    pixels or signals."""
+    from metaat.threats import ThreatModel
+
+    continuous = ThreatModel.parse(threat).continuous
+    if domain == "text" and continuous:
+        raise ValueError(
+            f"{threat} is a continuous threat, but {data} is a text dataset of token ids; "
+            "give a set of edits such as syn:2 or typo:1"
+        )
+    if domain != "text" and not continuous:
+        raise ValueError(f"{threat} is a set of word edits, but {data} is a {domain} dataset, not text")
+
+
 def check_new_file(path: Path, flag: str, overwrite: bool, *, suffix: str | None = None) -> Path:
     """``path`` as a file ``flag`` may write: the right suffix, a writable folder, and no existing
     file unless ``overwrite`` (``ValueError`` otherwise, naming ``flag`` and the path)."""

@@ -11,6 +11,7 @@ import typer
 
 from metaat.cli import (
     check_new_file,
+    check_threat_fits,
     console,
     describe,
     expected_failure,
@@ -27,8 +28,8 @@ def attack_cmd(
     threat: Annotated[
         str | None,
         typer.Option(
-            help="threat model, e.g. linf:0.1, l2:1.5, l1:10 [default: linf:0.1 for an attack bounded by one; "
-            "spatial, corruption and patch take none]"
+            help="threat model, e.g. linf:0.1, l2:1.5, l1:10, spike:5,2, syn:2 [default: the dataset's first "
+            "threat (images: linf:0.1) for an attack bounded by one; spatial, corruption and patch take none]"
         ),
     ] = None,
     data: Annotated[
@@ -83,7 +84,7 @@ def attack_cmd(
         return
     _attack(
         model,
-        attack or "pgd",
+        attack,
         threat,
         data or "fashion-mnist",
         data_dir,
@@ -129,9 +130,29 @@ def _probe(net: Any, x: Any, y: Any, data: str) -> None:
         fail(f"the model outputs {probe.shape[1]} classes per input, but {data} has labels up to {int(y.max())}")
 
 
+def discrete_attack(attack: str | None, threat: str | None) -> str:
+    """The attack to run: ``attack``, else pgd — or, for a discrete threat (``syn:2``, ``typo:1``),
+    the first of its kind's evaluation attacks. A gradient attack asked for a discrete threat is a
+    one-line ``ValueError`` naming the attacks that take it (it cannot take a step in a set of edits)."""
+    from metaat.threats import ThreatModel
+
+    kind = ThreatModel.parse(threat).kind if threat is not None else None
+    if kind is None or kind.continuous:
+        return attack or "pgd"
+    names = list(dict.fromkeys(name for name, _ in kind.evaluation_attacks))
+    if attack is None and names:
+        return names[0]
+    if attack is not None and attack in names:
+        return attack
+    raise ValueError(
+        f"{attack or 'pgd'} attacks continuous threats, but {threat} is a discrete set of edits; "
+        f"attack it with {', '.join(names) or 'a search attack'}"
+    )
+
+
 def _attack(
     model: str,
-    attack: str,
+    attack: str | None,
     threat: str | None,
     data: str,
     data_dir: Path | None,
@@ -159,7 +180,7 @@ def _attack(
     from metaat.models import locate_model, resolve_model
     from metaat.models.checkpoint import recorded_sha256
     from metaat.runtime import resolve_device, seed_everything, set_threads
-    from metaat.threats import in_threat, resolve_threat
+    from metaat.threats import ThreatModel, in_threat, resolve_threat
 
     try:
         if save is not None:
@@ -174,14 +195,22 @@ def _attack(
             opts["path"] = str(generator)
         if batch_size is not None:
             opts["batch_size"] = batch_size
-        bounded = bool(getattr(attacks.ATTACKS.get(attack), "bounded", True))
-        if bounded and threat is None:
-            threat = "linf:0.1"  # the documented default of --threat
+        info = datasets.info(data)
+        bounded = bool(getattr(attacks.ATTACKS.get(attack or "pgd"), "bounded", True))
+        if bounded and threat is None:  # the documented default of --threat: the dataset's first threat
+            threat = info.threats[0] if info.threats else "linf:0.1"
         if threat is not None:
             threat = resolve_threat(threat)  # a bare norm takes its default radius, as in train
+        if threat is not None:
+            check_threat_fits(threat, data, info.domain)
+        attack = discrete_attack(attack, threat)
         if save is not None and not bounded:
             raise ValueError(f"--save keeps examples of an attack bounded by a threat model; {attack} takes none")
-        atk = attacks.create(attack, threat=threat, seed=seed, **opts)
+        if save is not None and info.domain != "images":
+            raise ValueError(f"--save keeps image examples (pixels in [0, 1]); {data} is a {info.domain} dataset")
+        # every threat lies inside the dataset's input box (pixels [0, 1]; a sensor's saturation range)
+        bound = ThreatModel.parse(threat).with_box(*info.box) if threat is not None else None
+        atk = attacks.create(attack, threat=bound, seed=seed, **opts)
     except (ValueError, TypeError, KeyError, FileNotFoundError, RuntimeError) as err:
         fail(describe(err))
         return

@@ -171,7 +171,7 @@ def eval_cmd(
     from rich.progress import Progress
 
     import metaat.data as datasets
-    from metaat.cli import describe, fail, require_nonempty
+    from metaat.cli import check_threat_fits, describe, fail, require_nonempty
     from metaat.eval.evaluate import EVAL_THREATS, evaluate
     from metaat.eval.output import write_reports
     from metaat.eval.report import build_report, read_run_config
@@ -199,6 +199,8 @@ def eval_cmd(
         folder = data_dir if data_dir is not None else config.get("data_dir") if data is None else None
         info = datasets.info(name)
         threats = parse_threats(tuple(resolve_threat(t) for t in threat) if threat else (info.threats or EVAL_THREATS))
+        for t in threats:
+            check_threat_fits(str(t), name, info.domain)
         check_data_fits(getattr(model, "metaat_spec", None), name, info)
         x, y = datasets.load(name, "test", data_dir=folder, n=n, start=start)
         holdout = None

@@ -40,14 +40,44 @@ def task_reference(
     return x_adv, 200 + extra, f"domain worst case ({threat.norm})"
 
 
-def _run_task_file(tasks: Path, out: Path, resume: bool, device: Any, log: Any) -> dict[str, Any]:
+def _run_task_file(tf: Any, tasks: Path, out: Path, resume: bool, device: Any, log: Any) -> dict[str, Any]:
     from metaat.meta.crosstask import pretrain_tasks
-    from metaat.meta.tasks import load_task_file
 
-    tf = load_task_file(tasks)
     command = f"metaat meta-pretrain --tasks {tasks} --out {out}" + (" --resume" if resume else "")
     _, card = pretrain_tasks(tf, out, device=device, log=log, reference=task_reference, resume=resume, command=command)
     return card
+
+
+ATTACKER_FILES = ("generator.safetensors", "generator.json")
+"""What ``meta-pretrain`` writes into ``--out`` (besides the lock file)."""
+
+
+def check_attacker_folder(folder: Path, *, overwrite: bool, force: bool, reusable: bool | None) -> None:
+    """Refuse (one-line ``ValueError``) to write an attacker into ``folder`` when that would replace
+    one without ``--overwrite`` or write into a folder that is not an attacker's without ``--force``.
+
+    ``reusable``: None without ``--resume``; else whether ``--resume`` can reuse the saved attacker
+    (made from the same task file). Call it while holding the folder's lock. Temporary files that a
+    killed save left (``.generator.*.tmp``) are removed.
+    """
+    from metaat.runtime import LOCK_FILE
+
+    for name in ATTACKER_FILES:
+        (folder / f".{name}.tmp").unlink(missing_ok=True)
+    names = sorted({p.name for p in folder.iterdir()} - {LOCK_FILE})
+    if not names:
+        return
+    if any(name in names for name in ATTACKER_FILES):
+        if overwrite or reusable:
+            return
+        why = "one made from another task file; --resume cannot reuse it" if reusable is False else "an attacker"
+        raise ValueError(f"{folder} already holds {why}; pass --overwrite to replace it or choose another folder")
+    if not force:
+        shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+        raise ValueError(
+            f"{folder} exists and is not a metaat attacker folder (it holds {shown}); choose another folder "
+            "or pass --force to write into it"
+        )
 
 
 def parse_stages(text: str) -> tuple[int, ...]:
@@ -58,11 +88,32 @@ def parse_stages(text: str) -> tuple[int, ...]:
         raise ValueError(f"--stages must be comma-separated integers such as 0,5,10; got {text!r}") from None
 
 
+_SINGLE_DATASET = (
+    "data",
+    "data_dir",
+    "n",
+    "threat",
+    "model",
+    "stages",
+    "algorithm",
+    "iters",
+    "inner_steps",
+    "inner_lr",
+    "meta_lr",
+    "attacker_steps",
+    "batch_size",
+    "hidden",
+    "seed",
+)
+"""Options of the single-dataset pretraining; a task file sets all of them."""
+
+
 def register(app: typer.Typer) -> None:
     """Add the ``meta-pretrain`` command to ``app``."""
 
     @app.command("meta-pretrain")
     def meta_pretrain(
+        ctx: typer.Context,
         out: Annotated[Path, typer.Option(help="folder to write the attacker to (generator.safetensors + .json)")],
         tasks: Annotated[
             Path | None,
@@ -93,20 +144,44 @@ def register(app: typer.Typer) -> None:
         threads: Annotated[int | None, typer.Option(help="torch CPU threads")] = None,
         device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N")] = "auto",
         as_json: Annotated[bool, typer.Option("--json", help="print the summary as JSON on stdout")] = False,
+        overwrite: Annotated[bool, typer.Option(help="replace an attacker already saved in --out")] = False,
+        force: Annotated[bool, typer.Option(help="write into an existing folder that is not an attacker's")] = False,
     ) -> None:
         """Meta-pretrain the threat-conditioned learned attacker (REPTILE / FOMAML) and save it."""
-        from metaat.cli import console, fail
+        from metaat.cli import console, describe, fail, require_nonempty
         from metaat.meta.pretrain import PretrainConfig, pretrain
-        from metaat.runtime import resolve_device, seed_everything, set_threads
+        from metaat.runtime import owned_folder, resolve_device, seed_everything, set_threads
+
+        def log(text: str) -> None:
+            console.print(text, highlight=False)
+
+        def written(folder: Path) -> bool:
+            return any((folder / name).exists() for name in ATTACKER_FILES)
 
         if tasks is not None:
             try:
+                from metaat.meta.crosstask import _resumable
+                from metaat.meta.tasks import load_task_file
+
+                ignored = [
+                    "--" + name.replace("_", "-")
+                    for name in _SINGLE_DATASET
+                    if getattr(ctx.get_parameter_source(name), "name", "DEFAULT") not in ("DEFAULT", "DEFAULT_MAP")
+                ]
+                if ignored:
+                    raise ValueError(
+                        f"{', '.join(ignored)} cannot be combined with --tasks (the task file sets the data, "
+                        "models, threats and meta-training)"
+                    )
+                tf = load_task_file(tasks)
                 set_threads(threads)
-                card = _run_task_file(
-                    tasks, out, resume, resolve_device(device), lambda text: console.print(text, highlight=False)
-                )
+                dev = resolve_device(device)
+                with owned_folder(out, written=written) as folder:
+                    reusable = (_resumable(folder, tf) is not None) if resume else None
+                    check_attacker_folder(folder, overwrite=overwrite, force=force, reusable=reusable)
+                    card = _run_task_file(tf, tasks, out, resume, dev, log)
             except (ValueError, TypeError, KeyError, FileNotFoundError, RuntimeError) as err:
-                fail(str(err).splitlines()[0] if str(err) else type(err).__name__)
+                fail(describe(err))
                 return
             if as_json:
                 typer.echo(json.dumps({"out": str(out), **card}))
@@ -118,6 +193,11 @@ def register(app: typer.Typer) -> None:
                 )
             return
         try:
+            if resume:
+                raise ValueError("--resume needs --tasks (only a task-file run can be resumed)")
+            require_nonempty("--data", data)
+            for value in [*(threat or []), *(model or [])]:
+                require_nonempty("--threat/--model", value)
             cfg = PretrainConfig(
                 data=data,
                 data_dir=str(data_dir) if data_dir is not None else None,
@@ -137,10 +217,12 @@ def register(app: typer.Typer) -> None:
             )
             set_threads(threads)
             dev = resolve_device(device)
-            seed_everything(seed)
-            _, summary = pretrain(cfg, out, device=dev, log=lambda text: console.print(text, highlight=False))
+            with owned_folder(out, written=written) as folder:
+                check_attacker_folder(folder, overwrite=overwrite, force=force, reusable=None)
+                seed_everything(seed)
+                _, summary = pretrain(cfg, folder, device=dev, log=log)
         except (ValueError, TypeError, KeyError, FileNotFoundError, RuntimeError) as err:
-            fail(str(err).splitlines()[0] if str(err) else type(err).__name__)
+            fail(describe(err))
             return
         if as_json:
             typer.echo(json.dumps({"out": str(out), **summary}))

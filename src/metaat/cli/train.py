@@ -13,7 +13,7 @@ from typing import Annotated, Any
 
 import typer
 
-from metaat.cli import console, describe, fail, guarded, parse_options, require_nonempty
+from metaat.cli import check_threat_fits, console, describe, fail, guarded, parse_options, require_nonempty
 
 _RESUME_FLAGS = ("epochs", "threads", "device", "tracker", "log_every", "checkpoint_every")
 
@@ -137,7 +137,15 @@ def train_cmd(
             if "defense" in overrides and overrides["defense"] != base.defense:
                 values["options"] = {}  # a preset's options belong to its own defense
             values["options"] = {**values["options"], **options}
+            import metaat.data as datasets
+
+            info = datasets.info(str(overrides.get("data", values["data"])))
+            if info.domain == "text" and not threat and source is None and info.threats:
+                overrides["threats"] = info.threats[:1]  # the pixel default (linf:0.1) means nothing on token ids
             cfg = TrainConfig.from_dict(values, **overrides)
+            domain = info.domain
+            for text in cfg.threats:
+                check_threat_fits(text, cfg.data, domain)
             run_dir = out if out is not None else default_out(cfg)
         result = train(cfg, run_dir, resume=resume is not None, quiet=True if quiet else None, force=force)
     except (ValueError, TypeError, KeyError, FileNotFoundError, CheckpointError, TrainingError) as err:
