@@ -10,11 +10,12 @@ the scratch folder before and after the command.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import re
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ import metaat.data as data
 import metaat.models as models
 from metaat import cli
 from metaat.models import MODELS
-from metaat.runtime import FolderLock
+from metaat.runtime import FolderInUseError, FolderLock
 
 cli._load_command_modules()
 torch.set_num_threads(1)
@@ -111,6 +112,10 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (root / "sensors" / "watch.npz").write_bytes(b"PK\x03\x04 damaged")
     (root / "empty").mkdir()
     (root / "a-file").write_text("x")
+    (root / "attacker").mkdir()  # what meta-pretrain leaves: only the names matter to its folder checks
+    for name in ("generator.safetensors", "generator.json"):
+        (root / "attacker" / name).write_text("{}")
+    (root / "tasks.yaml").write_text("name: t\n")
     runner = CliRunner()
     made = runner.invoke(cli.app, ["train", *TINY_TRAIN, "--out", str(root / "run")])
     assert made.exit_code == 0, made.output
@@ -164,6 +169,7 @@ class Case:
     setup: Callable[[Path], None] | None = None
     env: dict[str, str] = field(default_factory=dict)
     fault: Callable[[pytest.MonkeyPatch, Path], None] | None = None
+    hold: str | None = None  # a folder of the world whose lock another holder has during the command
 
 
 def attack(model: str, *extra: str) -> Callable[[Path], list[str]]:
@@ -172,6 +178,13 @@ def attack(model: str, *extra: str) -> Callable[[Path], list[str]]:
 
 def train(*extra: str) -> Callable[[Path], list[str]]:
     return lambda r: ["train", *TINY_TRAIN, *(e.format(r=r) for e in extra)]
+
+
+MP = ["--data", "synthetic", "--n", "64", "--model", "mlp", "--stages", "2", "--iters", "1", "--threads", "1"]
+
+
+def meta(*extra: str) -> Callable[[Path], list[str]]:
+    return lambda r: ["meta-pretrain", *MP, *(e.format(r=r) for e in extra)]
 
 
 def evaluate(model: str, *extra: str) -> Callable[[Path], list[str]]:
@@ -217,12 +230,6 @@ def _cpu_allocator(mp: pytest.MonkeyPatch, root: Path) -> None:
     mp.setattr(datasets, "load", refuse)
 
 
-@pytest.fixture
-def held_lock(world: Path) -> Iterator[None]:
-    with FolderLock(world / "run"):
-        yield
-
-
 CASES = [
     # -- arguments ---------------------------------------------------------------------------------
     Case("attack-empty-attack", "argument", attack("model", "--attack", ""), r"--attack is empty"),
@@ -261,6 +268,44 @@ CASES = [
     Case(
         "attack-text-greedy-on-images", "argument", attack("model", "--attack", "text-greedy"), r"text-greedy|syn|typo"
     ),
+    Case("attack-pgd-on-syn", "argument", attack("model", "--attack", "pgd", "--threat", "syn:2"), r"word edits"),
+    Case(
+        "attack-linf-on-text",
+        "argument",
+        lambda r: ["attack", "--model", str(r / "model"), "--data", "mr", "--threat", "linf:0.1"],
+        r"linf:0\.1 is a continuous threat, but mr is a text dataset",
+    ),
+    Case(
+        "train-linf-on-text",
+        "argument",
+        train("--data", "mr", "--threat", "linf:0.1", "--out", "{r}/x"),
+        r"mr is a text",
+    ),
+    Case(
+        "train-syn-on-sensors",
+        "argument",
+        train("--data", "watch", "--threat", "syn:1", "--out", "{r}/x"),
+        r"syn:1.*watch",
+    ),
+    Case(
+        "eval-syn-on-images",
+        "argument",
+        evaluate("model", "--threat", "syn:1"),
+        r"syn:1 is a set of word edits.*synthetic",
+    ),
+    Case(
+        "attack-save-sensors",
+        "argument",
+        lambda r: ["attack", "--model", str(r / "model"), "--data", "watch", "--save", str(r / "w.safetensors")],
+        r"--save keeps image examples.*watch is a sensors dataset",
+    ),
+    Case("meta-resume-without-tasks", "argument", meta("--resume", "--out", "{r}/m"), r"--resume needs --tasks"),
+    Case(
+        "meta-tasks-with-n",
+        "argument",
+        lambda r: ["meta-pretrain", "--tasks", str(r / "tasks.yaml"), "--n", "9", "--out", str(r / "m")],
+        r"--n cannot be combined with --tasks",
+    ),
     # -- files -------------------------------------------------------------------------------------
     Case("attack-save-exists", "file", attack("model", "--save", "{r}/exists.safetensors"), r"already exists"),
     Case(
@@ -277,6 +322,19 @@ CASES = [
     Case("train-out-not-a-run", "file", train("--out", "{r}/notes"), r"notes.*not a metaat run.*--force"),
     Case("train-out-is-a-file", "file", train("--out", "{r}/a-file"), r"a-file.*is a file"),
     Case("train-out-holds-a-run", "file", train("--out", "{r}/run"), r"already holds a run"),
+    Case("meta-out-is-a-file", "file", meta("--out", "{r}/a-file"), r"a-file.*it is a file"),
+    Case(
+        "meta-out-holds-an-attacker", "file", meta("--out", "{r}/attacker"), r"already holds an attacker.*--overwrite"
+    ),
+    Case(
+        "meta-out-not-an-attacker", "file", meta("--out", "{r}/notes"), r"notes.*not a metaat attacker folder.*--force"
+    ),
+    Case(
+        "demo-fresh-not-a-run",
+        "file",
+        lambda r: ["demo", "--out", str(r / "notes"), "--fresh"],
+        r"notes.*not a metaat run",
+    ),
     Case("train-resume-nothing", "file", lambda r: ["train", "--resume", str(r / "empty")], r"empty"),
     Case(
         "train-resume-edited-config",
@@ -377,6 +435,14 @@ CASES = [
         "fault",
         lambda r: ["train", "--resume", str(r / "run"), "--quiet"],
         r"in use by another metaat process \(pid \d+",
+        hold="run",
+    ),
+    Case(
+        "meta-folder-locked",
+        "fault",
+        meta("--out", "{r}/attacker", "--overwrite"),
+        r"attacker is in use by another metaat process \(pid \d+",
+        hold="attacker",
     ),
 ]
 
@@ -391,7 +457,7 @@ def _hashes(root: Path) -> dict[str, str]:
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_bad_input_is_one_line_naming_the_culprit_and_changes_no_file(
-    case: Case, world: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+    case: Case, world: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     if case.setup is not None:
         case.setup(world)
@@ -399,10 +465,9 @@ def test_bad_input_is_one_line_naming_the_culprit_and_changes_no_file(
         monkeypatch.setenv(key, value)
     if case.fault is not None:
         case.fault(monkeypatch, world)
-    if case.id == "train-folder-locked":
-        request.getfixturevalue("held_lock")
     before = _hashes(world)
-    result = CliRunner().invoke(cli.app, case.args(world))
+    with FolderLock(world / case.hold) if case.hold else contextlib.nullcontext():
+        result = CliRunner().invoke(cli.app, case.args(world))
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert result.exit_code == case.code, (result.exit_code, result.output, result.exception)
     assert "Traceback" not in result.output
@@ -597,3 +662,36 @@ def test_save_replaces_an_existing_file_only_with_overwrite(world: Path, tmp_pat
     assert CliRunner().invoke(cli.app, args).exit_code == 2 and target.read_bytes() == b"old"
     assert CliRunner().invoke(cli.app, [*args, "--overwrite"]).exit_code == 0
     assert target.read_bytes() != b"old"
+
+
+def test_meta_pretrain_replaces_an_attacker_only_with_overwrite_and_keeps_a_foreign_folder_with_force(
+    world: Path, tmp_path: Path
+) -> None:
+    from metaat.meta.io import load_generator
+
+    out, notes = tmp_path / "attacker", tmp_path / "notes"
+    shutil.copytree(world / "notes", notes)
+    assert CliRunner().invoke(cli.app, meta("--out", str(out))(world)).exit_code == 0
+    first = (out / "generator.safetensors").read_bytes()
+    again = CliRunner().invoke(cli.app, meta("--out", str(out), "--seed", "1")(world))
+    assert again.exit_code == 2 and (out / "generator.safetensors").read_bytes() == first
+    replaced = CliRunner().invoke(cli.app, meta("--out", str(out), "--seed", "1", "--overwrite")(world))
+    assert replaced.exit_code == 0, replaced.output
+    assert (out / "generator.safetensors").read_bytes() != first and load_generator(out) is not None
+    forced = CliRunner().invoke(cli.app, meta("--out", str(notes), "--force")(world))
+    assert forced.exit_code == 0, forced.output
+    assert (notes / "todo.txt").read_text() == "not a run\n" and (notes / "generator.json").is_file()
+
+
+def test_a_refused_or_failed_start_leaves_no_folder_and_no_lock(tmp_path: Path) -> None:
+    from metaat.runtime import LOCK_FILE, owned_folder
+
+    with pytest.raises(ZeroDivisionError), owned_folder(tmp_path / "new", written=lambda f: False):
+        raise ZeroDivisionError
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "kept").mkdir()
+    with pytest.raises(ValueError), owned_folder(tmp_path / "kept", written=lambda f: False):
+        raise ValueError("refused")
+    assert (tmp_path / "kept").is_dir() and not (tmp_path / "kept" / LOCK_FILE).exists()
+    with owned_folder(tmp_path / "held", written=lambda f: True), pytest.raises(FolderInUseError, match="pid"):
+        FolderLock(tmp_path / "held").acquire()  # a second holder is refused at once

@@ -155,7 +155,7 @@ def check_threat_fits(threat: str, data: str, domain: str) -> None:
             "give a set of edits such as syn:2 or typo:1"
         )
     if domain != "text" and not continuous:
-        raise ValueError(f"{threat} is a set of word edits, but {data} is a {domain} dataset, not text")
+        raise ValueError(f"{threat} is a set of word edits, but {data} is not a text dataset ({domain})")
 
 
 def check_new_file(path: Path, flag: str, overwrite: bool, *, suffix: str | None = None) -> Path:

@@ -188,8 +188,6 @@ def _attack(
         set_threads(threads)
         dev = resolve_device(device)
         gen = seed_everything(seed)
-        net = resolve_model(model).to(dev)
-        x, y = datasets.load(data, "test", data_dir=data_dir, n=n, start=start)
         opts = parse_options(option)
         if generator is not None:
             opts["path"] = str(generator)
@@ -211,6 +209,8 @@ def _attack(
         # every threat lies inside the dataset's input box (pixels [0, 1]; a sensor's saturation range)
         bound = ThreatModel.parse(threat).with_box(*info.box) if threat is not None else None
         atk = attacks.create(attack, threat=bound, seed=seed, **opts)
+        net = resolve_model(model).to(dev)  # after every argument check: those fail at once
+        x, y = datasets.load(data, "test", data_dir=data_dir, n=n, start=start)
     except (ValueError, TypeError, KeyError, FileNotFoundError, RuntimeError) as err:
         fail(describe(err))
         return

@@ -39,9 +39,18 @@ def demo_cmd(
 
     from metaat.cli.eval import eval_cmd
     from metaat.cli.train import train_cmd
+    from metaat.runtime import FolderLock
 
     console = Console(stderr=True)
-    if fresh and out.exists():
+    if fresh and (out.exists() or out.is_symlink()):
+        from metaat.cli import describe, fail
+
+        try:
+            check_demo_folder(out)
+            with FolderLock(out):  # not while a run is using it
+                pass
+        except ValueError as err:
+            fail(describe(err))
         shutil.rmtree(out)
     if (out / "final" / "model.json").is_file():
         console.print(f"[demo] {out} already holds a trained model; evaluating it (use --fresh to retrain)")
@@ -77,6 +86,24 @@ def demo_cmd(
         threads=threads,
         device=device,
     )
+
+
+def check_demo_folder(out: Path) -> None:
+    """``ValueError`` unless ``out`` is a folder ``--fresh`` may delete: empty, or a metaat run's
+    (``config.yaml`` and ``environment.json``, or a checkpoint) — never a folder of other files."""
+    from metaat.runtime import LOCK_FILE
+    from metaat.train.checkpoint import has_checkpoint
+
+    if out.is_symlink() or not out.is_dir():
+        raise ValueError(f"--fresh deletes an earlier demo run; {out} is not a folder")
+    names = sorted({p.name for p in out.iterdir()} - {LOCK_FILE})
+    run = (out / "config.yaml").is_file() and (out / "environment.json").is_file()
+    if names and not run and not has_checkpoint(out):
+        shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+        raise ValueError(
+            f"--fresh deletes an earlier demo run, but {out} is not a metaat run folder (it holds {shown}); "
+            "choose another --out"
+        )
 
 
 def register(app: typer.Typer) -> None:
