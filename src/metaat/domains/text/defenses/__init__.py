@@ -7,5 +7,4 @@ through the threat kind's training attack (:mod:`metaat.domains.text.flips`).
 
 from __future__ import annotations
 
-from metaat.domains.text.defenses import a2t, freelb  # noqa: F401  (registers them)
-from metaat.domains.text.defenses import ibp  # noqa: F401  (registers it)
+from metaat.domains.text.defenses import a2t, freelb, ibp, learned  # noqa: F401  (registers them)
