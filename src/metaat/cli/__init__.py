@@ -273,7 +273,15 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(2) from None
     _load_command_modules()
     try:
-        app(args=argv if argv is not None else sys.argv[1:], standalone_mode=True)
-    except KeyboardInterrupt:  # pragma: no cover
+        code = app(args=argv if argv is not None else sys.argv[1:], standalone_mode=False)
+    except (typer.TyperException, click.ClickException) as exc:  # a usage error: one line, not a framed panel
+        ctx = getattr(exc, "ctx", None)
+        where = f"{ctx.command_path}: " if ctx is not None else ""
+        hint = f" (see {ctx.command_path} --help)" if ctx is not None else ""
+        message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+        error_line(f"{where}{message}{hint}")
+        raise SystemExit(getattr(exc, "exit_code", 2)) from None
+    except (KeyboardInterrupt, typer.Abort, click.Abort):  # pragma: no cover
         console.print("interrupted")
         raise SystemExit(130) from None
+    raise SystemExit(code if isinstance(code, int) else 0)

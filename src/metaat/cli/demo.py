@@ -37,14 +37,24 @@ def demo_cmd(
 
     from rich.console import Console
 
+    from metaat.cli import describe, fail
     from metaat.cli.eval import eval_cmd
     from metaat.cli.train import train_cmd
     from metaat.runtime import FolderLock
 
     console = Console(stderr=True)
-    if fresh and (out.exists() or out.is_symlink()):
-        from metaat.cli import describe, fail
+    try:  # the arguments, before the first step is announced
+        import metaat.defenses as defenses
 
+        defenses.DEFENSES.get(defense)
+        for name, value, low in (("--epochs", epochs, 1), ("--n", n, 1), ("--train-subset", train_subset or 0, 0)):
+            if value < low:
+                raise ValueError(f"{name} must be >= {low}, got {value}")
+        if suite not in ("quick", "apgd", "standard"):
+            raise ValueError(f"unknown suite {suite!r}; valid suites: apgd, quick, standard")
+    except (ValueError, KeyError) as err:
+        fail(describe(err))
+    if fresh and (out.exists() or out.is_symlink()):
         try:
             check_demo_folder(out)
             with FolderLock(out):  # not while a run is using it
