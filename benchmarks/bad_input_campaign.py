@@ -95,6 +95,8 @@ def build_world(w: Path) -> None:
     (w / "bad_data_plugin.py").write_text(PLUGIN)
 
     def make(args: list[str]) -> None:
+        if (w / args[-1]).exists():  # a world half-built by an earlier call
+            return
         r = run(args, w)
         if r.returncode != 0:
             raise SystemExit(f"setup failed: metaat {' '.join(args)}\n{r.stderr}")
@@ -102,7 +104,22 @@ def build_world(w: Path) -> None:
     make(["train", *IMG, "--out", "run"])
     make(["train", *WATCH, "--out", "wrun"])
     make(["train", *MR, "--out", "trun"])
-    make(["eval", "run", "--data", "synthetic", "--n", "16", "--suite", "quick", "--no-unseen", "--out", "ev"])
+    (w / "ev").mkdir(exist_ok=True)
+    make(
+        [
+            "eval",
+            "run",
+            "--data",
+            "synthetic",
+            "--n",
+            "16",
+            "--suite",
+            "quick",
+            "--no-unseen",
+            "--state",
+            "ev/state.json",
+        ]
+    )
     make(["meta-pretrain", *MP, "--out", "att"])
     make(
         [
@@ -141,10 +158,10 @@ def build_world(w: Path) -> None:
         shutil.copytree(w / "run", w / f"{name}-run")
         cfg = w / f"{name}-run" / "config.yaml"
         cfg.write_text(edit(cfg.read_text()))
-    state = (w / "ev" / ".eval-state.json").read_text()
+    state = (w / "ev" / "state.json").read_text()
     for name, text in (("trunc", state[: len(state) // 2]), ("edit", state.replace('"clean": "', '"clean": "1', 1))):
         shutil.copytree(w / "ev", w / f"ev-{name}")
-        (w / f"ev-{name}" / ".eval-state.json").write_text(text)
+        (w / f"ev-{name}" / "state.json").write_text(text)
     (w / "ev-bad-report").mkdir()
     (w / "ev-bad-report" / "report.json").write_text('{"format": "metaat-report", "clean": "x"')
     tasks = {"tasks.yaml": TASKS, "tasks-yaml.yaml": "train: [1,\n", "tasks-key.yaml": TASKS + "extra: 1\n"}
@@ -235,12 +252,12 @@ def cases() -> list[Case]:
         C("eval-truncated-model", "file", ["eval", "trunc-model", "--data", "synthetic", "--n", "8", "--out", "x1"]),
         C("eval-flipped-model", "file", ["eval", "flip-model", "--data", "synthetic", "--n", "8", "--out", "x2"]),
         C("eval-bad-config-run", "file", ["eval", "badcfg-run", "--n", "8", "--suite", "quick", "--no-unseen"]),
-        C("eval-state-truncated", "file", ["eval", "run", *E[2:], "--state", "ev-trunc/.eval-state.json"]),
-        C("eval-state-edited", "file", ["eval", "run", *E[2:], "--state", "ev-edit/.eval-state.json"]),
+        C("eval-state-truncated", "file", ["eval", "run", *E[2:], "--state", "ev-trunc/state.json"]),
+        C("eval-state-edited", "file", ["eval", "run", *E[2:], "--state", "ev-edit/state.json"]),
         C(
             "eval-state-other-settings",
             "file",
-            ["eval", "run", *E[2:], "--seed", "5", "--state", "ev/.eval-state.json"],
+            ["eval", "run", *E[2:], "--seed", "5", "--state", "ev/state.json"],
         ),
         C("compare-bad-report", "file", ["compare", "ev-bad-report"]),
         C("compare-not-a-run", "file", ["compare", "notes"]),
@@ -450,39 +467,13 @@ def fault_cases(w: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", type=Path, default=Path("benchmarks/results/bad_input_campaign.json"))
-    ap.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temporary one)")
-    ap.add_argument("--only", default="", help="run only the cases whose id holds this text")
-    args = ap.parse_args()
-    w = (args.work or Path(tempfile.mkdtemp(prefix="metaat-campaign-"))).resolve()
-    w.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    if not (w / "att" / "generator.json").exists():
-        build_world(w)
-    rows = []
-    for case in cases():
-        if args.only not in case.id:
-            continue
-        before = hashes(w)
-        t1 = time.perf_counter()
-        try:
-            r = run(case.args, w, case.env, timeout=300)
-        except subprocess.TimeoutExpired:
-            r = subprocess.CompletedProcess(case.args, 124, "", "error: timed out after 300 s")
-        rows.append(record(case, w, r, before, time.perf_counter() - t1))
-        print(f"{rows[-1]['verdict']:>14s}  {case.id}: {rows[-1]['stderr_last'][:150]}", flush=True)
-    if "fault" in "fault-" + args.only or not args.only:
-        for row in fault_cases(w):
-            rows.append(row)
-            print(f"{row['verdict']:>14s}  {row['id']}: {row['stderr_last'][:150]}", flush=True)
-    verdicts = [r["verdict"] for r in rows]
-    summary = {v: verdicts.count(v) for v in sorted(set(verdicts))}
+def write(args: argparse.Namespace, rows: list[dict[str, Any]], t0: float) -> dict[str, int]:
     import platform
 
     import torch
 
+    verdicts = [r["verdict"] for r in rows]
+    summary = {v: verdicts.count(v) for v in sorted(set(verdicts))}
     result = {
         "command": "OMP_NUM_THREADS=1 python benchmarks/bad_input_campaign.py"
         + (f" --only {args.only}" if args.only else ""),
@@ -497,6 +488,42 @@ def main() -> None:
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
+    return summary
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, default=Path("benchmarks/results/bad_input_campaign.json"))
+    ap.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temporary one)")
+    ap.add_argument("--only", default="", help="run only the cases whose id holds this text")
+    args = ap.parse_args()
+    w = (args.work or Path(tempfile.mkdtemp(prefix="metaat-campaign-"))).resolve()
+    w.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    if not (w / ".built").exists():
+        build_world(w)
+        (w / ".built").write_text("")
+    rows: list[dict[str, Any]] = []
+
+    def add(row: dict[str, Any]) -> None:  # the results file is rewritten after every case
+        rows.append(row)
+        print(f"{row['verdict']:>14s}  {row['id']}: {row['stderr_last'][:150]}", flush=True)
+        write(args, rows, t0)
+
+    for case in cases():
+        if args.only not in case.id:
+            continue
+        before = hashes(w)
+        t1 = time.perf_counter()
+        try:
+            r = run(case.args, w, case.env, timeout=300)
+        except subprocess.TimeoutExpired:
+            r = subprocess.CompletedProcess(case.args, 124, "", "error: timed out after 300 s")
+        add(record(case, w, r, before, time.perf_counter() - t1))
+    if not args.only or args.only in "fault-":
+        for row in fault_cases(w):
+            add(row)
+    summary = write(args, rows, t0)
     print(json.dumps(summary), f"{len(rows)} cases -> {args.out}")
 
 
