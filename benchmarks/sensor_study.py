@@ -111,13 +111,13 @@ KEEP = ("final", "checkpoint", "summary.json", "metrics.jsonl", "config.yaml", "
 training: its last checkpoint) so that a new machine resumes where this one stopped."""
 
 
-def park(runs: Path) -> list[str]:
-    """Copy every row's essentials into ``benchmarks/parked/sensor_study`` (to commit)."""
+def park(runs: Path, parked_root: Path = PARKED) -> list[str]:
+    """Copy every row's essentials into ``benchmarks/parked/<study>`` (to commit)."""
     import shutil
 
     parked = []
     for run_dir in sorted(runs.glob("*/seed*")):
-        dest = PARKED / run_dir.relative_to(runs)
+        dest = parked_root / run_dir.relative_to(runs)
         if dest.exists():
             shutil.rmtree(dest)
         dest.mkdir(parents=True)
@@ -133,11 +133,11 @@ def park(runs: Path) -> list[str]:
     return parked
 
 
-def unpark(run_dir: Path, runs: Path) -> None:
+def unpark(run_dir: Path, runs: Path, parked_root: Path = PARKED) -> None:
     """Restore a row's parked copy when this machine has no run folder for it."""
     import shutil
 
-    src = PARKED / run_dir.relative_to(runs)
+    src = parked_root / run_dir.relative_to(runs)
     if not run_dir.exists() and src.exists():
         shutil.copytree(src, run_dir)
 
@@ -220,7 +220,7 @@ def evaluate_row(run_dir: Path, seed: int, budget: Budget) -> dict[str, Any]:
     }
 
 
-def _claim(path: Path) -> Any:
+def claim(path: Path) -> Any:
     """A non-blocking OS lock on ``path`` held for the process's life (None if another process holds
     it): several study processes can share one row list without running a row twice."""
     import fcntl
@@ -272,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
             key = row_key(method, seed)
             if key in load_records(out)["rows"]:
                 continue
-            row_lock = _claim(runs / method / f"seed{seed}.lock")
+            row_lock = claim(runs / method / f"seed{seed}.lock")
             if row_lock is None:
                 print(f"{key}: another study process has it; skipped", flush=True)
                 continue

@@ -8,6 +8,7 @@ import itertools
 
 import pytest
 import torch
+from test_text_attacks import TEXTS, _encode, _space
 
 import metaat.domains.text  # noqa: F401  (registers kinds, attacks and defenses)
 from metaat import defenses
@@ -25,7 +26,6 @@ from metaat.domains.text.models import BiLSTM, CharNgramCNN, WordCNN
 from metaat.domains.text.space import TextSpace, activate
 from metaat.threats import parse_threats
 from metaat.train.cost import CostMeter
-from tests.test_text_attacks import TEXTS, _encode, _space
 
 Y = torch.tensor([0, 0, 1, 1, 0, 1])
 

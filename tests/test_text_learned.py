@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_text_attacks import TEXTS, _encode, _space
+from test_text_training import Y, _cnn, _ctx
 
 import metaat.domains.text  # noqa: F401  (registers kinds, attacks and defenses)
 from metaat import defenses
@@ -30,8 +32,6 @@ from metaat.threats import ThreatModel
 from metaat.train import TrainConfig, fit
 from metaat.train.checkpoint import read_checkpoint
 from metaat.train.cost import CostMeter
-from tests.test_text_attacks import TEXTS, _encode, _space
-from tests.test_text_training import Y, _cnn, _ctx
 
 THREATS = ["syn:2", "typo:2"]
 

@@ -4,8 +4,11 @@ on discrete threats) run with the passes their docstrings state."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import pytest
 import torch
+from test_text_attacks import TEXTS, _bag, _encode, _space
 
 import metaat.domains.text  # noqa: F401  (registers kinds, attacks and defenses)
 from metaat import defenses
@@ -16,7 +19,6 @@ from metaat.domains.text.space import activate
 from metaat.domains.text.threats import syn_contains, typo_contains
 from metaat.threats import ThreatModel, parse_threats
 from metaat.train.cost import CostMeter
-from tests.test_text_attacks import TEXTS, _bag, _encode, _space
 
 Y = torch.tensor([0, 0, 1, 1, 0, 1])
 
@@ -91,9 +93,9 @@ def test_interval_bounds_enclose_the_logits(chars: bool) -> None:
         assert (bounds[:, 0] <= z + 1e-5).all() and (z <= bounds[:, 1] + 1e-5).all()
 
 
-def _ctx(threats: list[str]) -> TrainContext:
+def _ctx(threats: Sequence[str]) -> TrainContext:
     gen = torch.Generator().manual_seed(0)
-    return TrainContext(threats=tuple(parse_threats(threats)), generator=gen, num_classes=2)
+    return TrainContext(threats=tuple(parse_threats(list[str | ThreatModel](threats))), generator=gen, num_classes=2)
 
 
 @pytest.mark.parametrize(

@@ -46,6 +46,7 @@ class CandidateTable:
         self.space, self.kind = space, kind
         self.width = width or (TYPO_WIDTH if kind == "typo" else SYN_WIDTH)
         self._rows: dict[int, tuple[int, ...]] = {}
+        self._padded: dict[int, torch.Tensor] = {}
 
     def row(self, token_id: int) -> tuple[int, ...]:
         """The candidates of one original id (at most ``width``; deterministic)."""
@@ -72,15 +73,22 @@ class CandidateTable:
         random.Random(token_id).shuffle(spelled)
         return tuple((known + spelled)[: self.width])
 
+    def padded(self, token_id: int) -> torch.Tensor:
+        """:meth:`row` as a ``(width,)`` tensor padded with −1 (cached)."""
+        found = self._padded.get(token_id)
+        if found is None:
+            cands = self.row(token_id)
+            found = torch.full((self.width,), -1, dtype=torch.long)
+            found[: len(cands)] = torch.tensor(cands, dtype=torch.long)
+            self._padded[token_id] = found
+        return found
+
     def __call__(self, ids: torch.Tensor) -> torch.Tensor:
-        flat = ids.detach().cpu().reshape(-1).tolist()
-        rows = {t: self.row(t) for t in set(flat)}
-        out = torch.full((len(flat), self.width), -1, dtype=torch.long)
-        for i, t in enumerate(flat):
-            cands = rows[t]
-            if cands:
-                out[i, : len(cands)] = torch.tensor(cands, dtype=torch.long)
-        return out.reshape(*ids.shape, self.width).to(ids.device)
+        unique, inverse = torch.unique(ids.detach().cpu(), return_inverse=True)
+        rows = torch.stack([self.padded(int(t)) for t in unique.tolist()]) if unique.numel() else None
+        if rows is None:
+            return torch.full((*ids.shape, self.width), -1, dtype=torch.long, device=ids.device)
+        return rows[inverse].to(ids.device)
 
 
 @lru_cache(maxsize=8)
