@@ -116,7 +116,7 @@ def park(runs: Path, parked_root: Path = PARKED) -> list[str]:
     import shutil
 
     parked = []
-    for run_dir in sorted(runs.glob("*/seed*")):
+    for run_dir in sorted(d for d in runs.glob("*/seed*") if d.is_dir()):
         dest = parked_root / run_dir.relative_to(runs)
         if dest.exists():
             shutil.rmtree(dest)
