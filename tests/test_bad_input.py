@@ -87,6 +87,29 @@ if "t-huge" not in MODELS.available():
         return nn.Linear(1 << 22, 1 << 22)  # 2^44 floats: 64 TiB
 
 
+class _BadData(data.Dataset):
+    """Synthetic-sized images with one defect: a NaN pixel, or a label past the last class."""
+
+    def __init__(self, how: str) -> None:
+        self.how = how
+        self.info = data.DatasetInfo(f"t-{how}", 10, 1, 12, tuple("abcdefghij"))
+
+    def arrays(self, split: str, data_dir: Path | None) -> tuple[Any, Any]:
+        import numpy as np
+
+        x, y = np.full((32, 1, 12, 12), 0.5, dtype=np.float32), np.arange(32) % 10
+        if self.how == "nan-data":
+            x[3, 0, 5, 5] = np.nan
+        else:
+            y[5] = 10
+        return x, y
+
+
+for _how in ("nan-data", "label-data"):
+    if f"t-{_how}" not in data.DATASETS.available():
+        data.DATASETS.register(f"t-{_how}", help=_how)(lambda how=_how: _BadData(how))
+
+
 # -- the scratch world ---------------------------------------------------------------------------------
 
 
@@ -400,6 +423,15 @@ CASES = [
         lambda r: ["attack", "--model", str(r / "model"), "--data", "mr", "--data-dir", str(r / "empty")],
         r"mr|movie|token|shape",
         env={"METAAT_DATA": "/nonexistent"},
+    ),
+    Case(
+        "attack-nan-data",
+        "data",
+        lambda r: ["attack", "--model", str(r / "model"), "--data", "t-nan-data", "--n", "8"],
+        r"dataset t-nan-data \(test split\): x has 1 NaN",
+    ),
+    Case(
+        "train-label-data", "data", train("--data", "t-label-data", "--out", "{r}/x"), r"t-label-data.*labels must lie"
     ),
     Case("eval-wrong-size-model", "data", evaluate("model-8px"), r"1x8x8 inputs.*synthetic has 1x12x12"),
     # -- models ------------------------------------------------------------------------------------

@@ -112,7 +112,14 @@ class Dataset(ABC):
             xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.int64).copy())
         else:
             xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32).copy())
-        return xt, torch.from_numpy(np.ascontiguousarray(y, dtype=np.int64).copy())
+        yt = torch.from_numpy(np.ascontiguousarray(y, dtype=np.int64).copy())
+        from metaat.data.validate import validate_batch
+
+        try:  # NaN, values outside the box, labels out of range: named here, not blamed on a model later
+            validate_batch(xt, yt, num_classes=self.info.num_classes, box=self.info.box)
+        except ValueError as err:
+            raise ValueError(f"dataset {self.info.name} ({split} split): {err}") from None
+        return xt, yt
 
 
 def check_split(split: str, valid: tuple[str, ...] = SPLITS, dataset: str | None = None) -> None:
