@@ -286,6 +286,7 @@ CASES = [
     Case("attack-drift-on-l2", "argument", attack("model", "--attack", "drift-search", "--threat", "l2:1"), r"drift"),
     # text threat syntax (syn:k, typo:k, nbr:k) and the text attacks
     Case("threat-syn-zero", "argument", attack("model", "--threat", "syn:0"), r"syn"),
+    Case("threat-typo-negative", "argument", attack("model", "--threat", "typo:-1"), r"typo:-1"),  # not an emoji
     Case("threat-typo-fraction", "argument", attack("model", "--threat", "typo:1.5"), r"typo"),
     Case("threat-nbr-text", "argument", attack("model", "--threat", "nbr:x"), r"nbr"),
     Case(

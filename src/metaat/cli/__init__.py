@@ -2,7 +2,7 @@
 
 This package is the only place that imports typer, and nothing in the library imports it. Each
 command lives in its own module here (``attack``, ``train``, ``eval``/``compare``, ``meta-pretrain``,
-``demo``) exposing ``register(app)``; adding an algorithm to a registry never needs a CLI edit.
+``demo``, ``export``) exposing ``register(app)``; adding an algorithm to a registry never needs a CLI edit.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ _COMMAND_MODULES: list[str] = [
     "metaat.cli.eval",
     "metaat.cli.meta",
     "metaat.cli.demo",
+    "metaat.cli.export",
 ]
 
 
@@ -49,7 +50,7 @@ class Family(str, Enum):
 def error_line(message: str) -> None:
     """One-line error on stderr (line breaks in ``message`` become spaces; no markup is read in it)."""
     console.print("[bold red]error:[/] ", end="", highlight=False, soft_wrap=True)
-    console.print(" ".join(message.split()), markup=False, highlight=False, soft_wrap=True)
+    console.print(" ".join(message.split()), markup=False, emoji=False, highlight=False, soft_wrap=True)
 
 
 def describe(err: BaseException) -> str:
