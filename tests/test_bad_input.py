@@ -306,6 +306,12 @@ CASES = [
         r"mr is a text",
     ),
     Case(
+        "train-sensor-model-on-text",
+        "argument",
+        train("--data", "mr", "--model", "fcn-small", "--out", "{r}/x"),
+        r"model 'fcn-small' cannot be built for mr \(text data\)",
+    ),
+    Case(
         "train-syn-on-sensors",
         "argument",
         train("--data", "watch", "--threat", "syn:1", "--out", "{r}/x"),

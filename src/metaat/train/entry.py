@@ -226,9 +226,14 @@ def train(
         x_eval, y_eval = x_eval[: config.eval_n], y_eval[: config.eval_n]
     seed_everything(config.seed)  # the model's initial weights depend on the seed only
     box = meta.box if meta.box != (0.0, 1.0) else None
-    model = models.create(
-        config.model, meta.num_classes, meta.in_channels, meta.image_size, box=box, **dict(meta.model_kwargs)
-    )
+    try:
+        model = models.create(
+            config.model, meta.num_classes, meta.in_channels, meta.image_size, box=box, **dict(meta.model_kwargs)
+        )
+    except TypeError as err:  # a model of another domain: name both, not a constructor's signature
+        raise ValueError(
+            f"model {config.model!r} cannot be built for {config.data} ({meta.domain} data): {err}"
+        ) from None
     return fit(
         model,
         defense,
