@@ -19,7 +19,9 @@ $(VENV)/.installed: pyproject.toml
 	$(PIP) install -q "$(TORCH_SPEC)" $(PIP_EXTRA)
 	# pin whatever torch is now installed, so no later install can swap it for a CUDA build
 	$(PY) -c "import torch; print('torch==' + torch.__version__)" > $(VENV)/constraints.txt
-	$(PIP) install -q -c $(VENV)/constraints.txt -e ".[test,docs]"
+	$(PIP) install -q -c $(VENV)/constraints.txt -e ".[test,docs,keras,onnx]"
+	@# the extras (keras, onnx) must not have replaced the pinned torch build
+	$(PY) -c "import torch, sys; pin = open('$(VENV)/constraints.txt').read().split('==')[1].strip(); sys.exit(0 if torch.__version__ == pin else 'torch ' + torch.__version__ + ' replaced the pinned ' + pin)"
 	touch $@
 
 setup: $(VENV)/.installed

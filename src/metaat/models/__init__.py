@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from metaat.models import resnet, small, wideresnet  # noqa: F401  (registers the models)
+from metaat.models import keras_model, resnet, small, wideresnet  # noqa: F401  (registers the models)
 from metaat.models.base import MODELS, Normalize
 from metaat.models.checkpoint import CheckpointError, get_spec, load_model, save_model
 from metaat.models.modules import count_parameters, model_device, unwrap
@@ -55,9 +55,13 @@ def create(
     for all); the result is then ``nn.Sequential(normalize=..., net=...)``. ``kwargs`` go to the
     model's factory (e.g. ``depth`` / ``widen_factor`` for ``wrn-28-10``). ``box`` records the valid
     input range of a non-image domain (evaluation intersects every threat with it). The constructor
-    arguments are stored as ``model.metaat_spec``.
+    arguments are stored as ``model.metaat_spec``. A ``name`` ending in ``.keras`` is a Keras model file
+    (:mod:`metaat.models.keras_model`; its spec records the architecture, not the path).
     """
-    key = _canonical(name)
+    if str(name).endswith(keras_model.KERAS_SUFFIX):
+        name, kwargs = keras_model.KERAS_NAME, {**kwargs, "path": str(name)}
+    keras = name == keras_model.KERAS_NAME  # not in the registry: it needs a file or a checkpoint's config
+    key = name if keras else _canonical(name)
     num_classes = _positive("num_classes", num_classes)
     in_channels = _positive("in_channels", in_channels)
     image_size = _positive("image_size", image_size)
@@ -70,8 +74,13 @@ def create(
         norm_spec = [[float(m) for m in mean], [float(s) for s in std]]
         if len(norm_spec[0]) not in (1, in_channels):
             raise ValueError(f"normalize needs 1 or {in_channels} value(s) per statistic; got {len(norm_spec[0])}")
-    net = MODELS.create(key, num_classes, in_channels, image_size, **kwargs)
-    rank = int(getattr(MODELS.get(key), "input_rank", 2))  # 2: images, 1: signals, 0: token ids
+    net: nn.Module
+    if keras:
+        wrapped = keras_model.keras_factory(num_classes, in_channels, image_size, **kwargs)
+        net, rank = wrapped, len(wrapped.input_shape) - 1
+    else:
+        net = MODELS.create(key, num_classes, in_channels, image_size, **kwargs)
+        rank = int(getattr(MODELS.get(key), "input_rank", 2))  # 2: images, 1: signals, 0: token ids
     input_shape = [image_size] if rank == 0 else [in_channels, *([image_size] * rank)]
     model: nn.Module = net
     if norm_spec is not None:
@@ -83,7 +92,7 @@ def create(
         "image_size": image_size,
         "input_shape": input_shape,
         "normalize": norm_spec,
-        "kwargs": dict(kwargs),
+        "kwargs": dict(getattr(net, "spec_kwargs", kwargs)),
     }
     if box is not None and tuple(box) != (0.0, 1.0):  # the valid input range, where not pixels
         spec["box"] = [float(box[0]), float(box[1])]

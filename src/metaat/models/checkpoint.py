@@ -131,12 +131,17 @@ def recorded_sha256(path: str | os.PathLike[str]) -> str | None:
 def load_model(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> nn.Module:
     """Rebuild the model saved by :func:`save_model` at ``path`` and load its weights.
 
-    Returns the model on ``device`` in eval mode. Raises ``FileNotFoundError`` when a file is
-    missing and :class:`CheckpointError` for an unreadable sidecar, a corrupt or truncated
-    safetensors file, or weights that do not match the architecture (naming the differing keys).
+    Returns the model on ``device`` in eval mode (a ``.keras`` file loads as a Keras model). Raises
+    ``FileNotFoundError`` when a file is missing and :class:`CheckpointError` for an unreadable sidecar,
+    a corrupt or truncated safetensors file, or weights that do not match the architecture (naming the
+    differing keys).
     """
     from metaat.models import create_from_spec  # the package imports this module
 
+    if Path(path).suffix == ".keras":  # a Keras 3 model file, weights included
+        from metaat.models.keras_model import load_keras
+
+        return load_keras(path).to(device).eval()
     weights, sidecar = checkpoint_paths(path)
     for file, what in ((weights, "model weights"), (sidecar, "model spec")):
         if not file.is_file():
