@@ -475,8 +475,10 @@ def write(args: argparse.Namespace, rows: list[dict[str, Any]], t0: float) -> di
     verdicts = [r["verdict"] for r in rows]
     summary = {v: verdicts.count(v) for v in sorted(set(verdicts))}
     result = {
-        "command": "OMP_NUM_THREADS=1 python benchmarks/bad_input_campaign.py"
-        + (f" --only {args.only}" if args.only else ""),
+        "command": getattr(args, "command", None)
+        or "OMP_NUM_THREADS=1 python benchmarks/bad_input_campaign.py" + (f" --only {args.only}" if args.only else ""),
+        "reruns": [r["id"] for r in rows if "before" in r],
+        "findings_fixed": [r["id"] for r in rows if "before" in r and r["before"]["verdict"] != r["verdict"]],
         "hardware": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
         "torch": torch.__version__,
         "cases": len(rows),
@@ -496,6 +498,11 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/bad_input_campaign.json"))
     ap.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temporary one)")
     ap.add_argument("--only", default="", help="run only the cases whose id holds this text")
+    ap.add_argument(
+        "--merge",
+        action="store_true",
+        help="replace only the rerun cases' rows in --out (the old row kept as 'before')",
+    )
     args = ap.parse_args()
     w = (args.work or Path(tempfile.mkdtemp(prefix="metaat-campaign-"))).resolve()
     w.mkdir(parents=True, exist_ok=True)
@@ -504,9 +511,20 @@ def main() -> None:
         build_world(w)
         (w / ".built").write_text("")
     rows: list[dict[str, Any]] = []
+    previous = json.loads(args.out.read_text()) if args.merge and args.out.exists() else None
+    if previous is not None:
+        rows = previous["rows"]
+        args.command = previous["command"]
 
     def add(row: dict[str, Any]) -> None:  # the results file is rewritten after every case
-        rows.append(row)
+        old = next((i for i, r in enumerate(rows) if r["id"] == row["id"]), None)
+        if old is None:
+            rows.append(row)
+        else:
+            rows[old] = {
+                **row,
+                "before": {k: rows[old][k] for k in ("exit", "stderr_last", "files_changed", "verdict")},
+            }
         print(f"{row['verdict']:>14s}  {row['id']}: {row['stderr_last'][:150]}", flush=True)
         write(args, rows, t0)
 

@@ -329,6 +329,7 @@ CASES = [
         lambda r: ["attack", "--model", str(r / "model"), "--data", "watch", "--save", str(r / "w.safetensors")],
         r"--save keeps image examples.*watch is a sensors dataset",
     ),
+    Case("meta-word-edits", "argument", meta("--threat", "syn:2", "--out", "{r}/m"), r"syn:2 is a set of word edits"),
     Case("meta-resume-without-tasks", "argument", meta("--resume", "--out", "{r}/m"), r"--resume needs --tasks"),
     Case(
         "meta-tasks-with-n",
@@ -474,6 +475,13 @@ CASES = [
         "fault",
         lambda r: ["train", "--resume", str(r / "run"), "--quiet"],
         r"in use by another metaat process \(pid \d+",
+        hold="run",
+    ),
+    Case(
+        "eval-run-folder-locked",
+        "fault",
+        lambda r: ["eval", str(r / "run"), "--data", "synthetic", *N, "--suite", "quick", "--no-unseen"],
+        r"run is in use by another metaat process \(pid \d+",
         hold="run",
     ),
     Case(

@@ -256,6 +256,14 @@ def eval_cmd(
                 shard=shard,
             )
 
+    lock = None
+    if main and not dist_info.enabled and run is not None and out_dir.resolve() == Path(run).resolve():
+        from metaat.runtime import FolderLock
+
+        try:  # a run folder: not while a training or another evaluation writes into it
+            lock = FolderLock(out_dir).acquire()
+        except ValueError as err:
+            fail(describe(err))
     try:
         try:
             result = run_evaluation()
@@ -280,6 +288,8 @@ def eval_cmd(
         fail(describe(err))
         return
     finally:
+        if lock is not None:
+            lock.release()
         distributed.shutdown(dist_info)
     if not main:
         return

@@ -148,7 +148,7 @@ def register(app: typer.Typer) -> None:
         force: Annotated[bool, typer.Option(help="write into an existing folder that is not an attacker's")] = False,
     ) -> None:
         """Meta-pretrain the threat-conditioned learned attacker (REPTILE / FOMAML) and save it."""
-        from metaat.cli import console, describe, fail, require_nonempty
+        from metaat.cli import check_threat_fits, console, describe, fail, require_nonempty
         from metaat.meta.pretrain import PretrainConfig, pretrain
         from metaat.runtime import owned_folder, resolve_device, seed_everything, set_threads
 
@@ -198,6 +198,16 @@ def register(app: typer.Typer) -> None:
             require_nonempty("--data", data)
             for value in [*(threat or []), *(model or [])]:
                 require_nonempty("--threat/--model", value)
+            import metaat.data as datasets
+            from metaat.threats import ThreatModel
+
+            domain = datasets.info(data).domain
+            for value in threat or []:
+                check_threat_fits(value, data, domain)
+                if not ThreatModel.parse(value).continuous:
+                    raise ValueError(
+                        f"--threat {value}: the learned attacker takes gradient steps; give a continuous threat"
+                    )
             cfg = PretrainConfig(
                 data=data,
                 data_dir=str(data_dir) if data_dir is not None else None,
