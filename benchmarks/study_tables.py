@@ -14,11 +14,10 @@ page is stale.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import statistics
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMAND = "python benchmarks/study_tables.py"
@@ -32,8 +31,7 @@ def _unseen(name: str) -> Any:
     return lambda row: (row.get("unseen") or {}).get(name)
 
 
-@dataclasses.dataclass(frozen=True)
-class Study:
+class Study(NamedTuple):
     """Where one benchmark's records, page and plot live, and its extra columns."""
 
     name: str
