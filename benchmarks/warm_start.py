@@ -157,9 +157,19 @@ def train_arm(dom: Domain, seed: int, attacker: Path | None, run_dir: Path, thre
         return
     attacker_path = str(attacker) if attacker else None
     config = TrainConfig(
-        **dict(data=dom.data, model=dom.model, defense="metaat", threats=dom.threats, epochs=dom.epochs),
-        **dict(batch_size=dom.batch_size, lr=1e-3, seed=seed, eval_n=dom.eval_n, eval_steps=EVAL_STEPS),
-        **dict(threads=threads, train_subset=dom.train_subset, options={"attacker_path": attacker_path}),
+        data=dom.data,
+        model=dom.model,
+        defense="metaat",
+        threats=dom.threats,
+        epochs=dom.epochs,
+        batch_size=dom.batch_size,
+        lr=1e-3,
+        seed=seed,
+        eval_n=dom.eval_n,
+        eval_steps=EVAL_STEPS,
+        threads=threads,
+        train_subset=dom.train_subset,
+        options={"attacker_path": attacker_path},
     )
     set_threads(threads)
     meta = data.info(dom.data)
