@@ -29,6 +29,7 @@ import os
 import platform
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -133,10 +134,13 @@ def park(runs: Path, parked_root: Path = PARKED) -> list[str]:
     return parked
 
 
-def unpark(run_dir: Path, runs: Path, parked_root: Path = PARKED) -> None:
-    """Restore a row's parked copy when this machine has no run folder for it."""
+def unpark(run_dir: Path, runs: Path, parked_root: Path | None = PARKED) -> None:
+    """Restore a row's parked copy when this machine has no run folder for it (``None``: nothing
+    parked, e.g. a ``--quick`` smoke run, which must not pick up the real study's rows)."""
     import shutil
 
+    if parked_root is None:
+        return
     src = parked_root / run_dir.relative_to(runs)
     if not run_dir.exists() and src.exists():
         shutil.copytree(src, run_dir)
@@ -144,11 +148,9 @@ def unpark(run_dir: Path, runs: Path, parked_root: Path = PARKED) -> None:
 
 def train_row(method: str, seed: int, budget: Budget, runs: Path, threads: int) -> tuple[Path, dict[str, Any]]:
     """Train (or resume, or reuse) one row's model; returns its run folder and the training result."""
-    from metaat.train import TrainConfig, resume_run, train
-    from metaat.train.checkpoint import has_checkpoint
+    from metaat.train import TrainConfig
 
     run_dir = runs / method / f"seed{seed}"
-    unpark(run_dir, runs)
     defense, threats = row_recipe(method)
     config = TrainConfig(
         data=DATA,
@@ -163,12 +165,21 @@ def train_row(method: str, seed: int, budget: Budget, runs: Path, threads: int) 
         eval_steps=10,
         threads=threads,
     )
+    return run_dir, trained(run_dir, config)
+
+
+def trained(run_dir: Path, config: Any) -> dict[str, Any]:
+    """Train ``config`` into ``run_dir`` (resuming a checkpoint) unless it is done; the row's
+    training summary (passes per example, seconds per epoch, epochs, last monitor), kept in
+    ``summary.json``."""
+    from metaat.train import resume_run, train
+    from metaat.train.checkpoint import has_checkpoint
+
     if (run_dir / "final").exists():
-        summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
-        return run_dir, summary
+        return dict(json.loads((run_dir / "summary.json").read_text(encoding="utf-8")))
     result = resume_run(run_dir, quiet=True) if has_checkpoint(run_dir) else train(config, run_dir, quiet=True)
     if result.status != "completed":
-        raise SystemExit(f"{method} seed {seed}: training {result.status} ({result.message}); run again to resume")
+        raise SystemExit(f"{run_dir}: training {result.status} ({result.message}); run again to resume")
     seconds = [float(m.get("epoch_seconds", 0.0)) for m in _epoch_lines(run_dir)]
     summary = {
         "passes_per_example": result.cost.get("passes_per_example"),
@@ -177,7 +188,7 @@ def train_row(method: str, seed: int, budget: Budget, runs: Path, threads: int) 
         "monitor": result.metrics.get("eval", {}),
     }
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-    return run_dir, summary
+    return summary
 
 
 def _epoch_lines(run_dir: Path) -> list[dict[str, Any]]:
@@ -218,6 +229,51 @@ def evaluate_row(run_dir: Path, seed: int, budget: Budget) -> dict[str, Any]:
         "protocol": result.protocol,
         "eval_seconds": result.timings.get("total"),
     }
+
+
+def recipe_fields(method: str) -> dict[str, Any]:
+    """The row's recipe as recorded: its defense and training threats."""
+    defense, threats = row_recipe(method)
+    return {"defense": defense, "trained_on": list(threats)}
+
+
+def run_rows(
+    args: argparse.Namespace,
+    runs: Path,
+    out: Path,
+    header: dict[str, Any],
+    parked_root: Path | None,
+    train: Callable[[str, int], tuple[Path, dict[str, Any]]],
+    evaluate: Callable[[Path, int], dict[str, Any]],
+    recipe: Callable[[str], dict[str, Any]],
+) -> None:
+    """Every (seed, method) row not yet in ``out``, one full seed first: claim it (skip a row another
+    process holds), restore its parked copy, train it (``args.phase`` may stop there), evaluate it
+    and merge the row into ``out``."""
+    for seed in args.seeds:
+        for method in args.methods:
+            key = row_key(method, seed)
+            if key in load_records(out)["rows"]:
+                continue
+            if claim(runs / method / f"seed{seed}.lock") is None:
+                print(f"{key}: another study process has it; skipped", flush=True)
+                continue
+            t0 = time.perf_counter()
+            unpark(runs / method / f"seed{seed}", runs, parked_root)
+            if args.phase == "eval" and not (runs / method / f"seed{seed}" / "final").exists():
+                continue
+            run_dir, summary = train(method, seed)
+            print(f"{key}: trained ({summary['passes_per_example']} passes/example)", flush=True)
+            if args.phase == "train":
+                continue
+            row: dict[str, Any] = {"method": method, **recipe(method), "seed": seed}
+            row.update(summary)
+            row.update(evaluate(run_dir, seed))
+            row["hardware"] = f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"
+            row["threads"] = args.threads
+            row["wall_seconds"] = round(time.perf_counter() - t0, 1)
+            add_row(out, header, key, row)
+            print(f"{key}: clean {row['clean']:.3f} union {row['union']:.3f} passes {row['passes_per_example']}")
 
 
 def claim(path: Path) -> Any:
@@ -267,32 +323,16 @@ def main(argv: list[str] | None = None) -> int:
         "budget": budget._asdict(),
         "selection": "validation subject (monitor, every choice); test subjects read once per row",
     }
-    for seed in args.seeds:  # one full seed of every method first
-        for method in args.methods:
-            key = row_key(method, seed)
-            if key in load_records(out)["rows"]:
-                continue
-            row_lock = claim(runs / method / f"seed{seed}.lock")
-            if row_lock is None:
-                print(f"{key}: another study process has it; skipped", flush=True)
-                continue
-            t0 = time.perf_counter()
-            unpark(runs / method / f"seed{seed}", runs)
-            if args.phase == "eval" and not (runs / method / f"seed{seed}" / "final").exists():
-                continue
-            run_dir, summary = train_row(method, seed, budget, runs, args.threads)
-            print(f"{key}: trained ({summary['passes_per_example']} passes/example)", flush=True)
-            if args.phase == "train":
-                continue
-            defense, trained_on = row_recipe(method)
-            row = {"method": method, "defense": defense, "trained_on": list(trained_on), "seed": seed}
-            row.update(summary)
-            row.update(evaluate_row(run_dir, seed, budget))
-            row["hardware"] = f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"
-            row["threads"] = args.threads
-            row["wall_seconds"] = round(time.perf_counter() - t0, 1)
-            add_row(out, header, key, row)
-            print(f"{key}: clean {row['clean']:.3f} union {row['union']:.3f} passes {row['passes_per_example']}")
+    run_rows(
+        args,
+        runs,
+        out,
+        header,
+        None if args.quick else PARKED,
+        train=lambda method, seed: train_row(method, seed, budget, runs, args.threads),
+        evaluate=lambda run_dir, seed: evaluate_row(run_dir, seed, budget),
+        recipe=recipe_fields,
+    )
     return 0
 
 

@@ -26,15 +26,12 @@ row list (one lock per row). ``--quick`` is a smoke run (its records go to ``tex
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import sys
-import time
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
-from sensor_study import add_row, claim, load_records, park, unpark  # benchmarks/ is on the path as a script
+from sensor_study import park, run_rows, trained  # benchmarks/ is on the path as a script
 
 ROOT = Path(__file__).resolve().parent
 METHODS: tuple[str, ...] = ("standard", "metaat", "a2t", "sat", "freelb", "avg", "max", "l2l", "ibp")
@@ -64,13 +61,9 @@ def train_row(
     method: str, seed: int, budget: Budget, runs: Path, threads: int, quick: bool
 ) -> tuple[Path, dict[str, Any]]:
     """Train (or resume, or reuse) one row's model; returns its run folder and the training summary."""
-    import json
-
-    from metaat.train import TrainConfig, resume_run, train
-    from metaat.train.checkpoint import has_checkpoint
+    from metaat.train import TrainConfig
 
     run_dir = runs / method / f"seed{seed}"
-    unpark(run_dir, runs, PARKED)
     config = TrainConfig(
         data=DATA,
         model=MODEL,
@@ -85,21 +78,7 @@ def train_row(
         train_subset=256 if quick else None,
         threads=threads,
     )
-    if (run_dir / "final").exists():
-        return run_dir, json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
-    result = resume_run(run_dir, quiet=True) if has_checkpoint(run_dir) else train(config, run_dir, quiet=True)
-    if result.status != "completed":
-        raise SystemExit(f"{method} seed {seed}: training {result.status} ({result.message}); run again to resume")
-    lines = [json.loads(s) for s in (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines() if s.strip()]
-    seconds = [float(r.get("epoch_seconds", 0.0)) for r in lines if r.get("type") == "epoch"]
-    summary = {
-        "passes_per_example": result.cost.get("passes_per_example"),
-        "seconds_per_epoch": sum(seconds) / max(1, len(seconds)),
-        "epochs": result.epochs_completed,
-        "monitor": result.metrics.get("eval", {}),
-    }
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-    return run_dir, summary
+    return run_dir, trained(run_dir, config)
 
 
 def certified_share(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float | None:
@@ -180,30 +159,16 @@ def main(argv: list[str] | None = None) -> int:
             "selection": "validation split (epochs, optimiser, threats fixed before the study); test read once per row",
         },
     }
-    for seed in args.seeds:
-        for method in args.methods:
-            key = row_key(method, seed)
-            if key in load_records(out)["rows"]:
-                continue
-            if claim(runs / method / f"seed{seed}.lock") is None:
-                print(f"{key}: another study process has it; skipped", flush=True)
-                continue
-            t0 = time.perf_counter()
-            unpark(runs / method / f"seed{seed}", runs, PARKED)
-            if args.phase == "eval" and not (runs / method / f"seed{seed}" / "final").exists():
-                continue
-            run_dir, summary = train_row(method, seed, budget, runs, args.threads, args.quick)
-            print(f"{key}: trained ({summary['passes_per_example']} passes/example)", flush=True)
-            if args.phase == "train":
-                continue
-            row: dict[str, Any] = {"method": method, "trained_on": list(TRAIN_THREATS), "seed": seed}
-            row.update(summary)
-            row.update(evaluate_row(run_dir, seed, budget))
-            row["hardware"] = f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"
-            row["threads"] = args.threads
-            row["wall_seconds"] = round(time.perf_counter() - t0, 1)
-            add_row(out, header, key, row)
-            print(f"{key}: clean {row['clean']:.3f} union {row['union']:.3f} passes {row['passes_per_example']}")
+    run_rows(
+        args,
+        runs,
+        out,
+        header,
+        None if args.quick else PARKED,
+        train=lambda method, seed: train_row(method, seed, budget, runs, args.threads, args.quick),
+        evaluate=lambda run_dir, seed: evaluate_row(run_dir, seed, budget),
+        recipe=lambda method: {"trained_on": list(TRAIN_THREATS)},
+    )
     return 0
 
 

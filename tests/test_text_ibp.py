@@ -9,6 +9,7 @@ import itertools
 import pytest
 import torch
 from test_text_attacks import TEXTS, _encode, _space
+from test_text_training import Y, _cnn
 
 import metaat.domains.text  # noqa: F401  (registers kinds, attacks and defenses)
 from metaat import defenses
@@ -22,20 +23,10 @@ from metaat.domains.text.defenses.ibp import (
     schedule,
     worst_case_logits,
 )
-from metaat.domains.text.models import BiLSTM, CharNgramCNN, WordCNN
+from metaat.domains.text.models import BiLSTM, WordCNN
 from metaat.domains.text.space import TextSpace, activate
 from metaat.threats import parse_threats
 from metaat.train.cost import CostMeter
-
-Y = torch.tensor([0, 0, 1, 1, 0, 1])
-
-
-def _cnn(seed: int, chars: bool = False) -> WordCNN:
-    torch.manual_seed(seed)
-    space = _space()
-    if chars:
-        return CharNgramCNN(2, len(space.vocab), list(space.vocab.words), embed_dim=8, filters=4)
-    return WordCNN(2, len(space.vocab), embed_dim=8, filters=4)
 
 
 def _texts_in_set(ids: torch.Tensor, space: TextSpace, kinds: tuple[str, ...]) -> torch.Tensor:

@@ -66,30 +66,16 @@ def _export(model: nn.Module, example: torch.Tensor, path: Path, exporter: str) 
 
 
 def _run_exporter(model: nn.Module, example: torch.Tensor, path: Path, exporter: str) -> None:
+    names: dict[str, Any] = {"input_names": ["input"], "output_names": ["logits"]}
     if exporter == "dynamo":
         _require("onnxscript")
-        batch = torch.export.Dim("batch")
+        shapes = ({0: torch.export.Dim("batch")},)
         torch.onnx.export(
-            model,
-            (example,),
-            str(path),
-            input_names=["input"],
-            output_names=["logits"],
-            dynamo=True,
-            external_data=False,
-            dynamic_shapes=({0: batch},),
+            model, (example,), str(path), dynamo=True, external_data=False, dynamic_shapes=shapes, **names
         )
     else:
         axes = {"input": {0: "batch"}, "logits": {0: "batch"}}
-        torch.onnx.export(
-            model,
-            (example,),
-            str(path),
-            input_names=["input"],
-            output_names=["logits"],
-            dynamo=False,
-            dynamic_axes=axes,
-        )
+        torch.onnx.export(model, (example,), str(path), dynamo=False, dynamic_axes=axes, **names)
 
 
 def export_onnx(
