@@ -230,3 +230,30 @@ def test_genetic_respects_its_query_budget() -> None:
     free = GeneticAttack("typo:2", space=space, population=8, generations=15, max_queries=10**6).run(model, ids, y)
     assert (capped.queries <= bound).all()
     assert int(free.queries.max()) > bound  # the cap is what held it
+
+
+@pytest.mark.parametrize("threat", ["syn:2", "typo:2", "nbr:2"])
+def test_edit_cost_is_the_sum_of_fresh_pair_costs_over_changed_positions(threat: str) -> None:
+    """The memoised total cost equals a from-scratch sum; unreachable pairs cost infinity; rows of
+    different lengths are refused."""
+    from metaat.domains.text.attacks.search import EditSpace
+    from metaat.threats import ThreatModel
+
+    space = _space()
+    edits = EditSpace(ThreatModel.parse(threat), space)
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(2, len(space.vocab), (40, 6), generator=gen).numpy()
+    for row in ids:
+        for _ in range(3):
+            adv = row.copy()
+            for t in torch.randperm(6, generator=gen)[:2].tolist():
+                options = edits.candidates(int(row[t]), int(row[t]))
+                if options:
+                    adv[t] = options[int(torch.randint(len(options), (1,), generator=gen))]
+            fresh = EditSpace(ThreatModel.parse(threat), space)
+            expected = sum(fresh._pair_cost(int(a), int(b)) for a, b in zip(row, adv, strict=True) if a != b)
+            assert edits.cost(row, adv) == expected
+    film, plot = space.vocab.id("film"), space.vocab.id("plot")
+    assert edits.position_cost(film, plot) == (1.0 if threat == "nbr:2" else float("inf"))  # typo: first letter kept
+    with pytest.raises(ValueError, match="differ in length"):
+        edits.cost(ids[0], ids[0][:3])

@@ -90,7 +90,7 @@ class TextSpace:
     def allowed(self, original: int, replacement: int, table: str = "syn") -> bool:
         """True when ``replacement`` is one of ``original``'s synonyms (``table="nbr"``: neighbours)."""
         row = self.neighbours(original) if table == "nbr" else self.substitutes(original)
-        return bool(np.isin(replacement, row).item())
+        return bool((row == replacement).any())
 
     def stats(self) -> dict[str, float]:
         """Number of words with a substitute (a neighbour) and the mean number per such word."""

@@ -40,6 +40,7 @@ class EditSpace:
         self.budget = int(threat.eps)
         self.space = space
         self._variants: dict[int, tuple[int, ...]] = {}
+        self._costs: dict[tuple[int, int], float] = {}
 
     def candidates(self, original: int, current: int) -> tuple[int, ...]:
         """Ids that may stand at a position holding ``current`` whose clean id is ``original``."""
@@ -56,9 +57,17 @@ class EditSpace:
         return tuple(c for c in found if c != original)
 
     def position_cost(self, original: int, new: int) -> float:
-        """What changing ``original`` to ``new`` costs (1 per synonym; character edits per typo)."""
+        """What changing ``original`` to ``new`` costs (1 per synonym; character edits per typo);
+        memoised per pair, since the searches ask for the same pairs many times."""
         if original == new:
             return 0.0
+        found = self._costs.get((original, new))
+        if found is None:
+            found = self._pair_cost(original, new)
+            self._costs[(original, new)] = found
+        return found
+
+    def _pair_cost(self, original: int, new: int) -> float:
         if self.kind in ("syn", "nbr"):
             return 1.0 if self.space.allowed(original, new, self.kind) else math.inf
         vocab = self.space.vocab
@@ -67,8 +76,12 @@ class EditSpace:
         return typo_distance(vocab.word(original), vocab.word(new))
 
     def cost(self, original: np.ndarray, adv: np.ndarray) -> float:
-        """Total cost of one adversarial row against its clean row."""
-        return float(sum(self.position_cost(int(a), int(b)) for a, b in zip(original, adv, strict=True) if a != b))
+        """Total cost of one adversarial row against its clean row (summed over changed positions
+        in position order)."""
+        if original.shape != adv.shape:
+            raise ValueError(f"rows differ in length: {original.shape} vs {adv.shape}")
+        changed = np.flatnonzero(original != adv).tolist()
+        return float(sum(self.position_cost(int(original[t]), int(adv[t])) for t in changed))
 
     def editable(self, original: np.ndarray) -> list[int]:
         """Positions with at least one candidate."""
