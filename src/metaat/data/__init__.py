@@ -2,7 +2,8 @@
 
 ``x`` is float32 NCHW with pixels in [0, 1]; ``y`` is int64. Registered: ``fashion-mnist``,
 ``mnist`` (IDX files), ``cifar10`` (python batches, read with a restricted unpickler) and
-``synthetic`` (generated, for tests).
+``synthetic`` (generated, for tests). :func:`load_holdout` carves a validation split from a
+training split (its last examples), for datasets without one of their own.
 
 >>> x, y = load("synthetic", "test", n=8)
 >>> tuple(x.shape), x.dtype, y.dtype
@@ -19,6 +20,7 @@ import torch
 from metaat.data import cifar, idx, synthetic  # noqa: F401  (registers the datasets)
 from metaat.data.base import DATASETS, ENV_VAR, SPLITS, DataError, Dataset, DatasetInfo, check_split
 from metaat.data.cifar import RestrictedUnpickler
+from metaat.data.holdout import holdout_slice, load_holdout
 from metaat.data.validate import validate_batch
 
 
@@ -62,7 +64,9 @@ __all__ = [
     "DatasetInfo",
     "RestrictedUnpickler",
     "available",
+    "holdout_slice",
     "info",
     "load",
+    "load_holdout",
     "validate_batch",
 ]

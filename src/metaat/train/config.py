@@ -40,6 +40,9 @@ class TrainConfig:
     fixed) are evaluated after each epoch — clean accuracy and PGD-``eval_steps`` accuracy per
     training threat. ``fo_overfit_guard`` (None: on for single-step defenses such as ``fast``) stops
     and rolls back when that PGD accuracy drops by more than ``fo_overfit_drop`` below its best.
+    ``train_holdout`` holds the last that many training examples out of training (0: none): they are
+    validation points (:func:`metaat.data.load_holdout`), and the per-epoch monitor reads them
+    instead of test points when the dataset has no validation split of its own.
     ``checkpoint_every`` saves a mid-epoch checkpoint every that many steps (0: only at epoch ends);
     ``log_every`` writes a step line to metrics.jsonl every that many steps (0: epoch lines only).
     """
@@ -60,6 +63,7 @@ class TrainConfig:
     grad_clip: float = 0.0
     clean_ratio: float = 0.0
     train_subset: int | None = None
+    train_holdout: int = 0
     eval_n: int = 500
     eval_steps: int = 20
     seed: int = 0
@@ -94,6 +98,7 @@ class TrainConfig:
         _integer("seed", self.seed, 0)
         _integer("checkpoint_every", self.checkpoint_every, 0)
         _integer("log_every", self.log_every, 0)
+        _integer("train_holdout", self.train_holdout, 0)
         if self.train_subset is not None:
             _integer("train_subset", self.train_subset, 1)
         if self.threads is not None:

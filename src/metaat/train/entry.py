@@ -206,7 +206,8 @@ def train(
     """Load the data, build the model and the defense named by ``config``, and :func:`fit`.
 
     Every threat is intersected with the dataset's input box (pixels: [0, 1]); the per-epoch monitor
-    reads the dataset's validation split where it has one (else the first test points)."""
+    reads the dataset's validation split where it has one, else the points ``config.train_holdout``
+    holds out of training, else the first test points."""
     import metaat.data as data
     import metaat.defenses as defenses
     import metaat.models as models
@@ -218,11 +219,15 @@ def train(
     if meta.box != (0.0, 1.0):
         threats = [t.with_box(*meta.box) for t in threats]
     defense = defenses.create(config.defense, threats, **config.options)
-    x, y = data.load(config.data, "train", data_dir=config.data_dir, n=config.train_subset)
+    # train_holdout = 0: the first train_subset training examples (all of them when None), as before
+    x, y = data.load_holdout(config.data, "train", config.train_holdout, config.data_dir, n=config.train_subset)
     x_eval = y_eval = None
     if config.eval_n > 0:
-        monitor_split = "val" if "val" in meta.splits else "test"
-        x_eval, y_eval = data.load(config.data, monitor_split, data_dir=config.data_dir)
+        if "val" not in meta.splits and config.train_holdout:  # the held-out points, never test points
+            x_eval, y_eval = data.load_holdout(config.data, "val", config.train_holdout, config.data_dir)
+        else:
+            monitor_split = "val" if "val" in meta.splits else "test"
+            x_eval, y_eval = data.load(config.data, monitor_split, data_dir=config.data_dir)
         x_eval, y_eval = x_eval[: config.eval_n], y_eval[: config.eval_n]
     seed_everything(config.seed)  # the model's initial weights depend on the seed only
     box = meta.box if meta.box != (0.0, 1.0) else None
