@@ -39,6 +39,7 @@ INTEGRATION = {
     "test_eval.py",
     "test_eval_cli.py",
     "test_eval_distributed.py",
+    "test_eval_worst.py",
     "test_eval_shard.py",
     "test_gpu.py",
     "test_layering.py",

@@ -147,14 +147,21 @@ class QuickSuite(Suite):
 
 @dataclasses.dataclass
 class ReferenceSuite(Suite):
-    """The reference AutoAttack (``pyautoattack``), ``version`` standard or custom ``attacks``."""
+    """The reference AutoAttack (``pyautoattack``), ``version`` standard or custom ``attacks``;
+    ``apgd_ce_restarts`` replaces APGD-CE's random restarts (None: the ``standard`` version's, 1, or 5 at L1)."""
 
     name: ClassVar[str] = "reference"
     version: str = "standard"
     attacks: tuple[str, ...] = ()
     label: str = "standard"
     num_classes: int = 10
+    apgd_ce_restarts: int | None = None
     _warnings: list[str] = dataclasses.field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        restarts = self.apgd_ce_restarts
+        if restarts is not None and (isinstance(restarts, bool) or not isinstance(restarts, int) or restarts < 1):
+            raise ValueError(f"apgd_ce_restarts must be an integer >= 1 or None, got {restarts!r}")
 
     def _config(self, threat: ThreatModel, seed: int) -> AutoAttackConfig:
         return AutoAttackConfig(threat=threat, version=self.version, attacks=self.attacks, seed=seed)
@@ -172,8 +179,9 @@ class ReferenceSuite(Suite):
             return describe_domain(threat)
         names = list(self.attacks) if self.attacks else ["apgd-ce", "apgd-t", "fab-t", "square"]
         l1 = threat.norm == "l1"
+        restarts = self.apgd_ce_restarts or (5 if l1 else 1)
         text = {
-            "apgd-ce": f"{REFERENCE_PACKAGE} apgd-ce (100 iterations, {5 if l1 else 1} restart(s)"
+            "apgd-ce": f"{REFERENCE_PACKAGE} apgd-ce (100 iterations, {restarts} restart(s)"
             + (", large-eps schedule)" if l1 else ")"),
             "apgd-t": f"{REFERENCE_PACKAGE} apgd-t (100 iterations, "
             f"{min(5, self._targets()) if l1 else self._targets()} target classes)",
@@ -207,6 +215,8 @@ class ReferenceSuite(Suite):
         aa: Any = build_reference(view, self._config(ref_threat, derive_seed(seed, threat) % (2**31)), x.device)
         aa.apgd_targeted.n_target_classes = min(aa.apgd_targeted.n_target_classes, targets)
         aa.fab.n_target_classes = targets
+        if self.apgd_ce_restarts is not None:
+            aa.apgd.n_restarts = self.apgd_ce_restarts
         devices = [x.device.index or 0] if x.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices), reference_logging(threat, self._warnings):
             u_adv, _ = aa.run_standard_evaluation(u, y, batch_size=max(1, x.shape[0]))
