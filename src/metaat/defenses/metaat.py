@@ -21,13 +21,20 @@ Threat: several Lp threats (linf / l2 / l1), one per batch. Parts, each switchab
   L1's training-time accuracy overstates its robustness and an unweighted sampler draws it least);
 * **consistency** (MNG-AC, Madaan, Shin, Hwang 2021, "Learning to Generate Noise for Multi-Attack
   Robustness"; ``consistency`` = β): ``β·JS(p_clean, p_adv)``, one more forward+backward on the
-  clean batch.
+  clean batch;
+* **free replays** (``replays`` = m >= 2; "free" adversarial training, Shafahi et al. 2019, "Adversarial
+  Training for Free!"): each minibatch is trained on m times and the backward pass that updates the
+  model also gives the input gradient of the next attack step, so the steps after the start cost no
+  pass; in :mod:`metaat.defenses.metaat_free`;
+* **sparse learned L1 step** (``l1_topk`` = k >= 1): the learned attacker's L1 perturbation keeps its
+  k largest coordinates, scaled to the L1 sphere and projected (:mod:`metaat.meta.sparse`).
 
 Passes through the target per example: 1 (update) + ``attacker_steps`` + ``refine_steps`` + 1 with
 consistency — 6 at the defaults; the training loop's cost meter counts them. The options
 ``pgd_every``, ``pgd_steps``, ``distill``, ``lookahead`` and ``lookahead_lr`` add an occasional
 full PGD batch; they are kept for the presets that use them and live in
-:mod:`metaat.defenses.metaat_pgd`.
+:mod:`metaat.defenses.metaat_pgd`. With ``replays`` = m the passes per loop step are
+``(attacker_steps + refine_steps) / m`` + 1 (+ 1 with consistency).
 """
 
 from __future__ import annotations
@@ -43,12 +50,14 @@ from metaat.attacks.base import attack_mode
 from metaat.attacks.pgd import pgd_steps
 from metaat.defenses.base import DEFENSES, Defense, DefenseConfig, TrainContext, accuracy
 from metaat.defenses.l2l import build_attacker
+from metaat.defenses.metaat_free import ReplayState, replay_step
 from metaat.defenses.metaat_pgd import pgd_batch, pgd_batch_due
 from metaat.losses import ce, consistency_js
 from metaat.meta.generators import LearnedAttacker
 from metaat.meta.io import generator_record
 from metaat.meta.rollout import attacker_rollout, route_ascent
 from metaat.meta.sampling import adaptive_probabilities, ema, reweight, sample_index, uniform
+from metaat.meta.sparse import sparse_l1_step
 from metaat.threats import NORMS, ThreatModel, random_init
 
 
@@ -75,6 +84,8 @@ class MetaATConfig(DefenseConfig):
     refine_by_norm: dict[str, int] | None = None
     refine_step_size: float = 0.5
     learned_start: bool = True
+    replays: int = 1
+    l1_topk: int = 0
 
     def __post_init__(self) -> None:
         for name in ("attacker_steps", "pgd_steps", "hidden"):
@@ -105,6 +116,36 @@ class MetaATConfig(DefenseConfig):
             raise ValueError("metaat: lookahead needs PGD batches (pgd_every >= 1)")
         if self.lookahead and not self.learned_start:
             raise ValueError("metaat: lookahead meta-trains the learned attacker; it needs learned_start=true")
+        if self.replays < 1:
+            raise ValueError(
+                f"metaat: replays must be an integer >= 1 (1: each batch trains once; m >= 2: each minibatch is "
+                f"replayed m times, free adversarial training), got {self.replays}"
+            )
+        if self.replays > 1 and self.pgd_every > 0:
+            raise ValueError(
+                f"metaat: replays >= 2 needs pgd_every=0 (PGD batches are not replayed), got pgd_every={self.pgd_every}"
+            )
+        if self.l1_topk < 0:
+            raise ValueError(
+                f"metaat: l1_topk must be an integer >= 0 (0: off; k >= 1: the learned L1 step keeps k "
+                f"coordinates), got {self.l1_topk}"
+            )
+        if self.l1_topk > 0 and (not self.learned_start or self.pgd_every > 0):
+            raise ValueError(
+                "metaat: l1_topk makes the learned attacker's L1 step sparse; it needs learned_start=true "
+                f"and pgd_every=0 (got learned_start={self.learned_start}, pgd_every={self.pgd_every})"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every option, except the ones added after the presets (:data:`LATER_OPTIONS`) while they hold
+        the value that means what the recipe did before they existed: a recipe with those levers off
+        reads exactly as it did, in its preset, its records and its checkpoints."""
+        out = super().to_dict()
+        return {k: v for k, v in out.items() if not (k in LATER_OPTIONS and v == LATER_OPTIONS[k])}
+
+
+LATER_OPTIONS: dict[str, Any] = {"replays": 1, "l1_topk": 0}
+"""Options added to ``metaat`` after its presets, each with its off value (what a missing key means)."""
 
 
 @DEFENSES.register(
@@ -121,6 +162,11 @@ class MetaAT(Defense):
 
     def __init__(self, threats: Any, **options: Any) -> None:
         super().__init__(threats, **options)
+        if self.config.l1_topk > 0 and not any(t.norm == "l1" for t in self.threats):
+            raise ValueError(
+                f"metaat: l1_topk shapes the learned L1 step; no l1 threat among {', '.join(map(str, self.threats))}"
+            )
+        self.replay = ReplayState() if self.config.replays > 1 else None
         self.attacker: LearnedAttacker | None = None
         self.optimizer: torch.optim.Optimizer | None = None
         self.batches = 0
@@ -139,7 +185,10 @@ class MetaAT(Defense):
         self.optimizer = torch.optim.Adam(self.attacker.parameters(), lr=cfg.attacker_lr)
 
     def modules(self) -> dict[str, nn.Module]:
-        return {"attacker": self.attacker} if self.attacker is not None else {}
+        out: dict[str, nn.Module] = {"attacker": self.attacker} if self.attacker is not None else {}
+        if self.replay is not None:
+            out["replay"] = self.replay
+        return out
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"attacker": self.optimizer} if self.optimizer is not None else {}
@@ -153,6 +202,8 @@ class MetaAT(Defense):
         }
         if self.attacker is not None:
             out["attacker"] = generator_record(self.attacker)
+        if self.replay is not None:
+            out["replay"] = self.replay.extra()
         return out
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -165,6 +216,8 @@ class MetaAT(Defense):
         n = len(self.threats)
         self.acc_learned = list(state.get("acc_learned", [None] * n))
         self.acc_pgd = list(state.get("acc_pgd", [None] * n))
+        if self.replay is not None:
+            self.replay.load_extra(state.get("replay", {}))
 
     def threat_probabilities(self) -> list[float]:
         """Sampling distribution over the training threats for the next batch."""
@@ -181,18 +234,27 @@ class MetaAT(Defense):
         by_norm = self.config.refine_by_norm or {}
         return int(by_norm.get(threat.norm, self.config.refine_steps))
 
+    def sparse_start(self, delta: torch.Tensor, x: torch.Tensor, threat: ThreatModel) -> torch.Tensor:
+        """The learned step's output, cut to its ``l1_topk`` largest coordinates on an L1 batch."""
+        k = self.config.l1_topk
+        return sparse_l1_step(delta, x, threat, k) if k > 0 and threat.norm == "l1" else delta
+
     # -- one batch ----------------------------------------------------------------------------
     def __call__(
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: TrainContext
     ) -> tuple[torch.Tensor, dict[str, float]]:
         cfg = self.config
+        if self.replay is not None:
+            metrics: dict[str, float] = {"pgd_batch": 0.0}
+            x, y, t, x_adv = replay_step(self, model, x, y, ctx, metrics)
+            return self.train_loss(model, x, x_adv, y, t, False, self.threat_probabilities(), metrics)
         attacker, opt = self.attacker, self.optimizer
         probs = self.threat_probabilities()
         t = sample_index(probs, ctx.generator)
         threat = self.threats[t]
         use_pgd = pgd_batch_due(cfg, self.batches)
         self.batches += 1
-        metrics: dict[str, float] = {"threat": float(t), "pgd_batch": float(use_pgd)}
+        metrics = {"threat": float(t), "pgd_batch": float(use_pgd)}
         with ctx.timed("attack"):
             delta0 = random_init(x, threat, ctx.generator) if cfg.random_start or use_pgd else torch.zeros_like(x)
             if attacker is not None:
@@ -202,16 +264,31 @@ class MetaAT(Defense):
             elif attacker is None or opt is None:
                 # The default: plain PGD steps where the learned ones would go, at the same cost.
                 steps = cfg.attacker_steps + self.refine_steps_for(threat)
-                x_adv = self._pgd_from(model, x, y, delta0, threat, steps)
+                x_adv = self.pgd_from(model, x, y, delta0, threat, steps)
             else:
                 delta = attacker_rollout(attacker, model, x, y, threat, delta0=delta0, steps=cfg.attacker_steps)
+                delta = self.sparse_start(delta, x, threat)
                 refine = self.refine_steps_for(threat)
                 if refine > 0:
                     x_adv = self._refine(model, x, y, delta, threat, refine, ctx, metrics)
                 else:
                     # The classifier's backward also trains the attacker (gradient ascent, no extra pass).
                     x_adv = x + route_ascent(delta, opt, sync=ctx.sync_gradients)
+        return self.train_loss(model, x, x_adv, y, t, use_pgd, probs, metrics)
 
+    def train_loss(
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        x_adv: torch.Tensor,
+        y: torch.Tensor,
+        t: int,
+        use_pgd: bool,
+        probs: list[float],
+        metrics: dict[str, float],
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """The loss the model descends on ``x_adv`` (and ``x`` for consistency); updates the sampler."""
+        cfg = self.config
         b = x.shape[0]
         if cfg.consistency > 0:
             logits = model(torch.cat([x_adv, x]))
@@ -243,11 +320,11 @@ class MetaAT(Defense):
     ) -> torch.Tensor:
         """``steps`` PGD steps of ``refine_step_size · eps`` from the attacker's output (a learned
         warm start); the attacker is then taught to land where the refinement ended (no extra pass)."""
-        x_adv = self._pgd_from(model, x, y, delta.detach(), threat, steps)
+        x_adv = self.pgd_from(model, x, y, delta.detach(), threat, steps)
         metrics["refine_distill"] = self.imitate(delta, x, x_adv, 1.0, ctx)
         return x_adv
 
-    def _pgd_from(
+    def pgd_from(
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, delta: torch.Tensor, threat: ThreatModel, steps: int
     ) -> torch.Tensor:
         """``steps`` PGD steps of ``refine_step_size · eps`` from ``delta`` (final iterate, detached)."""
