@@ -45,7 +45,10 @@ def metaat_name(options: dict[str, Any], threats: list[str]) -> str:
     o = options
     by_norm = o["refine_by_norm"]
     refine = "-".join(str(by_norm[n]) for n in ("linf", "l2", "l1")) if by_norm else str(o["refine_steps"])
-    parts = ["metaat", "learned" if o["learned_start"] else "pgdstart", f"refine{refine}"]
+    start = ("pretrained" if o["attacker_path"] else "learned") if o["learned_start"] else "pgdstart"
+    parts = ["metaat", start, f"refine{refine}"]
+    parts += [f"free{o['replays']}"] if o.get("replays", 1) > 1 else []  # options added later: absent = off
+    parts += [f"l1top{o['l1_topk']}"] if o.get("l1_topk", 0) else []
     if o["pgd_every"]:
         parts += [f"pgd{o['pgd_steps']}", f"every{o['pgd_every']}"]
         parts += ["distill"] if o["learned_start"] and o["distill"] > 0 else []
@@ -89,6 +92,8 @@ def test_metaat_names_follow_the_options() -> None:
     assert metaat_name(base, ALL) == "metaat-learned-refine3-adaptive-l1x2-js"
     changed = {**base, "learned_start": False, "pgd_every": 4, "adaptive": False, "consistency": 0.0}
     assert metaat_name(changed, ALL[::2]) == "metaat-pgdstart-refine3-pgd5-every4-uniform-l1x2-linf-l1"
+    levers = {**base, "replays": 4, "refine_steps": 0, "l1_topk": 20, "attacker_path": "attackers/images"}
+    assert metaat_name(levers, ALL) == "metaat-pretrained-refine0-free4-l1top20-adaptive-l1x2-js"
 
 
 def test_the_default_link_points_at_the_preset_of_metaat_defaults(load_benchmark: Loader) -> None:
