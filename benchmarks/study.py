@@ -14,7 +14,8 @@ evaluated with the reference package's APGD-CE + APGD-T per threat (``--suite ap
 standard`` for headline rows) on ``--n`` test points, and appends one record to
 ``benchmarks/results/<study>.json`` as soon as it finishes, naming its row (``method``) and its preset
 (``preset``). Finished records are kept; rerunning skips them; records are never renamed.
-``make_tables.py`` turns the records into the study's tables and plot.
+``make_tables.py`` turns the records into the study's tables and plot. ``--holdout``, ``--split val``,
+``--chosen-on`` and ``--suite apgd-worst``, the selection protocol, are described in ``study_protocol.py``.
 
 Several processes can work through the same list on one machine: each (method, seed) is claimed
 with an exclusive ``flock`` on ``runs/<study>/<method>/seed<k>.lock`` (a claimed piece is skipped by
@@ -38,8 +39,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import study_protocol as protocol  # benchmarks/ is on the path when run as a script
 import yaml
-from unseen_summary import summary as unseen_summary  # benchmarks/ is on the path when run as a script
+from unseen_summary import summary as unseen_summary
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -372,6 +374,9 @@ def finished_state_in(base: Path, r: dict[str, Any], suite: str = "apgd") -> tup
         return None
     state = read_state(path)
     fingerprint = state["fingerprint"]
+    if "first_pass" in fingerprint:  # an apgd-worst extra pass: its final flags, once finished
+        union = protocol.worst_union(state)
+        return None if union is None else (state, union)
     try:
         return state, union_flags(state, list(fingerprint["threats"]), union_only=bool(fingerprint.get("union_only")))
     except (KeyError, ValueError):
@@ -389,7 +394,8 @@ def reproduces(r: dict[str, Any], state: dict[str, Any], union: list[bool]) -> b
 
 def record_state_path(base: Path, r: dict[str, Any], suite: str) -> Path:
     """Where, in ``base`` (a run folder or its evidence), record ``r``'s ``suite`` evaluation state lies."""
-    return eval_state_path(base, suite, r["n"], int(r.get("test_start", 0)))
+    split = r.get("split", "test")
+    return eval_state_path(base, suite, r["n"], int(r.get("val_start" if split == "val" else "test_start") or 0), split)
 
 
 def keep_evidence(study: str, method: str, seed: int, states: list[Path], src: Path | None = None) -> list[Path]:
@@ -410,9 +416,17 @@ def keep_evidence(study: str, method: str, seed: int, states: list[Path], src: P
     return copied
 
 
-def eval_state_path(run_dir: Path, suite: str, n: int, test_start: int) -> Path:
-    """Where a run's resumable evaluation state lives; each slice of test points has its own file."""
-    return run_dir / f"eval-{suite}-{n}{f'-from{test_start}' if test_start else ''}.state.json"
+def eval_state_path(run_dir: Path, suite: str, n: int, test_start: int, split: str = "test") -> Path:
+    """Where a run's resumable evaluation state lives; each slice of test (or validation) points has its own file."""
+    points = f"{'val-' if split == 'val' else ''}{n}{f'-from{test_start}' if test_start else ''}"
+    return run_dir / f"eval-{suite}-{points}.state.json"
+
+
+def state_paths(run_dir: Path, args: argparse.Namespace) -> list[Path]:
+    """The evaluation state files of this invocation's suite and points in ``run_dir`` (``apgd-worst``:
+    its ``apgd`` first pass's, then its extra pass's)."""
+    split, start = protocol.point_slice(args)
+    return [eval_state_path(run_dir, s, args.n, start, split) for s in protocol.state_suites(args.suite)]
 
 
 def is_claimed(path: Path) -> bool:
@@ -455,6 +469,7 @@ def row_config(method: str, seed: int, args: argparse.Namespace) -> Any:
     return load_preset(ROWS[method]).replace(
         epochs=args.epochs,
         train_subset=args.train_subset,
+        train_holdout=protocol.holdout_of(args),
         eval_n=200,
         checkpoint_every=100,  # a cut-off piece loses at most 100 steps (results are unchanged by it)
         seed=seed,
@@ -467,9 +482,7 @@ def run_one(method: str, seed: int, args: argparse.Namespace, study: str) -> dic
     import torch
 
     import metaat
-    import metaat.data as data
     from metaat.attacks.base import auto_chunk
-    from metaat.eval import evaluate
     from metaat.models import model_device, resolve_model
     from metaat.runtime import environment, hardware_summary, set_threads
     from metaat.train import train
@@ -481,6 +494,7 @@ def run_one(method: str, seed: int, args: argparse.Namespace, study: str) -> dic
     if restore_parked(study, method, seed):
         print(f"[study] {method} seed {seed}: resuming from its parked copy", flush=True)
     resume = (run_dir / "checkpoint").is_dir() and not (run_dir / "final").is_dir()
+    protocol.check_trained_holdout(run_dir, args)
     t0 = time.perf_counter()
     if not (run_dir / "final").is_dir():
         outcome = train(cfg, run_dir, resume=resume, quiet=True)
@@ -490,31 +504,22 @@ def run_one(method: str, seed: int, args: argparse.Namespace, study: str) -> dic
     summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
     cost = summary["cost"]
     model = resolve_model(run_dir, device=args.device)
-    x, y = data.load("fashion-mnist", "test", n=args.n, start=args.test_start)
-    result = evaluate(
-        model,
-        x,
-        y,
-        list(ALL),
-        suite=args.suite,
-        union_only=args.union_only,
-        seed=seed,
-        state_path=eval_state_path(run_dir, args.suite, args.n, args.test_start),
-        unseen=False,
-        checks=False,
-        batch_size=args.eval_batch,
-    )
+    x, y = protocol.load_points(args)
+    result, extra = protocol.evaluate_row(model, x, y, list(ALL), args, seed, state_paths(run_dir, args))
     robust = {t.split(":")[0]: result.robust.get(t) for t in ALL}
     robust["union"] = result.union
     rerun = study_protocol_rerun(method, seed, args, study, model, x, y) if args.suite == "standard" else None
     n_unseen = min(args.n, UNSEEN_N)
-    # headline records (the full standard suite) hold the protocol's numbers only: the same model's
-    # study record already has its unseen summary
+    # headline records (the full standard suite, apgd-worst) hold the protocol's numbers only: the same
+    # model's study record already has its unseen summary
+    split, start = protocol.point_slice(args)
     unseen = (
         None
-        if args.suite == "standard"
-        else unseen_summary(model.eval(), x[:n_unseen], y[:n_unseen], ALL, seed=seed, start=args.test_start)
+        if args.suite in ("standard", protocol.WORST)
+        else unseen_summary(model.eval(), x[:n_unseen], y[:n_unseen], ALL, seed=seed, start=start)
     )
+    if unseen is not None and split == "val":
+        unseen["split"] = split
     epochs = int(summary.get("epochs_completed", args.epochs))
     hardware = hardware_label(run_dir, summary.get("device", args.device), args.device, hardware_summary())
     seconds = float(cost.get("attack_seconds", 0.0)) + float(cost.get("update_seconds", 0.0))
@@ -531,9 +536,11 @@ def run_one(method: str, seed: int, args: argparse.Namespace, study: str) -> dic
         "robust": robust,
         "upper_bound": {t.split(":")[0]: v for t, v in result.upper_bound.items()},
         "n": result.n,
-        "test_start": args.test_start,
+        **protocol.point_fields(args),
+        **protocol.record_fields(args),
         "suite": args.suite,
         "protocol": result.protocol,
+        **extra,
         "unseen": unseen,
         **({"study_protocol_rerun": rerun} if rerun else {}),
         "passes_per_example": cost.get("passes_per_example"),
@@ -568,7 +575,7 @@ def study_protocol_rerun(
     from metaat.eval import evaluate
 
     apgd = argparse.Namespace(**{**vars(args), "suite": "apgd", "union_only": False})
-    state = eval_state_path(run_path(study, method, seed), "apgd", args.n, args.test_start)
+    state = state_paths(run_path(study, method, seed), apgd)[0]
     if (evidence_path(study, method, seed) / state.name).is_file():
         return None
     want = wanted_key(method, seed, apgd)
@@ -594,7 +601,8 @@ def study_protocol_rerun(
 
 def record_key(r: dict[str, Any]) -> tuple[Any, ...]:
     """What makes a record one piece of a study: the same key is never run twice."""
-    return (r["method"], r["seed"], r["epochs"], r.get("train_subset"), r["n"], r.get("test_start", 0), r["suite"])
+    fields = (r["method"], r["seed"], r["epochs"], r.get("train_subset"), r["n"], r.get("test_start", 0), r["suite"])
+    return fields + protocol.protocol_key(r)
 
 
 def done_keys(records: list[dict[str, Any]]) -> set[tuple[Any, ...]]:
@@ -608,8 +616,8 @@ def wanted_key(method: str, seed: int, args: argparse.Namespace) -> tuple[Any, .
         "epochs": args.epochs,
         "train_subset": args.train_subset,
         "n": args.n,
-        "test_start": args.test_start,
         "suite": args.suite,
+        **protocol.point_fields(args),
     }
     return record_key({"method": method, "seed": seed, **fields})
 
@@ -782,7 +790,7 @@ def plan(methods: list[str], seeds: list[int], args: argparse.Namespace, study: 
     dry = sorted({m for m in methods if m not in passes})
     passes.update({m: dry_run_passes(m) for m in dry})
     rate = seconds_per_pass_epoch()
-    scale = (args.train_subset or 60000) / 60000
+    scale = (args.train_subset or 60000 - protocol.holdout_of(args)) / 60000
     lines = ["| method | seed | status | passes / example | training left (pass-epochs) |", "|---|---:|---|---:|---:|"]
     total, to_score = 0.0, 0
     for method in methods:
@@ -799,7 +807,7 @@ def plan(methods: list[str], seeds: list[int], args: argparse.Namespace, study: 
                 status, left = "done", 0
             elif (run_dir / "final").is_dir():
                 status, left = "evaluating now" if running else "trained, evaluation left", 0
-                where = eval_progress(eval_state_path(run_dir, args.suite, args.n, args.test_start))
+                where = eval_progress(state_paths(run_dir, args)[-1])
                 status += f" ({where})" if where else ""
             else:
                 k = progress(run_dir)
@@ -844,9 +852,10 @@ def main(argv: list[str] | None = None) -> int:
         "--test-start",
         type=int,
         default=None,
-        help="first test point evaluated (default: 9000 for fmnist_study, held out from all tuning; else 0)",
+        help="first test point evaluated (default: 9000 for fmnist_study, held out from all tuning, and for a "
+        "holdout study; else 0)",
     )
-    p.add_argument("--suite", default="apgd", choices=("quick", "apgd", "standard"))
+    p.add_argument("--suite", default="apgd", choices=protocol.SUITES)
     p.add_argument("--union-only", action="store_true")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument(
@@ -862,7 +871,10 @@ def main(argv: list[str] | None = None) -> int:
         help="cpu (the study's rows so far) or cuda; the record says where it ran and make_tables.py names "
         "rows that ran on other hardware",
     )
-    p.add_argument("--study", default=None, help="results name (default fmnist_study, or fmnist_quick)")
+    p.add_argument(
+        "--study", default=None, help="results name (default fmnist_study, or fmnist_quick; fmnist_holdout<N>)"
+    )
+    protocol.add_options(p)
     p.add_argument("--plan", action="store_true", help="print what is done and what is left, run nothing")
     p.add_argument(
         "--park",
@@ -886,9 +898,9 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         p.error(f"unknown method(s) {unknown}; valid: {', '.join(METHODS)} (or a preset one row trains)")
     seeds = [int(s) for s in args.seeds.split(",")]
-    study = args.study or ("fmnist_quick" if args.quick else "fmnist_study")
+    study = args.study or protocol.default_study(args.quick, protocol.holdout_of(args))
     if args.test_start is None:
-        args.test_start = TEST_START.get(study, 0)
+        args.test_start = protocol.default_test_start(args) or TEST_START.get(study, 0)
     if args.eval_batch is not None and args.eval_batch < 1:
         p.error(f"--eval-batch must be >= 1, got {args.eval_batch}")
     if args.n < 1 or args.test_start < 0 or args.test_start + args.n > TEST_SIZE:
@@ -896,6 +908,9 @@ def main(argv: list[str] | None = None) -> int:
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"{study}.json"
     records = load_records(out)
+    problem = protocol.check_args(args, records, study)
+    if problem:
+        p.error(problem)
 
     done = done_keys(records)
     if args.plan:
@@ -907,13 +922,14 @@ def main(argv: list[str] | None = None) -> int:
     for method in methods:
         for seed in seeds:
             want = wanted_key(method, seed, args)
-            state = eval_state_path(run_path(study, method, seed), args.suite, args.n, args.test_start)
+            states = state_paths(run_path(study, method, seed), args)
+            state = states[-1]
             if want in done:
                 print(f"[study] {method} seed {seed}: done, kept")
                 # a record made before evidence was kept, its run folder still here (not retraining)
                 kept = (evidence_path(study, method, seed) / state.name).is_file()
                 if not kept and state.is_file() and (state.parent / "final").is_dir():
-                    keep_evidence(study, method, seed, [state])
+                    keep_evidence(study, method, seed, states)
                 continue
             with claimed(piece_lock(study, method, seed), wait=False) as mine:
                 if not mine:
@@ -925,7 +941,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"[study] {method} seed {seed}: training + evaluating ...", flush=True)
                 record = run_one(method, seed, args, study)
                 add_record(out, study, record)
-                keep_evidence(study, method, seed, [state])
+                keep_evidence(study, method, seed, states)
                 drop_stale_parked(study, method, seed)
             rb = record["robust"]
             print(

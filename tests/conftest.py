@@ -58,6 +58,7 @@ INTEGRATION = {
 INTEGRATION_TESTS = {
     "test_short_metaat_run_beats_standard_on_every_threat",
     "test_pgd_training_is_far_more_robust_than_standard_training",
+    "test_a_holdout_study_scores_validation_points_then_the_worst_case",
 }
 
 
