@@ -1,12 +1,16 @@
 """Training cost of every defense, side by side in one run: passes per example and wall time.
 
     python benchmarks/train_speed.py --threads 2 [--images 3840] [--methods standard,pgd-linf,msd,metaat]
+    python benchmarks/train_speed.py --threads 1 --images 4096 --methods metaat \
+        --presets metaat-learned-refine0-free4-adaptive-l1x2-js --output benchmarks/results/train_speed_levers.json
 
 Each method trains ``cnn-small`` on the same first ``--images`` Fashion-MNIST training images for one
 epoch (batch 128, no per-epoch evaluation), one method after the other in this process, so every
 number comes from the same machine state. Reported: forward/backward passes per example (from the
 trainer's cost meter), attack and update seconds, and those seconds scaled to one epoch of 60,000
-images. Results: ``benchmarks/results/train_speed.json`` with the command that produced them.
+images. ``--presets`` adds presets (``configs/presets/<name>.yaml``: their defense, threats and options,
+under the same settings) after the study's methods. Results: ``benchmarks/results/train_speed.json``
+(or ``--output``) with the command that produced them.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--images", type=int, default=3840)
     p.add_argument("--methods", default="standard,fast,pgd-linf,trades,sat,avg,max,msd,eat,mng,l2l,mat,metaat")
+    p.add_argument("--presets", default="", help="comma-separated presets to time after the methods")
     p.add_argument("--output", type=Path, default=RESULTS / "train_speed.json")
     args = p.parse_args(argv)
     import torch
@@ -34,15 +39,23 @@ def main(argv: list[str] | None = None) -> int:
     import metaat
     from metaat.runtime import environment, hardware_summary, set_threads
     from metaat.train import TrainConfig, train
+    from metaat.train.presets import available, load_preset
 
     set_threads(args.threads)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     bad = [m for m in methods if m not in METHODS]
     if bad:
         p.error(f"unknown method(s) {bad}; valid: {', '.join(METHODS)}")
+    presets = [m.strip() for m in args.presets.split(",") if m.strip()]
+    bad = [m for m in presets if m not in available()]
+    if bad:
+        p.error(f"unknown preset(s) {bad}; valid: {', '.join(available())}")
+    recipes = {m: (*METHODS[m], None) for m in methods}
+    for name in presets:
+        preset = load_preset(name)
+        recipes[name] = (preset.defense, preset.threats, preset.options, name)
     rows = []
-    for method in methods:
-        defense, threats, options = METHODS[method]
+    for method, (defense, threats, options, preset_name) in recipes.items():
         cfg = TrainConfig(
             defense=defense,
             options=dict(options),
@@ -63,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         seconds = float(cost["attack_seconds"]) + float(cost["update_seconds"])
         row = {
             "method": method,
+            "preset": preset_name,
             "defense": defense,
             "threats": list(threats),
             "passes_per_example": cost["passes_per_example"],

@@ -32,7 +32,9 @@ Here, with ``replays = m >= 2``:
 
 Passes through the target per loop example: ``(attacker_steps + refine) / m`` for the start, plus 1 per
 replay (2 with the consistency term) — 2.25 at m = 4 with consistency, 1.25 without; the loop's cost
-meter counts each replay as a training example. The held group is checkpointed (module ``replay``),
+meter counts each replay as a training example. Wall time: the attacker's imitation step when a group
+closes and each replay's δ step (inside the loop's backward) run outside the defense's attack timer,
+so the loop books them as update time. The held group is checkpointed (module ``replay``),
 so a run stopped mid-group resumes exactly; under DDP the loop saves module tensors from rank 0 only,
 so the other ranks start a fresh group on resume.
 """
