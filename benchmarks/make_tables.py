@@ -7,7 +7,8 @@
 Reads ``benchmarks/results/<study>.json`` (one record per method and seed, written by
 ``study.py``), aggregates mean ± std over seeds (headline records, ``--suite standard``, get a table
 of their own and are never averaged with the per-threat rows), and writes ``benchmarks/results/<study>_table.md``,
-``benchmarks/results/<study>_union_vs_cost.svg`` and the section between the
+``benchmarks/results/<study>_union_vs_cost.svg``, ``<study>_frontier.svg`` (``cost_frontier.py``: union against
+passes and against wall time, Pareto front marked) and the section between the
 ``benchmark:start`` / ``benchmark:end`` markers of a Markdown page (``--page``, relative to the project
 root; its links are written relative to that page, and a page inside ``docs/`` gets a copy of the plot
 beside it, under ``figures/``, because the documentation site only serves files under ``docs/``).
@@ -28,6 +29,8 @@ import textwrap
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
+
+import cost_frontier  # benchmarks/ is on the path when run as a script
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -256,7 +259,9 @@ def _gpu_note(records: list[dict[str, Any]]) -> str:
 
 def _points(r: dict[str, Any]) -> str:
     """Which test points a record was scored on."""
-    start = int(r.get("test_start", 0))
+    start = int(r.get("test_start") or 0)
+    if r.get("train_holdout"):  # a holdout study: validation and test points, each table names its own
+        return "the points each table below names"
     if not start:
         return f"the first {r['n']:,} test points"
     return f"test points {start:,}–{start + r['n'] - 1:,} (held out from every tuning run, probe and monitor)"
@@ -273,6 +278,7 @@ def describe(records: list[dict[str, Any]]) -> str:
         + ") per threat",
         "standard": "the reference AutoAttack `standard` version per threat",
         "quick": "metaat's own PGD (quick suite — monitoring only, not a headline protocol)",
+        "apgd-worst": cost_frontier.SUITE_TEXT["apgd-worst"] + " per threat",
     }
     epochs = sorted({r["epochs"] for r in records})
     return (
@@ -317,23 +323,27 @@ def section(study: str, write: bool = True, page: Path | None = None) -> tuple[s
     every = json.loads(src.read_text(encoding="utf-8"))["records"]
     kept = [r for r in every if not r.get("superseded")]  # kept in the JSON with the reason, not shown
     records, headline = split_headline(kept)
-    rows = aggregate(records)
-    md = table(rows) if rows else ""
+    groups = cost_frontier.protocol_groups(records) if records else []  # never averaged together
+    rows = aggregate(max((rs for _, rs in groups), key=lambda rs: len({r["method"] for r in rs}), default=[]))
+    md = "\n".join(cap + table(aggregate(rs)) + cost_frontier.worst_table(rs) for cap, rs in groups)
     if headline:
         md += (
             "\nHeadline protocol: the reference AutoAttack `standard` version (APGD-CE, APGD-T, FAB-T, "
             "Square) per threat, beside the study protocol's number for the same model:\n\n"
             + headline_table(headline, records)
         )
-    svg = RESULTS / f"{study}_union_vs_cost.svg"
+    svg, front = RESULTS / f"{study}_union_vs_cost.svg", RESULTS / f"{study}_frontier.svg"
     figure_path = _figure_path(study, here)
     if write:
         (RESULTS / f"{study}_table.md").write_text(md, encoding="utf-8")
         plot(rows, svg, f"{study}: union robust accuracy vs training cost")
+        cost_frontier.plot_frontier(rows, front, f"{study}: union robust accuracy vs cost, Pareto front in red")
         if figure_path != svg and len(rows) > 1:
             figure_path.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(svg, figure_path)
-    figure = f"![union robust accuracy vs cost]({_link(figure_path, here)})\n\n" if len(rows) > 1 else ""
+            shutil.copyfile(front, figure_path.with_name(front.name))
+    links = _link(figure_path, here), _link(figure_path.with_name(front.name), here)
+    figure = cost_frontier.figures(study, rows, *links)
     gone = len(every) - len(kept)
     note = f" ({gone} superseded record(s) stay in that file, each saying why, and are not shown.)" if gone else ""
     head = describe(records or headline) if kept else "No record on the current protocol yet."
