@@ -58,11 +58,25 @@ SINGLE_THREAT: dict[str, str] = {"pgd-linf": "pgd", "trades-linf": "trades", "fa
 """Rows of single-threat defenses: trained against the L∞ threat only, evaluated on all four."""
 
 
+VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
+    "metaat-drift10": ("metaat", {"refine_by_norm": {"drift": 10}}),
+}
+"""Candidate recipes, each ``(defense, options)``: compared with their defense's default on the
+validation subject (``--split val``) before any of them is read on the test subjects."""
+
+
 def row_recipe(row: str) -> tuple[str, tuple[str, ...]]:
     """``(defense, training threats)`` of a row (the row name is the defense for multi-threat ones)."""
     if row in SINGLE_THREAT:
         return SINGLE_THREAT[row], (THREATS[0],)
+    if row in VARIANTS:
+        return VARIANTS[row][0], THREATS
     return row, THREATS
+
+
+def row_options(row: str) -> dict[str, Any]:
+    """The defense options a row sets (empty: the defense's defaults)."""
+    return dict(VARIANTS[row][1]) if row in VARIANTS else {}
 
 
 class Budget(NamedTuple):
@@ -107,7 +121,7 @@ def add_row(path: Path, header: dict[str, Any], key: str, row: dict[str, Any]) -
 
 
 PARKED = ROOT / "parked" / "sensor_study"
-KEEP = ("final", "checkpoint", "summary.json", "metrics.jsonl", "config.yaml", "eval_state.json")
+KEEP = ("final", "checkpoint", "summary.json", "metrics.jsonl", "config.yaml", "eval_state.json", "eval_state_val.json")
 """What parking keeps of a run folder (a trained row: its final model and records; a row in
 training: its last checkpoint) so that a new machine resumes where this one stopped."""
 
@@ -164,6 +178,7 @@ def train_row(method: str, seed: int, budget: Budget, runs: Path, threads: int) 
         eval_n=64,
         eval_steps=10,
         threads=threads,
+        options=row_options(method),
     )
     return run_dir, trained(run_dir, config)
 
@@ -197,14 +212,14 @@ def _epoch_lines(run_dir: Path) -> list[dict[str, Any]]:
     return [r for r in out if r.get("type") == "epoch"]
 
 
-def evaluate_row(run_dir: Path, seed: int, budget: Budget) -> dict[str, Any]:
-    """Test-split evaluation of one trained row (read once)."""
+def evaluate_row(run_dir: Path, seed: int, budget: Budget, split: str = "test") -> dict[str, Any]:
+    """Evaluation of one trained row on the test subjects (read once) or the validation subject."""
     import metaat.data as data
     from metaat.eval import UnseenConfig, evaluate
     from metaat.models import load_model
 
     model = load_model(run_dir / "final")
-    x, y = data.load(DATA, "test")
+    x, y = data.load(DATA, split)
     unseen = UnseenConfig(n=min(budget.unseen_n, x.shape[0]), sweep_factors=(1.0, 2.0))
     result = evaluate(
         model,
@@ -216,10 +231,11 @@ def evaluate_row(run_dir: Path, seed: int, budget: Budget) -> dict[str, Any]:
         seed=seed,
         unseen=unseen,
         checks=False,
-        state_path=run_dir / "eval_state.json",
+        state_path=run_dir / ("eval_state.json" if split == "test" else f"eval_state_{split}.json"),
     )
     domain = (result.unseen or {}).get("domain") or {}
     return {
+        "split": split,
         "n": result.n,
         "clean": result.clean,
         "robust": result.robust,
@@ -232,9 +248,13 @@ def evaluate_row(run_dir: Path, seed: int, budget: Budget) -> dict[str, Any]:
 
 
 def recipe_fields(method: str) -> dict[str, Any]:
-    """The row's recipe as recorded: its defense and training threats."""
+    """The row's recipe as recorded: its defense, training threats and the options it sets."""
     defense, threats = row_recipe(method)
-    return {"defense": defense, "trained_on": list(threats)}
+    return {
+        "defense": defense,
+        "trained_on": list(threats),
+        **({"options": row_options(method)} if method in VARIANTS else {}),
+    }
 
 
 def run_rows(
@@ -306,12 +326,22 @@ def main(argv: list[str] | None = None) -> int:
         "--phase", choices=("all", "train", "eval"), default="all", help="train only, evaluate trained rows, or both"
     )
     parser.add_argument("--park", action="store_true", help="copy the rows' essentials to benchmarks/parked; exit")
+    parser.add_argument(
+        "--split",
+        choices=("test", "val"),
+        default="test",
+        help="score the test subjects (the study) or the validation subject (choosing among candidates)",
+    )
     args = parser.parse_args(argv)
+    unknown = [m for m in args.methods if m not in METHODS and m not in VARIANTS]
+    if unknown:
+        parser.error(f"unknown rows {unknown}; valid rows: {', '.join([*METHODS, *VARIANTS])}")
     if args.park:
         print("parked:", ", ".join(park(args.runs)) or "nothing")
         return 0
     budget = QUICK if args.quick else Budget()
-    out = ROOT / "results" / ("sensor_study_quick.json" if args.quick else "sensor_study.json")
+    name = "sensor_study" + ("_val" if args.split == "val" else "") + ("_quick" if args.quick else "")
+    out = ROOT / "results" / f"{name}.json"
     runs = args.runs.with_name(args.runs.name + "_quick") if args.quick else args.runs
     torch.set_num_threads(args.threads)
     header: dict[str, Any] = {}
@@ -322,6 +352,7 @@ def main(argv: list[str] | None = None) -> int:
         "threats": list(THREATS),
         "budget": budget._asdict(),
         "selection": "validation subject (monitor, every choice); test subjects read once per row",
+        "split": args.split,
     }
     run_rows(
         args,
@@ -330,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
         header,
         None if args.quick else PARKED,
         train=lambda method, seed: train_row(method, seed, budget, runs, args.threads),
-        evaluate=lambda run_dir, seed: evaluate_row(run_dir, seed, budget),
+        evaluate=lambda run_dir, seed: evaluate_row(run_dir, seed, budget, args.split),
         recipe=recipe_fields,
     )
     return 0

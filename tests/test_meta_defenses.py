@@ -156,6 +156,13 @@ def test_refine_by_norm_overrides_the_step_count_for_its_norms_only() -> None:
     assert steps == {"linf": 1, "l2": 3, "l1": 6}
 
 
+def test_refine_by_norm_takes_a_domain_threat_kind() -> None:
+    sensor = ["linf:0.25", "spike:5,2", "drift:0.5"]
+    defense = defenses.create("metaat", sensor, refine_steps=3, refine_by_norm={"drift": 10})
+    steps = {t.norm: defense.refine_steps_for(t) for t in defense.threats}  # type: ignore[attr-defined]
+    assert steps == {"linf": 3, "spike": 3, "drift": 10}
+
+
 def test_l1_weight_scales_the_l1_share_on_top_of_either_sampler() -> None:
     l1 = [t.split(":")[0] for t in THREATS].index("l1")
     uniform = defenses.create("metaat", list(THREATS), adaptive=False, l1_weight=2.0)

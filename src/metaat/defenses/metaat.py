@@ -6,7 +6,8 @@ Threat: several Lp threats (linf / l2 / l1), one per batch. Parts, each switchab
 
 * **inner maximisation**: from a random start (Wong et al. 2020, "Fast is better than free"),
   ``attacker_steps`` + ``refine_steps`` PGD steps (Madry et al. 2018) of ``refine_step_size · eps``
-  (final iterate); ``refine_by_norm`` (e.g. ``{linf: 1, l1: 6}``) sets the refinement per norm;
+  (final iterate); ``refine_by_norm`` (e.g. ``{linf: 1, l1: 6}``) sets the refinement per norm or
+  per threat kind of a domain (e.g. ``{drift: 10}`` for the sensors' drift set);
 * **learned warm start** (``learned_start``; the learned attacker of L2L, Jiang et al. 2021,
   "Learning to Defend by Learning to Attack", threat-conditioned as in :mod:`metaat.meta`): one
   attacker for every threat takes the first ``attacker_steps`` steps instead, optionally from a
@@ -58,7 +59,7 @@ from metaat.meta.io import generator_record
 from metaat.meta.rollout import attacker_rollout, route_ascent
 from metaat.meta.sampling import adaptive_probabilities, ema, reweight, sample_index, uniform
 from metaat.meta.sparse import sparse_l1_step
-from metaat.threats import NORMS, ThreatModel, random_init
+from metaat.threats import NORMS, ThreatModel, random_init, threat_kinds
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,8 +95,10 @@ class MetaATConfig(DefenseConfig):
         if self.refine_steps < 0:
             raise ValueError(f"metaat: refine_steps must be >= 0 (0 = off), got {self.refine_steps}")
         for norm, steps in (self.refine_by_norm or {}).items():
-            if norm not in NORMS:
-                raise ValueError(f"metaat: refine_by_norm has unknown norm {norm!r}; valid norms: {', '.join(NORMS)}")
+            if norm not in NORMS and norm not in threat_kinds():
+                raise ValueError(
+                    f"metaat: refine_by_norm has unknown norm {norm!r}; valid norms: {', '.join(threat_kinds())}"
+                )
             if not isinstance(steps, int) or isinstance(steps, bool) or steps < 0:
                 raise ValueError(f"metaat: refine_by_norm[{norm!r}] must be an integer >= 0, got {steps!r}")
         if not 0 < self.refine_step_size <= 1:
