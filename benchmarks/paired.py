@@ -2,6 +2,7 @@
 
     python benchmarks/paired.py --study fmnist_study --reference max
     python benchmarks/paired.py --study fmnist_study --reference sat-pgd10   # a preset: the row that trains it
+    python benchmarks/paired.py --study fmnist_holdout5000 --reference sat-l1x2 --split test --suite apgd-worst
 
 ``--reference`` names a study row, or the preset (``configs/presets``) that one row of the study's
 records trains; each output row names both sides' rows and presets.
@@ -20,7 +21,9 @@ For every headline record (``suite: standard``, the full AutoAttack run union-on
 model and points) it also rebuilds the headline run's per-point union and lists, under
 ``headline``, the points only one of the two protocols broke and the per-point worst case of both.
 Writes ``benchmarks/results/<study>_paired.json`` (``<study>_paired_vs_<reference>.json`` for a
-reference other than ``max``). A row or headline entry whose state files are gone from both places
+reference other than ``max``; ``--suite`` and ``--split`` pick the records of another suite, e.g.
+``apgd-worst``, or of a holdout study's validation points, and add ``_<suite>`` / ``_val`` to the name).
+A row or headline entry whose state files are gone from both places
 (records made before the evidence was kept, on a machine since replaced) is carried over from the
 file's previous version, marked ``kept_from`` with the time that version was computed, and listed
 under ``skipped`` with the reason; it is never recomputed from anything else.
@@ -108,11 +111,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--study", default="fmnist_study")
     parser.add_argument("--reference", default="max", help="the row every other row is compared with")
+    parser.add_argument("--suite", default="apgd", choices=("apgd", "apgd-worst"), help="the records' suite")
+    parser.add_argument("--split", default="test", choices=("test", "val"), help="their points (val: a holdout study)")
     args = parser.parse_args(argv)
     every = study_records(args.study)
     if every is None:
         return 2
-    records = [r for r in every if r.get("suite") == "apgd"]
+    records = [r for r in every if r.get("suite") == args.suite and r.get("split", "test") == args.split]
     methods = sorted({str(r["method"]) for r in records})
     preset = {str(r["method"]): r.get("preset") for r in records}  # a row's records all name its preset
     reference = reference_row(args.reference, preset)
@@ -127,9 +132,10 @@ def main(argv: list[str] | None = None) -> int:
     flags: dict[tuple[str, int], list[bool]] = {}  # per-point unions that reproduce their record
     models: dict[tuple[str, int], tuple[str | None, list[bool]]] = {}  # every state read: model digest, union
     skipped = []
-    name = f"{args.study}_paired" + ("" if args.reference == "max" else f"_vs_{args.reference}")
+    kind = ("" if args.suite == "apgd" else f"_{args.suite}") + ("" if args.split == "test" else f"_{args.split}")
+    name = f"{args.study}_paired{kind}" + ("" if args.reference == "max" else f"_vs_{args.reference}")
     for r in records:
-        found = finished_state(args.study, r)
+        found = finished_state(args.study, r, args.suite)
         if found is None:
             skipped.append(f"{r['method']} seed {r['seed']}: no finished state file in its run folder or evidence")
             continue

@@ -181,3 +181,32 @@ def test_a_retrained_models_rerun_serves_its_headline_but_not_the_records_pairs(
     assert paired.main(["--study", "s"]) == 0
     out = json.loads((results / "s_paired.json").read_text(encoding="utf-8"))
     assert any("scored different models" in m for m in out["skipped"])
+
+
+def test_a_holdout_studys_validation_and_worst_case_records_are_paired_apart(
+    load_benchmark: Loader, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    paired = load_benchmark("paired")
+    study, results = sys.modules["study"], studies_in(tmp_path, monkeypatch)
+    held = {"seed": 0, "n": 4, "suite": "apgd", "clean": 1.0, "train_holdout": 100}
+    val = {**held, "split": "val", "val_start": 0}
+    test = {**held, "split": "test", "test_start": 0, "suite": "apgd-worst"}
+    records = [
+        {**val, "method": "max", "robust": {"union": 0.5}},
+        {**val, "method": "a", "robust": {"union": 0.75}},
+        {**test, "method": "max", "robust": {"union": 0.25}},
+        {**test, "method": "a", "robust": {"union": 0.5}},
+    ]
+    (results / "h.json").write_text(json.dumps({"records": records}), encoding="utf-8")
+    for method, flags in (("max", "1100"), ("a", "1110")):
+        _write_state(study.record_state_path(study.run_path("h", method, 0), val, "apgd"), "1111", flags)
+    for method, union in (("max", "0001"), ("a", "1001")):  # finished extra passes: their final flags
+        path = study.record_state_path(study.run_path("h", method, 0), test, "apgd-worst")
+        state = EvalState({"first_pass": {"suite": "apgd"}, "threats": ["linf:0.1"]}, path, "1111")
+        state.record_section("worst_case", {"flags": {"union": union}, "extra_broken": {"union": 1}})
+    assert paired.main(["--study", "h", "--split", "val"]) == 0
+    (row,) = json.loads((results / "h_paired_val.json").read_text(encoding="utf-8"))["rows"]
+    assert (row["method"], row["only_method"], row["only_reference"]) == ("a", 1, 0)
+    assert paired.main(["--study", "h", "--suite", "apgd-worst"]) == 0
+    (row,) = json.loads((results / "h_paired_apgd-worst.json").read_text(encoding="utf-8"))["rows"]
+    assert (row["both"], row["only_method"], row["only_reference"]) == (1, 1, 0)
