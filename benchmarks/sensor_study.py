@@ -191,19 +191,35 @@ def trained(run_dir: Path, config: Any) -> dict[str, Any]:
     from metaat.train.checkpoint import has_checkpoint
 
     if (run_dir / "final").exists():
-        return dict(json.loads((run_dir / "summary.json").read_text(encoding="utf-8")))
-    result = resume_run(run_dir, quiet=True) if has_checkpoint(run_dir) else train(config, run_dir, quiet=True)
-    if result.status != "completed":
-        raise SystemExit(f"{run_dir}: training {result.status} ({result.message}); run again to resume")
-    seconds = [float(m.get("epoch_seconds", 0.0)) for m in _epoch_lines(run_dir)]
+        kept = dict(json.loads((run_dir / "summary.json").read_text(encoding="utf-8")))
+        if "passes_per_example" in kept:  # the row's summary (else the training loop's own)
+            return kept
+    else:
+        result = resume_run(run_dir, quiet=True) if has_checkpoint(run_dir) else train(config, run_dir, quiet=True)
+        if result.status not in ("completed", "stopped") or (result.status == "stopped" and not _guard_stop(run_dir)):
+            raise SystemExit(f"{run_dir}: training {result.status} ({result.message}); run again to resume")
+    epochs = _epoch_lines(run_dir)
+    seconds = [float(m.get("epoch_seconds", 0.0)) for m in epochs]
+    stop = _guard_stop(run_dir)
+    kept_epoch = stop["rolled_back_to_epoch"] if stop else len(epochs)
     summary = {
-        "passes_per_example": result.cost.get("passes_per_example"),
+        # every pass spent counts, those of an epoch the guard rolled back included
+        "passes_per_example": epochs[-1]["cost"]["passes_per_example"],
         "seconds_per_epoch": sum(seconds) / max(1, len(seconds)),
-        "epochs": result.epochs_completed,
-        "monitor": result.metrics.get("eval", {}),
+        "epochs": kept_epoch,
+        "monitor": next((m.get("eval", {}) for m in epochs if m["epoch"] == kept_epoch), {}),
+        **({"stopped": stop} if stop else {}),
     }
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     return summary
+
+
+def _guard_stop(run_dir: Path) -> dict[str, Any] | None:
+    """The catastrophic-overfitting guard's event, when it stopped the run (the loop keeps the epoch it
+    rolled back to as the final model: the single-step defenses' documented early stop)."""
+    lines = (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+    events = [json.loads(line) for line in lines if '"catastrophic_overfitting"' in line]
+    return events[-1] if events else None
 
 
 def _epoch_lines(run_dir: Path) -> list[dict[str, Any]]:
