@@ -104,6 +104,17 @@ def test_compare_ranks_runs(app: typer.Typer, run_dir: Path, tmp_path: Path) -> 
     assert (tmp_path / "leaderboard.md").is_file() and (tmp_path / "leaderboard.html").is_file()
 
 
+def test_eval_apgd_worst_reports_the_worst_case_and_what_the_extra_pass_broke(app: typer.Typer, run_dir: Path) -> None:
+    args = ["--data", "synthetic", "--n", "8", "--no-unseen", "--no-checks", "--threads", "1", "--threat", "linf:0.1"]
+    code, out, _ = invoke(app, "eval", str(run_dir), *args, "--suite", "apgd-worst", "--json")
+    assert code == 0, out
+    report = json.loads(out)
+    protocol = report["protocol"]
+    assert protocol["suite"] == "apgd-worst" and set(protocol["extra_broken"]) == {"linf:0.1", "union"}
+    assert any("extra pass" in a and "5 restart(s)" in a for a in protocol["attacks"]["linf:0.1"])
+    assert not list(run_dir.glob(".eval-state*")), "both default state files are removed once done"
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -112,7 +123,7 @@ def test_compare_ranks_runs(app: typer.Typer, run_dir: Path, tmp_path: Path) -> 
         (["--threat", "linf:0.1", "--n", "5000"], "asked for n=5000 examples but the synthetic test split holds"),
         (["--threat", "linf:0.1", "--start", "-1"], "start must be a non-negative integer"),
         (["--threat", "linf:0.1", "--start", "990"], "asked for n=16 examples from index 990 but the synthetic test"),
-        (["--threat", "linf:0.1", "--suite", "best"], "unknown suite 'best'; valid suites: apgd, quick, standard"),
+        (["--threat", "linf:0.1", "--suite", "best"], "valid suites: apgd, apgd-worst, quick, standard"),
         (["--threat", "linf:0.1", "--data", "cifar100"], "unknown dataset 'cifar100'; valid datasets:"),
     ],
 )

@@ -116,6 +116,11 @@ def _with_transfer_checks(result: Any, model: Any, x: Any, y: Any, transferred: 
     return dataclasses.replace(result, checks=(*result.checks, *extra))
 
 
+def extra_state(state_path: Path) -> Path:
+    """Where ``--suite apgd-worst`` keeps its extra pass's state: beside the apgd evaluation's."""
+    return state_path.with_name(f"{state_path.stem}.extra{state_path.suffix}")
+
+
 def eval_cmd(
     target: Annotated[str, typer.Argument(help="run folder, checkpoint folder or model .safetensors")],
     data: Annotated[str | None, typer.Option(help="dataset (default: the run's, else fashion-mnist)")] = None,
@@ -135,7 +140,13 @@ def eval_cmd(
             help="index of the first test point (the full benchmark scores --start 9000 --n 1000)",
         ),
     ] = 0,
-    suite: Annotated[str, typer.Option(help="quick | apgd | standard")] = "apgd",
+    suite: Annotated[
+        str,
+        typer.Option(
+            help="quick | apgd | standard | apgd-worst (apgd, then APGD-CE x5 + APGD-T with a second seed on the "
+            "points it left robust: the per-point worst case, and how many points the extra pass broke)"
+        ),
+    ] = "apgd",
     union_only: Annotated[
         bool,
         typer.Option(
@@ -177,6 +188,7 @@ def eval_cmd(
     from metaat.eval.report import build_report, read_run_config
     from metaat.eval.state import StateMismatchError
     from metaat.eval.union import Shard
+    from metaat.eval.worst import WORST_SUITE, evaluate_worst
     from metaat.runtime import resolve_device, seed_everything, set_threads
     from metaat.threats import parse_threats, resolve_threat
     from metaat.train import distributed
@@ -191,8 +203,8 @@ def eval_cmd(
         set_threads(threads)
         dist_info, dev = distributed.init_from_env(resolve_device(device))
         seed_everything(seed)
-        if suite not in ("quick", "apgd", "standard"):
-            raise ValueError(f"unknown suite {suite!r}; valid suites: apgd, quick, standard")
+        if suite not in ("quick", "apgd", "standard", WORST_SUITE):
+            raise ValueError(f"unknown suite {suite!r}; valid suites: apgd, apgd-worst, quick, standard")
         model, path, run = load_target(target)
         config = read_run_config(run)
         name = data or config.get("data") or "fashion-mnist"
@@ -239,22 +251,13 @@ def eval_cmd(
                     tasks[stage] = bar.add_task(stage, total=total)
                 bar.update(tasks[stage], completed=done, total=total)
 
-            return evaluate(
-                model,
-                x,
-                y,
-                threats,
-                suite=suite,
-                union_only=union_only,
-                seed=seed,
-                state_path=state_path,
-                unseen=unseen,
-                checks=checks,
-                batch_size=batch_size,
-                holdout=holdout,
-                progress=progress,
-                shard=shard,
-            )
+            options: dict[str, Any] = {"union_only": union_only, "seed": seed, "unseen": unseen, "checks": checks}
+            options.update(batch_size=batch_size, holdout=holdout, progress=progress, shard=shard)
+            if suite == WORST_SUITE:  # the apgd evaluation's state, then the extra pass's beside it
+                return evaluate_worst(
+                    model, x, y, threats, state_path=state_path, extra_state_path=extra_state(state_path), **options
+                ).result
+            return evaluate(model, x, y, threats, suite=suite, state_path=state_path, **options)
 
     lock = None
     if main and not dist_info.enabled and run is not None and out_dir.resolve() == Path(run).resolve():
@@ -270,7 +273,8 @@ def eval_cmd(
         except StateMismatchError:
             if state is not None:
                 raise
-            state_path.unlink(missing_ok=True)  # a stale default state from another evaluation
+            for stale in (state_path, extra_state(state_path)):
+                stale.unlink(missing_ok=True)  # a stale default state from another evaluation
             result = run_evaluation()
         if main and transferred:
             result = _with_transfer_checks(result, model, x, y, transferred)
@@ -284,6 +288,7 @@ def eval_cmd(
             paths = write_reports(report, out_dir)
         if state is None:
             state_path.unlink(missing_ok=True)
+            extra_state(state_path).unlink(missing_ok=True)
     except (ValueError, TypeError, KeyError, FileNotFoundError, RuntimeError, OSError) as err:
         fail(describe(err))
         return
