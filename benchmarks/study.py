@@ -495,6 +495,7 @@ def run_one(method: str, seed: int, args: argparse.Namespace, study: str) -> dic
         print(f"[study] {method} seed {seed}: resuming from its parked copy", flush=True)
     resume = (run_dir / "checkpoint").is_dir() and not (run_dir / "final").is_dir()
     protocol.check_trained_holdout(run_dir, args)
+    protocol.check_trained_for_worst(run_dir, args)
     t0 = time.perf_counter()
     if not (run_dir / "final").is_dir():
         outcome = train(cfg, run_dir, resume=resume, quiet=True)
@@ -508,6 +509,10 @@ def run_one(method: str, seed: int, args: argparse.Namespace, study: str) -> dic
     result, extra = protocol.evaluate_row(model, x, y, list(ALL), args, seed, state_paths(run_dir, args))
     robust = {t.split(":")[0]: result.robust.get(t) for t in ALL}
     robust["union"] = result.union
+    if args.suite == protocol.WORST:  # the apgd record of the same model and points, when there is one
+        want = wanted_key(method, seed, argparse.Namespace(**{**vars(args), "suite": "apgd"}))
+        apgd = [r for r in load_records(RESULTS / f"{study}.json") if record_key(r) == want and not r.get("superseded")]
+        extra["first_pass"]["matches_apgd_record"] = protocol.first_pass_matches(extra["first_pass"], apgd)
     rerun = study_protocol_rerun(method, seed, args, study, model, x, y) if args.suite == "standard" else None
     n_unseen = min(args.n, UNSEEN_N)
     # headline records (the full standard suite, apgd-worst) hold the protocol's numbers only: the same

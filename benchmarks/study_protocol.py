@@ -139,6 +139,25 @@ def check_trained_holdout(run_dir: Path, args: argparse.Namespace) -> None:
         raise SystemExit(f"[study] {run_dir} trained with train_holdout {trained}; this study: {holdout_of(args)}")
 
 
+def check_trained_for_worst(run_dir: Path, args: argparse.Namespace) -> None:
+    """``SystemExit`` when ``--suite apgd-worst`` finds no trained model: it scores trained models and
+    trains none (a model trained again could differ from the one its ``apgd`` record scored)."""
+    if args.suite == WORST and not (run_dir / "final").is_dir():
+        raise SystemExit(
+            f"[study] {run_dir}: no trained model (nor a parked one); --suite apgd-worst trains nothing: "
+            "train and score it with --suite apgd first"
+        )
+
+
+def first_pass_matches(first_pass: dict[str, Any], apgd_records: list[dict[str, Any]]) -> bool | None:
+    """Whether the worst case's first pass gave the numbers of the same piece's ``apgd`` record (None:
+    there is no such record)."""
+    if not apgd_records:
+        return None
+    r = apgd_records[-1]
+    return bool(r["clean"] == first_pass["clean"] and r["robust"] == first_pass["robust"])
+
+
 def record_fields(args: argparse.Namespace) -> dict[str, Any]:
     """What a record says about the protocol besides its points: which split chose the row."""
     return {"chosen_on": args.chosen_on} if holdout_of(args) or args.chosen_on else {}

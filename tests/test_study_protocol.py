@@ -121,6 +121,19 @@ def test_a_finished_worst_case_state_gives_its_union(study_tmp: ModuleType, tmp_
     assert found is not None and found[1] == [False, True, False, False] and study_tmp.reproduces(r, *found)
 
 
+def test_the_worst_case_scores_trained_models_only(load_benchmark: Loader, tmp_path: Path) -> None:
+    protocol = load_benchmark("study").protocol
+    with pytest.raises(SystemExit, match="--suite apgd-worst trains nothing"):
+        protocol.check_trained_for_worst(tmp_path, _args(suite="apgd-worst"))
+    protocol.check_trained_for_worst(tmp_path, _args())  # the other suites train what they score
+    (tmp_path / "final").mkdir()
+    protocol.check_trained_for_worst(tmp_path, _args(suite="apgd-worst"))
+    first = {"clean": 0.8, "robust": {"union": 0.5}}
+    assert protocol.first_pass_matches(first, []) is None
+    assert protocol.first_pass_matches(first, [{"clean": 0.8, "robust": {"union": 0.5}}]) is True
+    assert protocol.first_pass_matches(first, [{"clean": 0.8, "robust": {"union": 0.51}}]) is False
+
+
 def _trained_run(run: Path, holdout: int) -> None:
     """A run folder as study.py leaves it after training: a small MLP on 1,000 Fashion-MNIST images."""
     import metaat.models as models
@@ -161,6 +174,7 @@ def test_a_holdout_study_scores_validation_points_then_the_worst_case(
     assert apgd["unseen"] == {"mean": 0.5, "n": 8, "start": 0, "split": "val"} and worst["unseen"] is None
     # the worst case's first pass is the apgd record's evaluation, read back, and its AND is never higher
     assert worst["first_pass"]["robust"] == apgd["robust"] and worst["first_pass"]["clean"] == apgd["clean"]
+    assert worst["first_pass"]["matches_apgd_record"] is True
     threats = ["linf:0.1", "l2:1.5", "l1:10"]
     assert set(worst["extra_broken"]) == {*threats, "union"}
     for name, threat in zip(("linf", "l2", "l1"), threats, strict=True):
