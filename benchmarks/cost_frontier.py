@@ -148,13 +148,25 @@ def protocol_groups(records: list[dict[str, Any]]) -> list[tuple[str, list[dict[
     return [(caption(rs), rs) for rs in groups]
 
 
+def summary_group(records: list[dict[str, Any]], names: list[str]) -> list[dict[str, Any]]:
+    """The records the README's summary of rows ``names`` reads: of the protocol groups holding every one
+    of them, the last (test after validation, the worst case after ``apgd``); every record when none does."""
+    covering = [rs for _, rs in protocol_groups(records) if set(names) <= {r["method"] for r in rs}]
+    return covering[-1] if covering else records
+
+
+def val_points(record: dict[str, Any]) -> str:
+    """Which training images a validation record scored (the last ``train_holdout``, held out of training)."""
+    first = 60_000 - int(record.get("train_holdout") or 0) + int(record.get("val_start") or 0)
+    return f"training images {first:,}–{first + record['n'] - 1:,}, held out of training"
+
+
 def caption(records: list[dict[str, Any]]) -> str:
     """Which points, which attacks and which split chose the rows of one group of records."""
     split, suite = group_key(records[0])
     r0, n = records[0], records[0]["n"]
     if split == "val":
-        first = 60_000 - int(r0.get("train_holdout") or 0) + int(r0.get("val_start", 0))
-        where = f"**Validation points** (training images {first:,}–{first + n - 1:,}, held out of training)"
+        where = f"**Validation points** ({val_points(r0)})"
     else:
         start = int(r0.get("test_start") or 0)
         where = f"**Test points** {start:,}–{start + n - 1:,}"
@@ -163,7 +175,8 @@ def caption(records: list[dict[str, Any]]) -> str:
         names = chosen.setdefault(str(r.get("chosen_on", "not recorded")), [])
         names += [] if r["method"] in names else [r["method"]]
     split_text = "; ".join(f"{k}: {', '.join(v)}" for k, v in sorted(chosen.items()))
-    return f"{where}, {SUITE_TEXT.get(suite, suite)}. Rows chosen on — {split_text}.\n\n"
+    said = any("chosen_on" in r for r in records)
+    return f"{where}, {SUITE_TEXT.get(suite, suite)}." + (f" Rows chosen on — {split_text}." if said else "") + "\n\n"
 
 
 def worst_table(records: list[dict[str, Any]]) -> str:

@@ -260,8 +260,8 @@ def _gpu_note(records: list[dict[str, Any]]) -> str:
 def _points(r: dict[str, Any]) -> str:
     """Which test points a record was scored on."""
     start = int(r.get("test_start") or 0)
-    if r.get("train_holdout"):  # a holdout study: validation and test points, each table names its own
-        return "the points each table below names"
+    if r.get("split") == "val":
+        return f"validation points ({cost_frontier.val_points(r)})"
     if not start:
         return f"the first {r['n']:,} test points"
     return f"test points {start:,}–{start + r['n'] - 1:,} (held out from every tuning run, probe and monitor)"
@@ -272,6 +272,8 @@ def describe(records: list[dict[str, Any]]) -> str:
     subset = r0.get("train_subset")
     data = f"the first {subset:,} training images" if subset else "all 60,000 training images"
     suites = sorted({r["suite"] for r in records})
+    one_split = len({r.get("split", "test") for r in records}) == 1  # else: validation and test points
+    points = _points(r0) if one_split else "the points each table names"
     protocol = {
         "apgd": "the reference AutoAttack package's APGD-CE + APGD-T (pyautoattack "
         + str(r0.get("protocol", {}).get("reference_version", r0["environment"].get("pyautoattack")))
@@ -283,7 +285,7 @@ def describe(records: list[dict[str, Any]]) -> str:
     epochs = sorted({r["epochs"] for r in records})
     return (
         f"`cnn-small` on Fashion-MNIST, {data}, {', '.join(map(str, epochs))} epoch(s), batch 128, Adam one-cycle; "
-        f"robust accuracy on {_points(r0)} under {'; '.join(protocol[s] for s in suites)}; "
+        f"robust accuracy on {points} under {'; '.join(protocol[s] for s in suites)}; "
         f"union = per-example AND over L∞ 0.1, L2 1.5, L1 10; {_train_threats(records)}. "
         f"Unseen = mean of four attacks no method trained on "
         f"(PGD-20 at twice each radius, rotation ±15° / translation ±2 px, common corruptions, a universal "
@@ -330,7 +332,7 @@ def section(study: str, write: bool = True, page: Path | None = None) -> tuple[s
         md += (
             "\nHeadline protocol: the reference AutoAttack `standard` version (APGD-CE, APGD-T, FAB-T, "
             "Square) per threat, beside the study protocol's number for the same model:\n\n"
-            + headline_table(headline, records)
+            + headline_table(headline, [r for r in records if cost_frontier.group_key(r) == ("test", "apgd")])
         )
     svg, front = RESULTS / f"{study}_union_vs_cost.svg", RESULTS / f"{study}_frontier.svg"
     figure_path = _figure_path(study, here)
@@ -375,15 +377,16 @@ def summary_table(rows: list[dict[str, Any]], names: list[str]) -> str:
 def summary(study: str, names: list[str]) -> str:
     """The README's text for ``study``: one wrapped sentence saying what was measured, and the short table."""
     every = json.loads((RESULTS / f"{study}.json").read_text(encoding="utf-8"))["records"]
-    records, _ = split_headline([r for r in every if not r.get("superseded")])
-    r0 = records[0]
+    records = cost_frontier.summary_group(split_headline([r for r in every if not r.get("superseded")])[0], names)
+    r0, suite = records[0], suite_of(records[0])
+    attacks = "the reference APGD-CE + APGD-T" if suite == "apgd" else cost_frontier.SUITE_TEXT.get(suite, suite)
     subset = r0.get("train_subset")
     data = f"the first {subset:,} training images" if subset else "all 60,000 training images"
     epochs = ", ".join(map(str, sorted({r["epochs"] for r in records})))
     seeds = ", ".join(map(str, sorted({r["seed"] for r in records})))
     lead = (
         f"`cnn-small` on Fashion-MNIST ({data}, {epochs} epochs, seeds {seeds}); robust accuracy (%) on "
-        f"{_points(r0)} under the reference APGD-CE + APGD-T per threat, union = per-example AND over "
+        f"{_points(r0)} under {attacks} per threat, union = per-example AND over "
         f"L∞ 0.1, L2 1.5 and L1 10; {_train_threats([r for r in records if r['method'] in names])}; "
         f"cost in forward + backward passes per training example."
     )

@@ -73,7 +73,7 @@ def unseen_points(record: dict[str, Any]) -> tuple[int | None, int]:
 def needs_summary(record: dict[str, Any], n: int, start: int, methods: set[str] | None = None) -> bool:
     """Whether ``record`` is a current per-threat record (not a headline or superseded one), of one of
     ``methods`` (any when None), without a summary on ``n`` points from ``start``."""
-    current = record.get("suite") != "standard" and not record.get("superseded")
+    current = record.get("suite") not in ("standard", "apgd-worst") and not record.get("superseded")
     wanted = methods is None or record["method"] in methods
     return current and wanted and unseen_points(record) != (n, start)
 

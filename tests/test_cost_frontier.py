@@ -115,3 +115,26 @@ def test_validation_test_and_worst_case_records_get_tables_of_their_own(
     # a study with one protocol renders as before: no caption
     (tmp_path / "o.json").write_text(json.dumps({"records": [_record("a", 0, 0.5, 6, 60, **env)]}))
     assert mt.section("o")[0].startswith("| method |")
+
+
+def test_the_readme_summary_reads_the_worst_case_once_it_covers_the_named_rows(
+    load_benchmark: Loader, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mt = load_benchmark("make_tables")
+    monkeypatch.setattr(mt, "RESULTS", tmp_path)
+    env = {"environment": {"torch": "2.13"}, "hardware": "cpu", "command": "c", "metaat_version": "0", "epochs": 5}
+    apgd = [_record(m, 0, u, 6, 60, test_start=9000, **env) for m, u in (("a", 0.5), ("b", 0.4))]
+    worst = [
+        {**r, "suite": "apgd-worst", "robust": {**r["robust"], "union": r["robust"]["union"] - 0.02}} for r in apgd
+    ]
+    headline = {**apgd[0], "suite": "standard", "robust": {**apgd[0]["robust"], "union": 0.47}}
+    (tmp_path / "s.json").write_text(json.dumps({"records": [*apgd, worst[0], headline]}))
+    assert "**50.0**" in mt.summary("s", ["a", "b"])  # the worst case covers a only: apgd for both
+    md = mt.section("s", write=False)[0]
+    assert "| a | 0 | 80.0 | **47.0** | 50.0 | -3.0 |" in md  # the headline beside the apgd record, not the worst
+    assert "chosen on" not in md  # no record of this study says (no --holdout): the caption does not either
+    (tmp_path / "s.json").write_text(json.dumps({"records": [*apgd, *worst]}))
+    text = " ".join(mt.summary("s", ["a", "b"]).split())  # the lead sentence is wrapped
+    assert "**48.0**" in text and "**50.0**" not in text and "an extra pass (APGD-CE with 5 restarts" in text
+    us = load_benchmark("unseen_summary")
+    assert not us.needs_summary(worst[0], 200, 9000)  # the same model's apgd record holds its unseen summary
