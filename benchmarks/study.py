@@ -133,6 +133,9 @@ ROWS: dict[str, str] = {
         for preset in (
             "metaat-learned-refine3-pgd5-every4-adaptive-l1x2-js",
             "metaat-learned-refine3-pgd5-every4-distill-lookahead-adaptive-l1x2-js",
+            # the cheaper inner maximisation levers (one lever each, against metaat's default)
+            "metaat-learned-refine0-free4-adaptive-l1x2-js",
+            "metaat-learned-refine3-l1top20-adaptive-l1x2-js",
         )
     },
 }
