@@ -133,7 +133,7 @@ def test_a_minibatch_is_replayed_and_each_backward_gives_the_next_step() -> None
     model.register_forward_hook(lambda m, inp, out: seen.append(inp[0].detach().clone()))
     ctx = _ctx(threats)
     batches = [data.load("synthetic", "train", n=8, start=8 * i) for i in range(4)]
-    state = defense.replay
+    state = defense.replay  # type: ignore[attr-defined]
     assert isinstance(state, ReplayState)
     for i, (x, y) in enumerate(batches):
         loss, metrics = defense(model, x, y, ctx)
