@@ -251,6 +251,7 @@ def _cpu_allocator(mp: pytest.MonkeyPatch, root: Path) -> None:
         raise RuntimeError("[enforce fail at alloc_cpu.cpp:121] DefaultCPUAllocator: can't allocate memory: 9 TB")
 
     mp.setattr(datasets, "load", refuse)
+    mp.setattr(datasets, "load_holdout", refuse)  # what training reads its data with
 
 
 CASES = [
