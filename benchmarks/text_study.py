@@ -41,6 +41,26 @@ DATA, MODEL = "mr", "word-cnn"
 PARKED = ROOT / "parked" / "text_study"
 
 
+class Variant(NamedTuple):
+    """A candidate recipe: its defense, the defense options it sets and the loop's clean share."""
+
+    defense: str
+    options: dict[str, Any]
+    clean_ratio: float = 0.0
+
+
+VARIANTS: dict[str, Variant] = {
+    "metaat-clean30": Variant("metaat", {}, clean_ratio=0.3),
+}
+"""Candidate recipes, compared with their defense's default on the validation split (``--split val``)
+before any of them is read on the test split."""
+
+
+def row_recipe(method: str) -> Variant:
+    """What a row trains: a study method (its defense, defaults) or a candidate."""
+    return VARIANTS.get(method, Variant(method, {}))
+
+
 class Budget(NamedTuple):
     """What one row costs: epochs, evaluated test snippets, unseen subset."""
 
@@ -64,10 +84,13 @@ def train_row(
     from metaat.train import TrainConfig
 
     run_dir = runs / method / f"seed{seed}"
+    recipe = row_recipe(method)
     config = TrainConfig(
         data=DATA,
         model=MODEL,
-        defense=method,
+        defense=recipe.defense,
+        options=recipe.options,
+        clean_ratio=recipe.clean_ratio,
         threats=TRAIN_THREATS,
         epochs=budget.epochs,
         batch_size=budget.batch_size,
@@ -96,14 +119,14 @@ def certified_share(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) ->
     return float(ok.float().mean())
 
 
-def evaluate_row(run_dir: Path, seed: int, budget: Budget) -> dict[str, Any]:
-    """Test-split evaluation of one trained row (read once)."""
+def evaluate_row(run_dir: Path, seed: int, budget: Budget, split: str = "test") -> dict[str, Any]:
+    """Evaluation of one trained row on the test split (read once) or the validation split."""
     import metaat.data as data
     from metaat.eval import UnseenConfig, evaluate
     from metaat.models import load_model
 
     model = load_model(run_dir / "final")
-    x, y = data.load(DATA, "test")
+    x, y = data.load(DATA, split)
     n = min(budget.eval_n, x.shape[0])
     result = evaluate(
         model,
@@ -115,10 +138,11 @@ def evaluate_row(run_dir: Path, seed: int, budget: Budget) -> dict[str, Any]:
         seed=seed,
         unseen=UnseenConfig(n=min(budget.unseen_n, n)),
         checks=False,
-        state_path=run_dir / "eval_state.json",
+        state_path=run_dir / ("eval_state.json" if split == "test" else f"eval_state_{split}.json"),
     )
     domain = (result.unseen or {}).get("domain") or {}
     return {
+        "split": split,
         "n": result.n,
         "clean": result.clean,
         "robust": result.robust,
@@ -130,6 +154,14 @@ def evaluate_row(run_dir: Path, seed: int, budget: Budget) -> dict[str, Any]:
     }
 
 
+def recipe_fields(method: str) -> dict[str, Any]:
+    """What a candidate row records of its recipe (nothing extra for a study method)."""
+    if method not in VARIANTS:
+        return {}
+    recipe = VARIANTS[method]
+    return {"defense": recipe.defense, "options": recipe.options, "clean_ratio": recipe.clean_ratio}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--methods", nargs="*", default=list(METHODS))
@@ -139,13 +171,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "text_study")
     parser.add_argument("--phase", choices=("all", "train", "eval"), default="all")
     parser.add_argument("--park", action="store_true", help="copy the rows' essentials to benchmarks/parked; exit")
+    parser.add_argument(
+        "--split",
+        choices=("test", "val"),
+        default="test",
+        help="score the test split (the study) or the validation split (choosing among candidates)",
+    )
     args = parser.parse_args(argv)
+    unknown = [m for m in args.methods if m not in METHODS and m not in VARIANTS]
+    if unknown:
+        parser.error(f"unknown rows {unknown}; valid rows: {', '.join([*METHODS, *VARIANTS])}")
     runs = args.runs.with_name(args.runs.name + "_quick") if args.quick else args.runs
     if args.park:
         print("parked:", ", ".join(park(runs, PARKED)) or "nothing")
         return 0
     budget = QUICK if args.quick else Budget()
-    out = ROOT / "results" / ("text_study_quick.json" if args.quick else "text_study.json")
+    name = "text_study" + ("_val" if args.split == "val" else "") + ("_quick" if args.quick else "")
+    out = ROOT / "results" / f"{name}.json"
     torch.set_num_threads(args.threads)
     header: dict[str, Any] = {
         "command": "python benchmarks/text_study.py " + " ".join(argv if argv is not None else sys.argv[1:]),
@@ -157,6 +199,7 @@ def main(argv: list[str] | None = None) -> int:
             "unseen": "nbr:2",
             "budget": budget._asdict(),
             "selection": "validation split (epochs, optimiser, threats fixed before the study); test read once per row",
+            "split": args.split,
         },
     }
     run_rows(
@@ -166,8 +209,8 @@ def main(argv: list[str] | None = None) -> int:
         header,
         None if args.quick else PARKED,
         train=lambda method, seed: train_row(method, seed, budget, runs, args.threads, args.quick),
-        evaluate=lambda run_dir, seed: evaluate_row(run_dir, seed, budget),
-        recipe=lambda method: {"trained_on": list(TRAIN_THREATS)},
+        evaluate=lambda run_dir, seed: evaluate_row(run_dir, seed, budget, args.split),
+        recipe=lambda method: {"trained_on": list(TRAIN_THREATS), **recipe_fields(method)},
     )
     return 0
 

@@ -1,4 +1,4 @@
-"""The sensor study's row bookkeeping: a row the catastrophic-overfitting guard stopped is kept at the
+"""The sensor and text studies' row bookkeeping: a row the catastrophic-overfitting guard stopped is kept at the
 epoch it rolled back to, says so, and counts every pass spent; candidate rows carry their options."""
 
 from __future__ import annotations
@@ -58,3 +58,14 @@ def test_candidate_rows_record_their_options_and_train_on_every_threat() -> None
     assert sensor_study.recipe_fields("metaat-drift10")["options"] == {"refine_by_norm": {"drift": 10}}
     assert "options" not in sensor_study.recipe_fields("metaat")
     assert sensor_study.row_recipe("pgd-linf") == ("pgd", ("linf:0.25",))
+
+
+def test_text_candidate_rows_set_their_recipe_and_study_rows_keep_the_defaults() -> None:
+    spec = importlib.util.spec_from_file_location("text_study", ROOT / "benchmarks" / "text_study.py")
+    assert spec is not None and spec.loader is not None
+    text_study = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(text_study)
+    assert text_study.row_recipe("metaat-clean30") == text_study.Variant("metaat", {}, 0.3)
+    assert text_study.recipe_fields("metaat-clean30") == {"defense": "metaat", "options": {}, "clean_ratio": 0.3}
+    assert text_study.row_recipe("a2t") == text_study.Variant("a2t", {}, 0.0)
+    assert text_study.recipe_fields("a2t") == {}
