@@ -331,6 +331,22 @@ def claim(path: Path) -> Any:
 _CLAIMED: list[Any] = []
 
 
+def parse_study_args(parser: argparse.ArgumentParser, argv: list[str] | None, rows: list[str]) -> argparse.Namespace:
+    """Add ``--split`` (test points for the study, validation points for choosing among candidates),
+    parse, and refuse a ``--methods`` name that is not one of ``rows``, listing the valid ones."""
+    parser.add_argument(
+        "--split",
+        choices=("test", "val"),
+        default="test",
+        help="score the test points (the study) or the validation points (choosing among candidates)",
+    )
+    args = parser.parse_args(argv)
+    unknown = [m for m in args.methods if m not in rows]
+    if unknown:
+        parser.error(f"unknown rows {unknown}; valid rows: {', '.join(rows)}")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--methods", nargs="*", default=list(METHODS))
@@ -342,16 +358,7 @@ def main(argv: list[str] | None = None) -> int:
         "--phase", choices=("all", "train", "eval"), default="all", help="train only, evaluate trained rows, or both"
     )
     parser.add_argument("--park", action="store_true", help="copy the rows' essentials to benchmarks/parked; exit")
-    parser.add_argument(
-        "--split",
-        choices=("test", "val"),
-        default="test",
-        help="score the test subjects (the study) or the validation subject (choosing among candidates)",
-    )
-    args = parser.parse_args(argv)
-    unknown = [m for m in args.methods if m not in METHODS and m not in VARIANTS]
-    if unknown:
-        parser.error(f"unknown rows {unknown}; valid rows: {', '.join([*METHODS, *VARIANTS])}")
+    args = parse_study_args(parser, argv, [*METHODS, *VARIANTS])
     if args.park:
         print("parked:", ", ".join(park(args.runs)) or "nothing")
         return 0

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
-from sensor_study import park, run_rows, trained  # benchmarks/ is on the path as a script
+from sensor_study import park, parse_study_args, run_rows, trained  # benchmarks/ is on the path as a script
 
 ROOT = Path(__file__).resolve().parent
 METHODS: tuple[str, ...] = ("standard", "metaat", "a2t", "sat", "freelb", "avg", "max", "l2l", "ibp")
@@ -171,16 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "text_study")
     parser.add_argument("--phase", choices=("all", "train", "eval"), default="all")
     parser.add_argument("--park", action="store_true", help="copy the rows' essentials to benchmarks/parked; exit")
-    parser.add_argument(
-        "--split",
-        choices=("test", "val"),
-        default="test",
-        help="score the test split (the study) or the validation split (choosing among candidates)",
-    )
-    args = parser.parse_args(argv)
-    unknown = [m for m in args.methods if m not in METHODS and m not in VARIANTS]
-    if unknown:
-        parser.error(f"unknown rows {unknown}; valid rows: {', '.join([*METHODS, *VARIANTS])}")
+    args = parse_study_args(parser, argv, [*METHODS, *VARIANTS])
     runs = args.runs.with_name(args.runs.name + "_quick") if args.quick else args.runs
     if args.park:
         print("parked:", ", ".join(park(runs, PARKED)) or "nothing")

@@ -3,17 +3,10 @@ point by point; a damaged or foreign state file is skipped with its reason, neve
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
+from collections.abc import Callable
 from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
-spec = importlib.util.spec_from_file_location("domain_paired", ROOT / "benchmarks" / "domain_paired.py")
-assert spec is not None and spec.loader is not None
-domain_paired = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(domain_paired)
+from types import ModuleType
 
 THREATS = ["linf:0.25", "drift:0.5"]
 
@@ -44,7 +37,10 @@ def _record(n: int, clean: int, union: int) -> dict[str, object]:
     return {"n": n, "clean": clean / n, "union": union / n}
 
 
-def test_counts_both_sides_and_skips_what_cannot_be_trusted(tmp_path: Path) -> None:
+def test_counts_both_sides_and_skips_what_cannot_be_trusted(
+    tmp_path: Path, load_benchmark: Callable[[str], ModuleType]
+) -> None:
+    domain_paired = load_benchmark("domain_paired")
     # reference: clean 11110, union (AND over threats) 11000; method: clean 11111, union 10011.
     _write(tmp_path, "metaat/seed0", _state("11110", {"linf:0.25": "1110", "drift:0.5": "1101"}))
     _write(tmp_path, "max/seed0", _state("11111", {"linf:0.25": "10111", "drift:0.5": "11011"}), "parked")
